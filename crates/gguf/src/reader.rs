@@ -353,6 +353,11 @@ impl GgufFile {
         Ok(GgufFile { info, mmap })
     }
 
+    /// The whole mapped file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// The raw bytes of a tensor (bounds were checked at open).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.info.data_offset + t.offset) as usize;

@@ -1,0 +1,75 @@
+//! The engine's hot loops: quantized matrix multiplication against activations
+//! quantized on the fly to 8-bit blocks, plus the elementwise ops of a transformer
+//! layer.
+//!
+//! Every kernel has a scalar reference twin (`dot::scalar`) that defines what the
+//! fast paths must compute; property tests compare each SIMD path against it. The
+//! instruction set is chosen at run time ([`Isa::detect`]), never by compile-time
+//! `target-cpu` flags, so one binary runs on any x86-64 (AVX2 when present, scalar
+//! otherwise) and on aarch64 (scalar for now).
+//!
+//! Layout follows ggml's block formats exactly (`quant`), so GGUF tensors are used
+//! in place from the memory map with no conversion at load.
+
+pub mod dot;
+pub mod matmul;
+pub mod ops;
+pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use matmul::{matmul, Activations, WeightMatrix};
+pub use quant::BlockQ8;
+
+/// Instruction-set paths a kernel can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+}
+
+impl Isa {
+    /// The fastest path this CPU supports, detected at run time.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Every path this CPU can run, for tests that compare each with the reference.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Isa::detect() == Isa::Avx2 {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+}
+
+/// The path used by [`matmul`] when no explicit one is given; detected once.
+pub fn default_isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("tensor type {0} is not supported by the matmul kernels")]
+    UnsupportedType(inferd_gguf::GgmlType),
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;

@@ -1,0 +1,134 @@
+//! `out = x · Wᵀ` for a quantized weight matrix and a batch of activation rows.
+//!
+//! The batch is the ragged batch's tokens, so every weight row is loaded once per
+//! step and used against all rows of `x` while it is hot in L1: this is what makes
+//! batching pay on CPU. Work is split across the rayon pool by output rows.
+
+use inferd_gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::dot::{self, uses_q8_activations};
+use crate::quant::{quantize_row_q8, BlockQ8, QK};
+use crate::{default_isa, Isa, KernelError, Result};
+
+/// A weight matrix viewed in place: `rows` rows of `cols` weights, each row a whole
+/// number of blocks of `ty` (GGUF dims `[cols, rows]`).
+#[derive(Clone, Copy)]
+pub struct WeightMatrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> WeightMatrix<'a> {
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if !dot::is_supported(ty) {
+            return Err(KernelError::UnsupportedType(ty));
+        }
+        if cols % ty.block_elems() != 0 || (uses_q8_activations(ty) && cols % QK != 0) {
+            return Err(KernelError::Shape(format!("{cols} columns is not a multiple of the {ty} block")));
+        }
+        let row_bytes = cols / ty.block_elems() * ty.block_bytes();
+        if data.len() != rows * row_bytes {
+            return Err(KernelError::Shape(format!(
+                "{ty} matrix {rows}x{cols} needs {} bytes, got {}",
+                rows * row_bytes,
+                data.len()
+            )));
+        }
+        Ok(WeightMatrix { ty, rows, cols, data })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// A batch of activation rows in f32, with their 8-bit quantization made once and
+/// reused by every matmul that reads the same input (Q, K and V; gate and up).
+pub struct Activations<'a> {
+    pub x: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    q8: Vec<BlockQ8>,
+}
+
+impl<'a> Activations<'a> {
+    pub fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
+        debug_assert_eq!(x.len(), rows * cols);
+        Activations { x, rows, cols, q8: Vec::new() }
+    }
+
+    fn ensure_q8(&mut self) {
+        if self.q8.is_empty() && self.cols % QK == 0 {
+            self.q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
+            let bpr = self.cols / QK;
+            self.q8
+                .par_chunks_mut(bpr)
+                .zip(self.x.par_chunks(self.cols))
+                .with_min_len(8)
+                .for_each(|(q, x)| quantize_row_q8(x, q));
+        }
+    }
+}
+
+/// Output rows handed to one task.
+const ROWS_PER_TASK: usize = 32;
+
+/// `out[i][r] = Σ_k x[i][k] · W[r][k]` with `out` laid out `[x.rows, w.rows]`.
+pub fn matmul(w: &WeightMatrix, x: &mut Activations, out: &mut [f32]) -> Result<()> {
+    matmul_on(default_isa(), w, x, out)
+}
+
+/// [`matmul`] on an explicit instruction-set path (for tests and benchmarks).
+pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32]) -> Result<()> {
+    if x.cols != w.cols || out.len() != x.rows * w.rows {
+        return Err(KernelError::Shape(format!(
+            "x is {}x{}, W is {}x{}, out has {} values",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            out.len()
+        )));
+    }
+    let q8 = uses_q8_activations(w.ty);
+    if q8 {
+        x.ensure_q8();
+    }
+    let (n, rows, cols) = (x.rows, w.rows, w.cols);
+    let bpr = cols / QK;
+    let (xq, xf) = (&x.q8, x.x);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let tasks = rows.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|t| {
+        let out_ptr = &out_ptr;
+        let r0 = t * ROWS_PER_TASK;
+        for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
+            let wr = w.row(r);
+            for i in 0..n {
+                let v = if q8 {
+                    dot::dot_q8(isa, w.ty, wr, &xq[i * bpr..(i + 1) * bpr])
+                } else {
+                    dot::dot_f32(isa, w.ty, wr, &xf[i * cols..(i + 1) * cols])
+                };
+                // SAFETY: task t alone writes column range [r0, r0 + ROWS_PER_TASK)
+                // of every output row, so writes are disjoint; the index is in
+                // bounds because out.len() == n * rows was checked above.
+                unsafe { *out_ptr.0.add(i * rows + r) = v };
+            }
+        }
+    });
+    Ok(())
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only for the disjoint writes described in `matmul_on`.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}

@@ -1,0 +1,206 @@
+//! Block formats (ggml's, byte for byte), dequantization, and the 8-bit activation
+//! blocks that every quantized dot product consumes.
+//!
+//! Weight layouts (per block, little-endian; see ggml-common.h):
+//! - Q4_0: `d: f16, qs: [u8; 16]` — x[j] = (lo(qs[j]) - 8)·d, x[j+16] = (hi(qs[j]) - 8)·d
+//! - Q4_1: `d: f16, m: f16, qs: [u8; 16]` — x = q·d + m, same nibble order
+//! - Q5_0: `d: f16, qh: u32, qs: [u8; 16]` — fifth bit of x[j] is bit j of qh, minus 16
+//! - Q8_0: `d: f16, qs: [i8; 32]`
+//! - Q4_K: 256 weights: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`, eight
+//!   32-weight sub-blocks with 6-bit scale and min
+//! - Q6_K: 256 weights: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`,
+//!   sixteen 16-weight sub-blocks
+
+use half::f16;
+use inferd_gguf::GgmlType;
+
+/// Weights (and activation values) per quantization block.
+pub const QK: usize = 32;
+/// Weights per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// 32 activations quantized to int8 with one scale. `sum` caches `d · Σ qs`, which
+/// the formats with an offset (Q4_0's −8, Q4_1's min, Q4_K's min) need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(8))]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub sum: f32,
+    pub qs: [i8; QK],
+}
+
+impl BlockQ8 {
+    pub const ZERO: BlockQ8 = BlockQ8 { d: 0.0, sum: 0.0, qs: [0; QK] };
+}
+
+/// Quantizes `x` (length a multiple of 32) into `out`, one block per 32 values.
+/// Round-to-nearest with the scale set by the block's largest magnitude.
+pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (chunk, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut isum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(chunk) {
+            let r = (v * id).round() as i32;
+            *q = r.clamp(-127, 127) as i8;
+            isum += *q as i32;
+        }
+        b.d = d;
+        b.sum = d * isum as f32;
+    }
+}
+
+#[inline]
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// Q4_K's packed 6-bit (scale, min) for sub-block `j` (0..8).
+#[inline]
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Dequantizes one row (`out.len()` weights) of type `ty` from its raw bytes.
+/// This is the definition every kernel is checked against.
+pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
+    let bb = ty.block_bytes();
+    let be = ty.block_elems();
+    debug_assert_eq!(bytes.len(), out.len() / be * bb);
+    match ty {
+        GgmlType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f16_at(bytes, 2 * i);
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        _ => {
+            for (b, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(be)) {
+                dequantize_block(ty, b, y);
+            }
+        }
+    }
+}
+
+fn dequantize_block(ty: GgmlType, b: &[u8], y: &mut [f32]) {
+    match ty {
+        GgmlType::Q4_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..16 {
+                y[j] = ((b[2 + j] & 0xF) as i32 - 8) as f32 * d;
+                y[j + 16] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+        GgmlType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            for j in 0..16 {
+                y[j] = (b[4 + j] & 0xF) as f32 * d + m;
+                y[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
+            }
+        }
+        GgmlType::Q5_0 => {
+            let d = f16_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = (((b[6 + j] & 0xF) as u32 | h0) as i32 - 16) as f32 * d;
+                y[j + 16] = (((b[6 + j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+            }
+        }
+        GgmlType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..32 {
+                y[j] = b[2 + j] as i8 as f32 * d;
+            }
+        }
+        GgmlType::Q4K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let qs = &b[16..144];
+            for chunk in 0..4 {
+                let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+                let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+                let q = &qs[32 * chunk..32 * chunk + 32];
+                for l in 0..32 {
+                    y[64 * chunk + l] = d * sc1 as f32 * (q[l] & 0xF) as f32 - dmin * m1 as f32;
+                    y[64 * chunk + 32 + l] = d * sc2 as f32 * (q[l] >> 4) as f32 - dmin * m2 as f32;
+                }
+            }
+        }
+        GgmlType::Q6K => {
+            let d = f16_at(b, 208);
+            for (i, v) in y.iter_mut().enumerate() {
+                let sc = b[192 + i / 16] as i8 as f32;
+                *v = d * sc * q6k_value(b, i) as f32;
+            }
+        }
+        other => unreachable!("dequantize_block called for {other}: this is a bug"),
+    }
+}
+
+/// The signed 6-bit value of weight `i` (0..256) of a Q6_K block.
+#[inline]
+pub(crate) fn q6k_value(b: &[u8], i: usize) -> i32 {
+    let (ql, qh) = (&b[0..128], &b[128..192]);
+    let (half, r) = (i / 128, i % 128);
+    let (quarter, l) = (r / 32, r % 32);
+    let ql_byte = ql[64 * half + l + 32 * (quarter & 1)];
+    let lo = if quarter < 2 { ql_byte & 0xF } else { ql_byte >> 4 };
+    let hi = (qh[32 * half + l] >> (2 * quarter)) & 3;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_roundtrip_is_close() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) * 0.37).collect();
+        let mut b = vec![BlockQ8::ZERO; 2];
+        quantize_row_q8(&x, &mut b);
+        for (i, &v) in x.iter().enumerate() {
+            let blk = &b[i / 32];
+            let back = blk.qs[i % 32] as f32 * blk.d;
+            assert!((back - v).abs() <= blk.d * 0.5 + 1e-6, "{i}: {back} vs {v}");
+        }
+        let isum: i32 = b[0].qs.iter().map(|&q| q as i32).sum();
+        assert!((b[0].sum - b[0].d * isum as f32).abs() < 1e-4);
+    }
+
+    #[test]
+    fn q8_zero_block_has_zero_scale() {
+        let mut b = vec![BlockQ8::ZERO; 1];
+        quantize_row_q8(&[0.0; 32], &mut b);
+        assert_eq!(b[0], BlockQ8::ZERO);
+    }
+
+    #[test]
+    fn q4_0_known_block() {
+        // d = 0.5 (f16 0x3800); nibbles lo=j%16, hi=15-j%16.
+        let mut b = vec![0x00, 0x38];
+        b.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        let mut y = [0f32; 32];
+        dequantize_row(GgmlType::Q4_0, &b, &mut y);
+        assert_eq!(y[0], -4.0);
+        assert_eq!(y[15], 3.5);
+        assert_eq!(y[16], 3.5);
+        assert_eq!(y[31], -4.0);
+    }
+}

@@ -1,0 +1,85 @@
+//! AVX2 + FMA dot products for the 32-weight block formats. Each block's integer
+//! sum is formed with `maddubs` (u8 × i8 → i16 pairs) and `madd` (→ i32), then
+//! scaled in f32 and accumulated with FMA; one horizontal sum per row.
+//!
+//! Callers must have detected AVX2 and FMA (see `Isa::detect`).
+
+use std::arch::x86_64::*;
+
+use crate::quant::BlockQ8;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// 16 bytes of packed nibbles → 32 bytes: low nibbles (weights 0..16) in the low
+/// lane, high nibbles (16..32) in the high lane.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+    let b = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Σ u·s over 32 pairs, as eight i32 lanes converted to f32 (`u` unsigned, `s` signed).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mul_sum_us8(u: __m256i, s: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(u, s);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+#[inline]
+fn f16(b: &[u8], at: usize) -> f32 {
+    crate::quant::f16_at(b, at)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    for (b, a) in w.chunks_exact(18).zip(a) {
+        let d = f16(b, 0);
+        let q = unpack_nibbles(b.as_ptr().add(2));
+        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        // Σ (q − 8)·x = Σ q·x − 8·Σ x; the second term comes from the cached sum.
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), mul_sum_us8(q, x), acc);
+        offset += 8.0 * d * a.sum;
+    }
+    hsum(acc) - offset
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    for (b, a) in w.chunks_exact(20).zip(a) {
+        let q = unpack_nibbles(b.as_ptr().add(4));
+        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * a.d), mul_sum_us8(q, x), acc);
+        offset += f16(b, 2) * a.sum;
+    }
+    hsum(acc) + offset
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in w.chunks_exact(34).zip(a) {
+        let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        // maddubs needs one unsigned operand: move q's sign onto x.
+        let qa = _mm256_sign_epi8(q, q);
+        let xs = _mm256_sign_epi8(x, q);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * a.d), mul_sum_us8(qa, xs), acc);
+    }
+    hsum(acc)
+}

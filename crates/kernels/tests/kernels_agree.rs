@@ -1,0 +1,134 @@
+//! Every SIMD path agrees with its scalar twin, and the scalar quantized dot agrees
+//! with dequantize-then-multiply, on random blocks and odd shapes.
+
+use half::f16;
+use inferd_gguf::GgmlType;
+use inferd_kernels::dot::{self, scalar};
+use inferd_kernels::matmul::matmul_on;
+use inferd_kernels::quant::{dequantize_row, quantize_row_q8, BlockQ8};
+use inferd_kernels::{Activations, Isa, WeightMatrix};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const QUANT_TYPES: [GgmlType; 6] =
+    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+
+/// Random but well-formed blocks: valid f16 scales of sensible size, random payload.
+fn random_row(rng: &mut StdRng, ty: GgmlType, cols: usize) -> Vec<u8> {
+    let blocks = cols / ty.block_elems();
+    let mut out = Vec::with_capacity(blocks * ty.block_bytes());
+    for _ in 0..blocks {
+        let mut b: Vec<u8> = (0..ty.block_bytes()).map(|_| rng.gen()).collect();
+        let mut put = |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => put(0, rng.gen_range(-0.1..0.1)),
+            GgmlType::Q4_1 | GgmlType::Q4K => {
+                put(0, rng.gen_range(-0.1..0.1));
+                put(2, rng.gen_range(-0.1..0.1));
+            }
+            GgmlType::Q6K => put(208, rng.gen_range(-0.01..0.01)),
+            GgmlType::F16 => {
+                for i in 0..ty.block_bytes() / 2 {
+                    put(2 * i, rng.gen_range(-1.0..1.0));
+                }
+            }
+            GgmlType::F32 => {
+                let v: f32 = rng.gen_range(-1.0..1.0);
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+            _ => unreachable!(),
+        }
+        out.extend(b);
+    }
+    out
+}
+
+fn random_x(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-2.0..2.0)).collect()
+}
+
+#[test]
+fn scalar_q8_dot_matches_dequantized_f32_dot() {
+    let mut rng = StdRng::seed_from_u64(1);
+    for ty in QUANT_TYPES {
+        for _ in 0..50 {
+            let cols = ty.block_elems() * rng.gen_range(1..5);
+            let w = random_row(&mut rng, ty, cols);
+            let x = random_x(&mut rng, cols);
+            let mut a = vec![BlockQ8::ZERO; cols / 32];
+            quantize_row_q8(&x, &mut a);
+            let mut wf = vec![0f32; cols];
+            dequantize_row(ty, &w, &mut wf);
+            // Reference on the dequantized activations isolates the weight format.
+            let xa: Vec<f32> = a.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d)).collect();
+            let want: f32 = wf.iter().zip(&xa).map(|(a, b)| a * b).sum();
+            let got = scalar::dot_q8(ty, &w, &a);
+            let scale: f32 = wf.iter().zip(&xa).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-3;
+            assert!((got - want).abs() <= 1e-4 * scale, "{ty}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn every_isa_matches_scalar_dot() {
+    let mut rng = StdRng::seed_from_u64(2);
+    for isa in Isa::available() {
+        for ty in QUANT_TYPES {
+            for _ in 0..100 {
+                let cols = ty.block_elems() * rng.gen_range(1..9);
+                let w = random_row(&mut rng, ty, cols);
+                let mut a = vec![BlockQ8::ZERO; cols / 32];
+                quantize_row_q8(&random_x(&mut rng, cols), &mut a);
+                let want = scalar::dot_q8(ty, &w, &a);
+                let got = dot::dot_q8(isa, ty, &w, &a);
+                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} {ty}: {got} vs {want}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_matches_reference_on_odd_shapes_for_every_isa() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let types = [QUANT_TYPES.as_slice(), &[GgmlType::F16, GgmlType::F32]].concat();
+    for isa in Isa::available() {
+        for &ty in &types {
+            for &(n, rows) in &[(1, 1), (3, 37), (5, 70), (8, 33)] {
+                let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
+                let data: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, ty, cols)).collect();
+                let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
+                let x = random_x(&mut rng, n * cols);
+                let mut out = vec![0f32; n * rows];
+                matmul_on(isa, &w, &mut Activations::new(&x, n, cols), &mut out).unwrap();
+                for i in 0..n {
+                    let xr = &x[i * cols..(i + 1) * cols];
+                    let mut a = vec![BlockQ8::ZERO; cols / 32];
+                    quantize_row_q8(xr, &mut a);
+                    for r in 0..rows {
+                        let want = if dot::uses_q8_activations(ty) {
+                            scalar::dot_q8(ty, w.row(r), &a)
+                        } else {
+                            scalar::dot_f32(ty, w.row(r), xr)
+                        };
+                        let got = out[i * rows + r];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{} {ty} n={n} rows={rows} [{i},{r}]: {got} vs {want}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let data = vec![0u8; 34];
+    assert!(WeightMatrix::new(GgmlType::Q8_0, 2, 32, &data).is_err());
+    let w = WeightMatrix::new(GgmlType::Q8_0, 1, 32, &data).unwrap();
+    let x = vec![0f32; 64];
+    let mut out = vec![0f32; 1];
+    assert!(matmul_on(Isa::Scalar, &w, &mut Activations::new(&x, 2, 32), &mut out).is_err());
+}

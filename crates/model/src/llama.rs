@@ -1,0 +1,324 @@
+//! Llama-family decoder (Llama, SmolLM2, Qwen2-style): RMSNorm, rotary embeddings
+//! with the GGUF base and dimension count, grouped-query attention over the paged KV
+//! cache, SwiGLU MLP, tied or separate output head.
+//!
+//! Reads top-down: weights → load → forward (embed → layers → head), each layer
+//! attention then MLP with pre-norm residuals:
+//!   h = x + Wo · attn(rope(Wq·norm(x)), rope(Wk·norm(x)), Wv·norm(x))
+//!   y = h + Wdown · (silu(Wgate·norm(h)) ⊙ Wup·norm(h))
+
+use std::ops::Range;
+use std::path::Path;
+
+use inferd_gguf::{GgmlType, GgufFile};
+use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
+use inferd_kernels::quant::dequantize_row;
+use inferd_kernels::{matmul, Activations, WeightMatrix};
+use rayon::prelude::*;
+
+use crate::batch::{Logits, LogitsRequest, SeqBatch};
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::KvStore;
+
+/// A weight matrix's location in the mapped file.
+#[derive(Debug, Clone)]
+struct Linear {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    bytes: Range<usize>,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    /// Qwen2 has biases on Q, K and V.
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Llama {
+    file: GgufFile,
+    pub config: ModelConfig,
+    embed: Linear,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: Linear,
+    inv_freq: Vec<f32>,
+}
+
+struct Loader<'a> {
+    file: &'a GgufFile,
+}
+
+impl Loader<'_> {
+    fn err(&self, tensor: &str, what: String) -> ModelError {
+        ModelError::Tensor { file: self.file.info.file.display().to_string(), tensor: tensor.into(), what }
+    }
+
+    /// A matrix with GGUF dims `[cols, rows]`.
+    fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        let (t, _) = self.file.tensor(name)?;
+        if t.dims != [cols as u64, rows as u64] {
+            return Err(self.err(name, format!("dims {:?}, expected [{cols}, {rows}]", t.dims)));
+        }
+        if !inferd_kernels::dot::is_supported(t.ggml_type) {
+            return Err(self.err(name, format!("tensor type {} is not supported", t.ggml_type)));
+        }
+        let start = (self.file.info.data_offset + t.offset) as usize;
+        Ok(Linear { ty: t.ggml_type, rows, cols, bytes: start..start + t.size_bytes as usize })
+    }
+
+    /// A vector, dequantized to f32.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let (t, bytes) = self.file.tensor(name)?;
+        if t.dims != [len as u64] {
+            return Err(self.err(name, format!("dims {:?}, expected [{len}]", t.dims)));
+        }
+        let mut v = vec![0.0; len];
+        match t.ggml_type {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => dequantize_row(t.ggml_type, bytes, &mut v),
+            other => return Err(self.err(name, format!("type {other} for a vector (expected F32/F16/BF16)"))),
+        }
+        Ok(v)
+    }
+
+    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+        match self.file.info.tensor(name) {
+            None => Ok(None),
+            Some(_) => self.vector(name, len).map(Some),
+        }
+    }
+}
+
+impl Llama {
+    pub fn load(path: impl AsRef<Path>) -> Result<Llama> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file.info)?;
+        let c = &config;
+        let l = Loader { file: &file };
+        let kv_dim = c.kv_dim();
+        let embed = l.linear("token_embd.weight", c.vocab_size, c.dim)?;
+        let layers = (0..c.n_layers)
+            .map(|i| {
+                let n = |s: &str| format!("blk.{i}.{s}");
+                Ok(Layer {
+                    attn_norm: l.vector(&n("attn_norm.weight"), c.dim)?,
+                    wq: l.linear(&n("attn_q.weight"), c.dim, c.dim)?,
+                    wk: l.linear(&n("attn_k.weight"), kv_dim, c.dim)?,
+                    wv: l.linear(&n("attn_v.weight"), kv_dim, c.dim)?,
+                    wo: l.linear(&n("attn_output.weight"), c.dim, c.dim)?,
+                    bq: l.opt_vector(&n("attn_q.bias"), c.dim)?,
+                    bk: l.opt_vector(&n("attn_k.bias"), kv_dim)?,
+                    bv: l.opt_vector(&n("attn_v.bias"), kv_dim)?,
+                    ffn_norm: l.vector(&n("ffn_norm.weight"), c.dim)?,
+                    gate: l.linear(&n("ffn_gate.weight"), c.ffn_dim, c.dim)?,
+                    up: l.linear(&n("ffn_up.weight"), c.ffn_dim, c.dim)?,
+                    down: l.linear(&n("ffn_down.weight"), c.dim, c.ffn_dim)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out_norm = l.vector("output_norm.weight", c.dim)?;
+        // Tied embeddings: no `output.weight`, the embedding matrix is the head.
+        let output = match file.info.tensor("output.weight") {
+            Some(_) => l.linear("output.weight", c.vocab_size, c.dim)?,
+            None => embed.clone(),
+        };
+        let inv_freq = rope_inv_freq(c.rope_base, c.rope_dim);
+        Ok(Llama { file, config, embed, layers, out_norm, output, inv_freq })
+    }
+
+    pub fn gguf(&self) -> &inferd_gguf::Gguf {
+        &self.file.info
+    }
+
+    fn w(&self, l: &Linear) -> WeightMatrix<'_> {
+        WeightMatrix::new(l.ty, l.rows, l.cols, &self.file.bytes()[l.bytes.clone()])
+            .expect("weight shapes were checked at load: this is a bug")
+    }
+
+    fn mm(&self, l: &Linear, x: &mut Activations, out: &mut [f32]) {
+        matmul(&self.w(l), x, out).expect("matmul shapes are fixed by the model: this is a bug");
+    }
+
+    /// A KV store sized for `num_blocks` blocks of `block_size` tokens.
+    pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> KvStore {
+        KvStore::new(self.config.n_layers, num_blocks, block_size, self.config.kv_dim())
+    }
+
+    fn check_batch(&self, batch: &[SeqBatch], kv: &KvStore) -> Result<()> {
+        for (i, s) in batch.iter().enumerate() {
+            let end = s.start_pos + s.tokens.len();
+            if s.tokens.is_empty() {
+                return Err(ModelError::Batch(format!("sequence {i} has no tokens")));
+            }
+            if end > self.config.context_length {
+                return Err(ModelError::Batch(format!(
+                    "sequence {i} reaches position {end}, past the context length {}",
+                    self.config.context_length
+                )));
+            }
+            if s.block_table.len() * kv.block_size < end {
+                return Err(ModelError::Batch(format!(
+                    "sequence {i}: {} blocks cannot hold {end} positions",
+                    s.block_table.len()
+                )));
+            }
+            if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= kv.num_blocks) {
+                return Err(ModelError::Batch(format!("sequence {i}: block {b} is outside the pool")));
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(ModelError::Batch(format!("sequence {i}: token {t} is outside the vocabulary")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step over a ragged batch, writing the new tokens' K/V into their
+    /// blocks and returning logits for the requested positions.
+    pub fn forward(&self, batch: &[SeqBatch], kv: &mut KvStore) -> Result<Logits> {
+        self.check_batch(batch, kv)?;
+        let c = &self.config;
+        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        // token t belongs to sequence seq_of[t] at position pos_of[t]
+        let mut seq_of = Vec::new();
+        let mut pos_of = Vec::new();
+        for (i, s) in batch.iter().enumerate() {
+            for j in 0..s.tokens.len() {
+                seq_of.push(i);
+                pos_of.push(s.start_pos + j);
+            }
+        }
+        let n = seq_of.len();
+
+        // x: [n, dim]
+        let mut x = vec![0f32; n * dim];
+        let emb = self.w(&self.embed);
+        let tokens = batch.iter().flat_map(|s| s.tokens.iter());
+        for (row, &tok) in x.chunks_exact_mut(dim).zip(tokens) {
+            dequantize_row(emb.ty, emb.row(tok as usize), row);
+        }
+
+        let mut h = vec![0f32; n * dim];
+        let mut q = vec![0f32; n * dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        let mut attn = vec![0f32; n * dim];
+        let mut proj = vec![0f32; n * dim];
+        let mut gate = vec![0f32; n * c.ffn_dim];
+        let mut up = vec![0f32; n * c.ffn_dim];
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
+            let mut acts = Activations::new(&h, n, dim);
+            self.mm(&layer.wq, &mut acts, &mut q);
+            self.mm(&layer.wk, &mut acts, &mut k);
+            self.mm(&layer.wv, &mut acts, &mut v);
+            add_bias(&mut q, layer.bq.as_deref());
+            add_bias(&mut k, layer.bk.as_deref());
+            add_bias(&mut v, layer.bv.as_deref());
+            for t in 0..n {
+                rope(&mut q[t * dim..(t + 1) * dim], hd, pos_of[t], &self.inv_freq, c.rope_style);
+                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos_of[t], &self.inv_freq, c.rope_style);
+                let table = batch[seq_of[t]].block_table;
+                kv.write(li, table, pos_of[t], &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
+            }
+            self.attention(li, batch, &seq_of, &pos_of, &q, kv, &mut attn);
+            self.mm(&layer.wo, &mut Activations::new(&attn, n, dim), &mut proj);
+            add_into(&mut x, &proj);
+
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
+            let mut acts = Activations::new(&h, n, dim);
+            self.mm(&layer.gate, &mut acts, &mut gate);
+            self.mm(&layer.up, &mut acts, &mut up);
+            silu_mul(&mut gate, &up);
+            self.mm(&layer.down, &mut Activations::new(&gate, n, c.ffn_dim), &mut proj);
+            add_into(&mut x, &proj);
+        }
+
+        // Only the rows that were asked for go through the (large) output head.
+        let mut rows = Vec::new();
+        let mut t0 = 0;
+        for (i, s) in batch.iter().enumerate() {
+            let len = s.tokens.len();
+            match s.logits {
+                LogitsRequest::None => {}
+                LogitsRequest::Last => rows.push((i, len - 1, t0 + len - 1)),
+                LogitsRequest::All => rows.extend((0..len).map(|j| (i, j, t0 + j))),
+            }
+            t0 += len;
+        }
+        let mut hn = vec![0f32; rows.len() * dim];
+        for (r, &(_, _, t)) in rows.iter().enumerate() {
+            rms_norm(&x[t * dim..(t + 1) * dim], &self.out_norm, c.rms_eps, &mut hn[r * dim..(r + 1) * dim]);
+        }
+        let mut data = vec![0f32; rows.len() * c.vocab_size];
+        if !rows.is_empty() {
+            self.mm(&self.output, &mut Activations::new(&hn, rows.len(), dim), &mut data);
+        }
+        Ok(Logits { vocab: c.vocab_size, rows: rows.into_iter().map(|(s, j, _)| (s, j)).collect(), data })
+    }
+
+    /// Causal grouped-query attention of every new token over its sequence's cached
+    /// positions `0..=pos`, one task per (token, head). Softmax in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: usize,
+        batch: &[SeqBatch],
+        seq_of: &[usize],
+        pos_of: &[usize],
+        q: &[f32],
+        kv: &KvStore,
+        out: &mut [f32],
+    ) {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (ks, vs) = (kv.k(), kv.v());
+        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
+            let (t, head) = (idx / c.n_heads, idx % c.n_heads);
+            let qh = &q[idx * hd..(idx + 1) * hd];
+            let kv_off = (head / group) * hd;
+            let table = batch[seq_of[t]].block_table;
+            let len = pos_of[t] + 1;
+            scores.clear();
+            scores.extend((0..len).map(|p| {
+                let r = kv.row_offset(layer, table, p) + kv_off;
+                qh.iter().zip(&ks[r..r + hd]).map(|(a, b)| a * b).sum::<f32>() * scale
+            }));
+            softmax(scores);
+            o.fill(0.0);
+            for (p, &w) in scores.iter().enumerate() {
+                let r = kv.row_offset(layer, table, p) + kv_off;
+                for (acc, &vv) in o.iter_mut().zip(&vs[r..r + hd]) {
+                    *acc += w * vv;
+                }
+            }
+        });
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            add_into(row, b);
+        }
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
