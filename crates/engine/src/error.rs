@@ -3,6 +3,10 @@ pub enum EngineError {
     #[error(transparent)]
     Model(#[from] inferd_model::ModelError),
     #[error(transparent)]
+    Gguf(#[from] inferd_gguf::GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] inferd_tokenizer::TokenizerError),
+    #[error(transparent)]
     KvCache(#[from] inferd_kvcache::KvCacheError),
     #[error("`{field}` {reason}, got {value}")]
     InvalidParam { field: &'static str, value: String, reason: &'static str },

@@ -7,8 +7,10 @@
 
 mod error;
 mod generate;
+mod loader;
 mod sampling;
 
 pub use error::{EngineError, Result};
+pub use loader::{tokenizer_spec, LoadedModel};
 pub use generate::{FinishReason, GenerateRequest, GenerationStats, Generator, TokenOutput};
 pub use sampling::{Logprobs, Sampler, SamplingParams};

@@ -55,6 +55,33 @@ pub fn dot_f32(_isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
     scalar::dot_f32(ty, w, x)
 }
 
+/// Σ a·b over two f32 slices of equal length.
+#[inline]
+pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced when AVX2 and FMA were detected.
+        Isa::Avx2 => unsafe { crate::x86::dot_f32(a, b) },
+        _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
+    }
+}
+
+/// Dequantizes one weight row on `isa`; same result as
+/// [`crate::quant::dequantize_row`] up to f32 rounding of `q·d + m`.
+#[inline]
+pub fn dequantize_row(isa: Isa, ty: GgmlType, w: &[u8], out: &mut [f32]) {
+    match (isa, ty) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (all three): `Isa::Avx2` implies AVX2 and FMA were detected.
+        (Isa::Avx2, GgmlType::Q4_0) => unsafe { crate::x86::dequantize_q4_0(w, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q4_1) => unsafe { crate::x86::dequantize_q4_1(w, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, GgmlType::Q8_0) => unsafe { crate::x86::dequantize_q8_0(w, out) },
+        _ => crate::quant::dequantize_row(ty, w, out),
+    }
+}
+
 pub mod scalar {
     //! Reference implementations: plain loops, no `unsafe`, no SIMD.
     use super::*;
@@ -104,7 +131,9 @@ pub mod scalar {
                 .chunks_exact(34)
                 .zip(a)
                 .map(|(b, a)| {
-                    let isum: i32 = (0..QK).map(|j| b[2 + j] as i8 as i32 * a.qs[j] as i32).sum();
+                    let isum: i32 = (0..QK)
+                        .map(|j| b[2 + j] as i8 as i32 * a.qs[j] as i32)
+                        .sum();
                     f16_at(b, 0) * a.d * isum as f32
                 })
                 .sum(),
@@ -119,7 +148,9 @@ pub mod scalar {
                         let (sc, m) = scale_min_k4(j, scales);
                         let q = &qs[32 * (j / 2)..32 * (j / 2) + 32];
                         let shift = 4 * (j % 2);
-                        let isum: i32 = (0..QK).map(|l| ((q[l] >> shift) & 0xF) as i32 * a.qs[l] as i32).sum();
+                        let isum: i32 = (0..QK)
+                            .map(|l| ((q[l] >> shift) & 0xF) as i32 * a.qs[l] as i32)
+                            .sum();
                         acc += d * sc as f32 * a.d * isum as f32 - dmin * m as f32 * a.sum;
                     }
                     acc
@@ -136,7 +167,9 @@ pub mod scalar {
                         for h in 0..2 {
                             let sc = b[192 + 2 * j + h] as i8 as i32;
                             let isum: i32 = (0..16)
-                                .map(|l| q6k_value(b, 32 * j + 16 * h + l) * a.qs[16 * h + l] as i32)
+                                .map(|l| {
+                                    q6k_value(b, 32 * j + 16 * h + l) * a.qs[16 * h + l] as i32
+                                })
                                 .sum();
                             acc += d * a.d * (sc * isum) as f32;
                         }
@@ -155,7 +188,11 @@ pub mod scalar {
                 .zip(x)
                 .map(|(c, &x)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x)
                 .sum(),
-            GgmlType::F16 => x.iter().enumerate().map(|(i, &x)| f16_at(w, 2 * i) * x).sum(),
+            GgmlType::F16 => x
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| f16_at(w, 2 * i) * x)
+                .sum(),
             GgmlType::BF16 => w
                 .chunks_exact(2)
                 .zip(x)

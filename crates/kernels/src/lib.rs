@@ -18,7 +18,7 @@ pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use matmul::{matmul, Activations, WeightMatrix};
+pub use matmul::{matmul, Activations, Precision, WeightMatrix};
 pub use quant::BlockQ8;
 
 /// Instruction-set paths a kernel can take.
@@ -34,7 +34,9 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return Isa::Avx2;
             }
         }

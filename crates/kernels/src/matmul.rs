@@ -3,6 +3,17 @@
 //! The batch is the ragged batch's tokens, so every weight row is loaded once per
 //! step and used against all rows of `x` while it is hot in L1: this is what makes
 //! batching pay on CPU. Work is split across the rayon pool by output rows.
+//!
+//! Two activation precisions ([`Precision`]):
+//! - `F32` (default): each weight row is dequantized once into an L1-resident f32
+//!   buffer and dotted with every activation row in f32. This is exact up to f32
+//!   rounding, the same arithmetic as the reference implementation (transformers on
+//!   the dequantized weights).
+//! - `Q8`: activations quantized on the fly to 8-bit blocks and integer dot
+//!   products, as llama.cpp does. Faster in compute-bound prefill, but the 8-bit
+//!   rounding of activations that carry large outliers (SmolLM2 has residual values
+//!   near 25,000 on its attention-sink token) changes greedy outputs measurably:
+//!   see the model crate's reference test.
 
 use inferd_gguf::GgmlType;
 use rayon::prelude::*;
@@ -27,7 +38,9 @@ impl<'a> WeightMatrix<'a> {
             return Err(KernelError::UnsupportedType(ty));
         }
         if cols % ty.block_elems() != 0 || (uses_q8_activations(ty) && cols % QK != 0) {
-            return Err(KernelError::Shape(format!("{cols} columns is not a multiple of the {ty} block")));
+            return Err(KernelError::Shape(format!(
+                "{cols} columns is not a multiple of the {ty} block"
+            )));
         }
         let row_bytes = cols / ty.block_elems() * ty.block_bytes();
         if data.len() != rows * row_bytes {
@@ -37,7 +50,12 @@ impl<'a> WeightMatrix<'a> {
                 data.len()
             )));
         }
-        Ok(WeightMatrix { ty, rows, cols, data })
+        Ok(WeightMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -50,19 +68,41 @@ impl<'a> WeightMatrix<'a> {
     }
 }
 
-/// A batch of activation rows in f32, with their 8-bit quantization made once and
-/// reused by every matmul that reads the same input (Q, K and V; gate and up).
+/// How activations enter the dot products of quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 activations against dequantized weight rows (exact).
+    #[default]
+    F32,
+    /// 8-bit quantized activations, integer dot products (llama.cpp's scheme).
+    Q8,
+}
+
+/// A batch of activation rows in f32, with their 8-bit quantization (when the
+/// precision asks for it) made once and reused by every matmul that reads the same
+/// input (Q, K and V; gate and up).
 pub struct Activations<'a> {
     pub x: &'a [f32],
     pub rows: usize,
     pub cols: usize,
+    pub precision: Precision,
     q8: Vec<BlockQ8>,
 }
 
 impl<'a> Activations<'a> {
     pub fn new(x: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::with_precision(x, rows, cols, Precision::default())
+    }
+
+    pub fn with_precision(x: &'a [f32], rows: usize, cols: usize, precision: Precision) -> Self {
         debug_assert_eq!(x.len(), rows * cols);
-        Activations { x, rows, cols, q8: Vec::new() }
+        Activations {
+            x,
+            rows,
+            cols,
+            precision,
+            q8: Vec::new(),
+        }
     }
 
     fn ensure_q8(&mut self) {
@@ -98,7 +138,7 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
             out.len()
         )));
     }
-    let q8 = uses_q8_activations(w.ty);
+    let q8 = x.precision == Precision::Q8 && uses_q8_activations(w.ty);
     if q8 {
         x.ensure_q8();
     }
@@ -107,24 +147,30 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
     let (xq, xf) = (&x.q8, x.x);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let tasks = rows.div_ceil(ROWS_PER_TASK);
-    (0..tasks).into_par_iter().for_each(|t| {
-        let out_ptr = &out_ptr;
-        let r0 = t * ROWS_PER_TASK;
-        for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
-            let wr = w.row(r);
-            for i in 0..n {
-                let v = if q8 {
-                    dot::dot_q8(isa, w.ty, wr, &xq[i * bpr..(i + 1) * bpr])
-                } else {
-                    dot::dot_f32(isa, w.ty, wr, &xf[i * cols..(i + 1) * cols])
-                };
-                // SAFETY: task t alone writes column range [r0, r0 + ROWS_PER_TASK)
-                // of every output row, so writes are disjoint; the index is in
-                // bounds because out.len() == n * rows was checked above.
-                unsafe { *out_ptr.0.add(i * rows + r) = v };
+    (0..tasks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |wf: &mut Vec<f32>, t| {
+            let out_ptr = &out_ptr;
+            let r0 = t * ROWS_PER_TASK;
+            wf.resize(cols, 0.0);
+            for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
+                let wr = w.row(r);
+                if !q8 {
+                    dot::dequantize_row(isa, w.ty, wr, wf);
+                }
+                for i in 0..n {
+                    let v = if q8 {
+                        dot::dot_q8(isa, w.ty, wr, &xq[i * bpr..(i + 1) * bpr])
+                    } else {
+                        dot::dot_f32_f32(isa, wf, &xf[i * cols..(i + 1) * cols])
+                    };
+                    // SAFETY: task t alone writes column range [r0, r0 + ROWS_PER_TASK)
+                    // of every output row, so writes are disjoint; the index is in
+                    // bounds because out.len() == n * rows was checked above.
+                    unsafe { *out_ptr.0.add(i * rows + r) = v };
+                }
             }
-        }
-    });
+        });
     Ok(())
 }
 

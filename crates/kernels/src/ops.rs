@@ -26,7 +26,9 @@ pub enum RopeStyle {
 
 /// Precomputed inverse frequencies `base^(-2i/rot_dim)` for `i < rot_dim/2`.
 pub fn rope_inv_freq(base: f32, rot_dim: usize) -> Vec<f32> {
-    (0..rot_dim / 2).map(|i| 1.0 / base.powf(2.0 * i as f32 / rot_dim as f32)).collect()
+    (0..rot_dim / 2)
+        .map(|i| 1.0 / base.powf(2.0 * i as f32 / rot_dim as f32))
+        .collect()
 }
 
 /// Rotates each head of `x` (`[n_heads, head_dim]`) in place for position `pos`.

@@ -30,7 +30,11 @@ pub struct BlockQ8 {
 }
 
 impl BlockQ8 {
-    pub const ZERO: BlockQ8 = BlockQ8 { d: 0.0, sum: 0.0, qs: [0; QK] };
+    pub const ZERO: BlockQ8 = BlockQ8 {
+        d: 0.0,
+        sum: 0.0,
+        qs: [0; QK],
+    };
 }
 
 /// Quantizes `x` (length a multiple of 32) into `out`, one block per 32 values.
@@ -63,7 +67,10 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -161,7 +168,11 @@ pub(crate) fn q6k_value(b: &[u8], i: usize) -> i32 {
     let (half, r) = (i / 128, i % 128);
     let (quarter, l) = (r / 32, r % 32);
     let ql_byte = ql[64 * half + l + 32 * (quarter & 1)];
-    let lo = if quarter < 2 { ql_byte & 0xF } else { ql_byte >> 4 };
+    let lo = if quarter < 2 {
+        ql_byte & 0xF
+    } else {
+        ql_byte >> 4
+    };
     let hi = (qh[32 * half + l] >> (2 * quarter)) & 3;
     (lo | (hi << 4)) as i32 - 32
 }

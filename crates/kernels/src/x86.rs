@@ -83,3 +83,86 @@ pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     }
     hsum(acc)
 }
+
+/// Converts 32 bytes (as u8 when `signed` is false, i8 otherwise) to f32, computes
+/// `v·d + m` and stores 32 floats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_scaled(q: __m256i, signed: bool, d: f32, m: f32, out: *mut f32) {
+    let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+    let lanes = [_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)];
+    for (h, lane) in lanes.into_iter().enumerate() {
+        for k in 0..2 {
+            let bytes = if k == 0 {
+                lane
+            } else {
+                _mm_unpackhi_epi64(lane, lane)
+            };
+            let wide = if signed {
+                _mm256_cvtepi8_epi32(bytes)
+            } else {
+                _mm256_cvtepu8_epi32(bytes)
+            };
+            let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(wide), d, m);
+            _mm256_storeu_ps(out.add(16 * h + 8 * k), v);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
+    for (b, y) in w.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+        let d = f16(b, 0);
+        store_scaled(
+            unpack_nibbles(b.as_ptr().add(2)),
+            false,
+            d,
+            -8.0 * d,
+            y.as_mut_ptr(),
+        );
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
+    for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+        store_scaled(
+            unpack_nibbles(b.as_ptr().add(4)),
+            false,
+            f16(b, 0),
+            f16(b, 2),
+            y.as_mut_ptr(),
+        );
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
+    for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+        let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        store_scaled(q, true, f16(b, 0), 0.0, y.as_mut_ptr());
+    }
+}
+
+/// Σ a·b in f32 with four independent FMA chains.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let o = i + 8 * k;
+            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *acc);
+        }
+        i += 32;
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(sum);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}

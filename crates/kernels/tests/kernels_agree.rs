@@ -6,12 +6,18 @@ use inferd_gguf::GgmlType;
 use inferd_kernels::dot::{self, scalar};
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::quant::{dequantize_row, quantize_row_q8, BlockQ8};
-use inferd_kernels::{Activations, Isa, WeightMatrix};
+use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const QUANT_TYPES: [GgmlType; 6] =
-    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K];
+const QUANT_TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q6K,
+];
 
 /// Random but well-formed blocks: valid f16 scales of sensible size, random payload.
 fn random_row(rng: &mut StdRng, ty: GgmlType, cols: usize) -> Vec<u8> {
@@ -19,7 +25,8 @@ fn random_row(rng: &mut StdRng, ty: GgmlType, cols: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(blocks * ty.block_bytes());
     for _ in 0..blocks {
         let mut b: Vec<u8> = (0..ty.block_bytes()).map(|_| rng.gen()).collect();
-        let mut put = |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        let mut put =
+            |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
         match ty {
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => put(0, rng.gen_range(-0.1..0.1)),
             GgmlType::Q4_1 | GgmlType::Q4K => {
@@ -60,7 +67,10 @@ fn scalar_q8_dot_matches_dequantized_f32_dot() {
             let mut wf = vec![0f32; cols];
             dequantize_row(ty, &w, &mut wf);
             // Reference on the dequantized activations isolates the weight format.
-            let xa: Vec<f32> = a.iter().flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d)).collect();
+            let xa: Vec<f32> = a
+                .iter()
+                .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                .collect();
             let want: f32 = wf.iter().zip(&xa).map(|(a, b)| a * b).sum();
             let got = scalar::dot_q8(ty, &w, &a);
             let scale: f32 = wf.iter().zip(&xa).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-3;
@@ -81,7 +91,11 @@ fn every_isa_matches_scalar_dot() {
                 quantize_row_q8(&random_x(&mut rng, cols), &mut a);
                 let want = scalar::dot_q8(ty, &w, &a);
                 let got = dot::dot_q8(isa, ty, &w, &a);
-                assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} {ty}: {got} vs {want}", isa.name());
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{} {ty}: {got} vs {want}",
+                    isa.name()
+                );
             }
         }
     }
@@ -92,30 +106,45 @@ fn matmul_matches_reference_on_odd_shapes_for_every_isa() {
     let mut rng = StdRng::seed_from_u64(3);
     let types = [QUANT_TYPES.as_slice(), &[GgmlType::F16, GgmlType::F32]].concat();
     for isa in Isa::available() {
-        for &ty in &types {
-            for &(n, rows) in &[(1, 1), (3, 37), (5, 70), (8, 33)] {
-                let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
-                let data: Vec<u8> = (0..rows).flat_map(|_| random_row(&mut rng, ty, cols)).collect();
-                let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
-                let x = random_x(&mut rng, n * cols);
-                let mut out = vec![0f32; n * rows];
-                matmul_on(isa, &w, &mut Activations::new(&x, n, cols), &mut out).unwrap();
-                for i in 0..n {
-                    let xr = &x[i * cols..(i + 1) * cols];
-                    let mut a = vec![BlockQ8::ZERO; cols / 32];
-                    quantize_row_q8(xr, &mut a);
-                    for r in 0..rows {
-                        let want = if dot::uses_q8_activations(ty) {
-                            scalar::dot_q8(ty, w.row(r), &a)
-                        } else {
-                            scalar::dot_f32(ty, w.row(r), xr)
-                        };
-                        let got = out[i * rows + r];
-                        assert!(
+        for precision in [Precision::F32, Precision::Q8] {
+            for &ty in &types {
+                for &(n, rows) in &[(1, 1), (3, 37), (5, 70), (8, 33)] {
+                    let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
+                    let data: Vec<u8> = (0..rows)
+                        .flat_map(|_| random_row(&mut rng, ty, cols))
+                        .collect();
+                    let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
+                    let x = random_x(&mut rng, n * cols);
+                    let mut out = vec![0f32; n * rows];
+                    matmul_on(
+                        isa,
+                        &w,
+                        &mut Activations::with_precision(&x, n, cols, precision),
+                        &mut out,
+                    )
+                    .unwrap();
+                    for i in 0..n {
+                        let xr = &x[i * cols..(i + 1) * cols];
+                        let mut a = vec![BlockQ8::ZERO; cols / 32];
+                        quantize_row_q8(xr, &mut a);
+                        for r in 0..rows {
+                            let want = if precision == Precision::Q8 && dot::uses_q8_activations(ty)
+                            {
+                                scalar::dot_q8(ty, w.row(r), &a)
+                            } else if dot::uses_q8_activations(ty) {
+                                let mut wf = vec![0f32; cols];
+                                dequantize_row(ty, w.row(r), &mut wf);
+                                wf.iter().zip(xr).map(|(a, b)| a * b).sum()
+                            } else {
+                                scalar::dot_f32(ty, w.row(r), xr)
+                            };
+                            let got = out[i * rows + r];
+                            assert!(
                             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{} {ty} n={n} rows={rows} [{i},{r}]: {got} vs {want}",
+                            "{} {precision:?} {ty} n={n} rows={rows} [{i},{r}]: {got} vs {want}",
                             isa.name()
                         );
+                        }
                     }
                 }
             }
@@ -131,4 +160,35 @@ fn shape_errors_are_reported() {
     let x = vec![0f32; 64];
     let mut out = vec![0f32; 1];
     assert!(matmul_on(Isa::Scalar, &w, &mut Activations::new(&x, 2, 32), &mut out).is_err());
+}
+
+#[test]
+fn simd_dequantize_and_f32_dot_match_scalar() {
+    let mut rng = StdRng::seed_from_u64(4);
+    for isa in Isa::available() {
+        for ty in QUANT_TYPES {
+            let cols = ty.block_elems() * 3;
+            let w = random_row(&mut rng, ty, cols);
+            let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+            dequantize_row(ty, &w, &mut a);
+            dot::dequantize_row(isa, ty, &w, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                    "{} {ty}: {x} vs {y}",
+                    isa.name()
+                );
+            }
+        }
+        for len in [1, 7, 32, 33, 100, 576] {
+            let (x, y) = (random_x(&mut rng, len), random_x(&mut rng, len));
+            let want: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let got = dot::dot_f32_f32(isa, &x, &y);
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{} len {len}",
+                isa.name()
+            );
+        }
+    }
 }

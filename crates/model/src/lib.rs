@@ -17,4 +17,4 @@ pub use batch::{Logits, LogitsRequest, SeqBatch};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use kv::KvStore;
-pub use llama::Llama;
+pub use llama::{ForwardOptions, Llama};

@@ -13,7 +13,8 @@ use std::path::Path;
 use inferd_gguf::{GgmlType, GgufFile};
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
-use inferd_kernels::{matmul, Activations, WeightMatrix};
+use inferd_kernels::matmul::matmul_on;
+use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
 use rayon::prelude::*;
 
 use crate::batch::{Logits, LogitsRequest, SeqBatch};
@@ -46,9 +47,25 @@ struct Layer {
     down: Linear,
 }
 
+/// Numeric choices of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Activation precision in the matmuls. Default `F32` (exact).
+    pub precision: Precision,
+    /// Kernel instruction set. Default: the best this CPU supports.
+    pub isa: Isa,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions { precision: Precision::default(), isa: inferd_kernels::default_isa() }
+    }
+}
+
 pub struct Llama {
     file: GgufFile,
     pub config: ModelConfig,
+    pub options: ForwardOptions,
     embed: Linear,
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
@@ -134,7 +151,7 @@ impl Llama {
             None => embed.clone(),
         };
         let inv_freq = rope_inv_freq(c.rope_base, c.rope_dim);
-        Ok(Llama { file, config, embed, layers, out_norm, output, inv_freq })
+        Ok(Llama { file, config, options: ForwardOptions::default(), embed, layers, out_norm, output, inv_freq })
     }
 
     pub fn gguf(&self) -> &inferd_gguf::Gguf {
@@ -147,7 +164,11 @@ impl Llama {
     }
 
     fn mm(&self, l: &Linear, x: &mut Activations, out: &mut [f32]) {
-        matmul(&self.w(l), x, out).expect("matmul shapes are fixed by the model: this is a bug");
+        matmul_on(self.options.isa, &self.w(l), x, out).expect("matmul shapes are fixed by the model: this is a bug");
+    }
+
+    fn acts<'a>(&self, x: &'a [f32], rows: usize, cols: usize) -> Activations<'a> {
+        Activations::with_precision(x, rows, cols, self.options.precision)
     }
 
     /// A KV store sized for `num_blocks` blocks of `block_size` tokens.
@@ -219,7 +240,7 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
-            let mut acts = Activations::new(&h, n, dim);
+            let mut acts = self.acts(&h, n, dim);
             self.mm(&layer.wq, &mut acts, &mut q);
             self.mm(&layer.wk, &mut acts, &mut k);
             self.mm(&layer.wv, &mut acts, &mut v);
@@ -233,15 +254,15 @@ impl Llama {
                 kv.write(li, table, pos_of[t], &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
             }
             self.attention(li, batch, &seq_of, &pos_of, &q, kv, &mut attn);
-            self.mm(&layer.wo, &mut Activations::new(&attn, n, dim), &mut proj);
+            self.mm(&layer.wo, &mut self.acts(&attn, n, dim), &mut proj);
             add_into(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
-            let mut acts = Activations::new(&h, n, dim);
+            let mut acts = self.acts(&h, n, dim);
             self.mm(&layer.gate, &mut acts, &mut gate);
             self.mm(&layer.up, &mut acts, &mut up);
             silu_mul(&mut gate, &up);
-            self.mm(&layer.down, &mut Activations::new(&gate, n, c.ffn_dim), &mut proj);
+            self.mm(&layer.down, &mut self.acts(&gate, n, c.ffn_dim), &mut proj);
             add_into(&mut x, &proj);
         }
 
@@ -263,7 +284,7 @@ impl Llama {
         }
         let mut data = vec![0f32; rows.len() * c.vocab_size];
         if !rows.is_empty() {
-            self.mm(&self.output, &mut Activations::new(&hn, rows.len(), dim), &mut data);
+            self.mm(&self.output, &mut self.acts(&hn, rows.len(), dim), &mut data);
         }
         Ok(Logits { vocab: c.vocab_size, rows: rows.into_iter().map(|(s, j, _)| (s, j)).collect(), data })
     }
