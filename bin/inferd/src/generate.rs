@@ -52,6 +52,9 @@ pub struct GenerateArgs {
     /// Don't stop at end-of-sequence tokens (benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// Activation precision in the matmuls.
+    #[arg(long, value_enum, default_value = "f32")]
+    activations: crate::perf::ActivationsArg,
     /// Download the model if it is a known alias that is not present.
     #[arg(long)]
     fetch: bool,
@@ -63,7 +66,10 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("cannot start the worker threads")?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .context("cannot start the worker threads")?;
     Ok(n)
 }
 
@@ -71,12 +77,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let threads = init_threads(args.threads)?;
     let path = registry::resolve(&args.model, args.fetch, "python3")?;
     let t0 = Instant::now();
-    let loaded = LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    let loaded =
+        LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
     let load_secs = t0.elapsed().as_secs_f64();
     let tok = &loaded.tokenizer;
 
     let prompt_text = if args.chat {
-        let template = loaded.chat_template.as_ref().context("this model has no chat template; drop --chat")?;
+        let template = loaded
+            .chat_template
+            .as_ref()
+            .context("this model has no chat template; drop --chat")?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
             messages.push(ChatMessage::new("system", s.as_str()));
@@ -100,7 +110,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         prompt,
         max_tokens: args.max_tokens,
         sampling,
-        stop_token_ids: if args.ignore_eos { Vec::new() } else { tok.stop_token_ids() },
+        stop_token_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            tok.stop_token_ids()
+        },
     };
     let context_tokens = req.prompt.len() + req.max_tokens;
     let mut gen = Generator::new(&loaded.model, context_tokens, 16);
@@ -109,7 +123,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let stats = gen.generate(&req, |t| {
         if let Some(text) = detok.push(tok, t.id) {
             // A closed stdout (e.g. piped into `head`) stops generation.
-            return stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_ok();
+            return stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok();
         }
         true
     })?;

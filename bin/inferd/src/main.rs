@@ -2,6 +2,7 @@
 //! validates them, and wires the crates together.
 
 mod generate;
+mod perf;
 mod registry;
 
 use std::process::ExitCode;
@@ -9,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "inferd", version, about = "Serve and route language models on this machine")]
+#[command(
+    name = "inferd",
+    version,
+    about = "Serve and route language models on this machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +24,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout; timings go to stderr.
     Generate(generate::GenerateArgs),
+    /// Measure prefill (ppN) and decode (tgN) throughput like llama-bench.
+    Perf(perf::PerfArgs),
     /// List, fetch or locate the known models.
     Models {
         #[command(subcommand)]
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Perf(args) => perf::run(args),
         Command::Models { command } => models(command),
     };
     match result {
@@ -64,30 +72,49 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
     let home = registry::inferd_home()?;
     match cmd {
         ModelsCommand::List => {
-            println!("{:<14} {:<8} {:<9} DESCRIPTION", "ALIAS", "DEFAULT", "PRESENT");
+            println!(
+                "{:<14} {:<8} {:<9} DESCRIPTION",
+                "ALIAS", "DEFAULT", "PRESENT"
+            );
             for m in registry::MODELS {
-                let default = if m.alias == registry::DEFAULT_MODEL { "yes" } else { "" };
+                let default = if m.alias == registry::DEFAULT_MODEL {
+                    "yes"
+                } else {
+                    ""
+                };
                 let present = if m.is_present(&home) { "yes" } else { "no" };
-                println!("{:<14} {:<8} {:<9} {}", m.alias, default, present, m.description);
+                println!(
+                    "{:<14} {:<8} {:<9} {}",
+                    m.alias, default, present, m.description
+                );
             }
             println!("\nmodels folder: {}", home.join("models").display());
         }
-        ModelsCommand::Fetch { aliases, all, python } => {
+        ModelsCommand::Fetch {
+            aliases,
+            all,
+            python,
+        } => {
             let aliases: Vec<String> = if all {
-                registry::MODELS.iter().map(|m| m.alias.to_string()).collect()
+                registry::MODELS
+                    .iter()
+                    .map(|m| m.alias.to_string())
+                    .collect()
             } else if aliases.is_empty() {
                 vec![registry::DEFAULT_MODEL.to_string()]
             } else {
                 aliases
             };
             for a in &aliases {
-                let entry = registry::find(a).ok_or_else(|| anyhow::anyhow!("unknown model alias `{a}`"))?;
+                let entry = registry::find(a)
+                    .ok_or_else(|| anyhow::anyhow!("unknown model alias `{a}`"))?;
                 let path = entry.fetch(&home, &python)?;
                 println!("{a}: {}", path.display());
             }
         }
         ModelsCommand::Path { alias } => {
-            let entry = registry::find(&alias).ok_or_else(|| anyhow::anyhow!("unknown model alias `{alias}`"))?;
+            let entry = registry::find(&alias)
+                .ok_or_else(|| anyhow::anyhow!("unknown model alias `{alias}`"))?;
             println!("{}", entry.path(&home).display());
         }
     }

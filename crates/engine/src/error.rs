@@ -9,9 +9,17 @@ pub enum EngineError {
     #[error(transparent)]
     KvCache(#[from] inferd_kvcache::KvCacheError),
     #[error("`{field}` {reason}, got {value}")]
-    InvalidParam { field: &'static str, value: String, reason: &'static str },
+    InvalidParam {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context length {context_length}")]
-    ContextOverflow { prompt_tokens: usize, max_tokens: usize, context_length: usize },
+    ContextOverflow {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        context_length: usize,
+    },
     #[error("prompt is empty")]
     EmptyPrompt,
 }

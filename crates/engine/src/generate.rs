@@ -132,11 +132,18 @@ impl<'m> Generator<'m> {
                 tokens: &req.prompt[pos..end],
                 start_pos: pos,
                 block_table: table.blocks(),
-                logits: if last { LogitsRequest::Last } else { LogitsRequest::None },
+                logits: if last {
+                    LogitsRequest::Last
+                } else {
+                    LogitsRequest::None
+                },
             }];
             let logits = self.model.forward(&batch, &mut self.kv)?;
             if last {
-                last_logits = logits.last_of(0).expect("last logits were requested: this is a bug").to_vec();
+                last_logits = logits
+                    .last_of(0)
+                    .expect("last logits were requested: this is a bug")
+                    .to_vec();
             }
             pos = end;
         }

@@ -11,6 +11,6 @@ mod loader;
 mod sampling;
 
 pub use error::{EngineError, Result};
-pub use loader::{tokenizer_spec, LoadedModel};
 pub use generate::{FinishReason, GenerateRequest, GenerationStats, Generator, TokenOutput};
+pub use loader::LoadedModel;
 pub use sampling::{Logprobs, Sampler, SamplingParams};

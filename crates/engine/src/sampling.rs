@@ -51,7 +51,13 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Checks every field; the error names the field, the value and the rule.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field, value: f32, reason| Err(EngineError::InvalidParam { field, value: value.to_string(), reason });
+        let bad = |field, value: f32, reason| {
+            Err(EngineError::InvalidParam {
+                field,
+                value: value.to_string(),
+                reason,
+            })
+        };
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad("temperature", self.temperature, "must be finite and >= 0");
         }
@@ -62,17 +68,33 @@ impl SamplingParams {
             return bad("min_p", self.min_p, "must be in [0, 1]");
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad("repetition_penalty", self.repetition_penalty, "must be finite and > 0");
+            return bad(
+                "repetition_penalty",
+                self.repetition_penalty,
+                "must be finite and > 0",
+            );
         }
         if !(-2.0..=2.0).contains(&self.presence_penalty) {
-            return bad("presence_penalty", self.presence_penalty, "must be in [-2, 2]");
+            return bad(
+                "presence_penalty",
+                self.presence_penalty,
+                "must be in [-2, 2]",
+            );
         }
         if !(-2.0..=2.0).contains(&self.frequency_penalty) {
-            return bad("frequency_penalty", self.frequency_penalty, "must be in [-2, 2]");
+            return bad(
+                "frequency_penalty",
+                self.frequency_penalty,
+                "must be in [-2, 2]",
+            );
         }
         if let Some(n) = self.logprobs {
             if n > 20 {
-                return Err(EngineError::InvalidParam { field: "top_logprobs", value: n.to_string(), reason: "must be at most 20" });
+                return Err(EngineError::InvalidParam {
+                    field: "top_logprobs",
+                    value: n.to_string(),
+                    reason: "must be at most 20",
+                });
             }
         }
         Ok(())
@@ -103,7 +125,12 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_entropy(),
         };
-        Ok(Sampler { params, rng, counts: Default::default(), scratch: Vec::new() })
+        Ok(Sampler {
+            params,
+            rng,
+            counts: Default::default(),
+            scratch: Vec::new(),
+        })
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -118,14 +145,19 @@ impl Sampler {
     /// Picks the next token from one row of logits (does not `observe` it).
     pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<Logprobs>) {
         let p = &self.params;
-        let penalised = p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let penalised =
+            p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         let adjusted;
         let l: &[f32] = if penalised && !self.counts.is_empty() {
             let mut a = logits.to_vec();
             for (&t, &n) in &self.counts {
                 let v = &mut a[t as usize];
                 if p.repetition_penalty != 1.0 {
-                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
                 }
                 *v -= p.presence_penalty + p.frequency_penalty * n as f32;
             }
@@ -185,7 +217,9 @@ impl Sampler {
                 return t;
             }
         }
-        c.last().expect("at least one candidate survives filtering: this is a bug").0
+        c.last()
+            .expect("at least one candidate survives filtering: this is a bug")
+            .0
     }
 }
 
@@ -207,13 +241,18 @@ pub fn logprobs(logits: &[f32], token: u32, n: usize) -> Logprobs {
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(logits.len());
     if n > 0 && n < idx.len() {
-        idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        idx.select_nth_unstable_by(n - 1, |&a, &b| {
+            logits[b as usize].total_cmp(&logits[a as usize])
+        });
     }
     idx.truncate(n);
     idx.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     Logprobs {
         token_logprob: logits[token as usize] - lse,
-        top: idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(),
+        top: idx
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - lse))
+            .collect(),
     }
 }
 
@@ -222,7 +261,10 @@ mod tests {
     use super::*;
 
     fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-        let mut p = SamplingParams { seed: Some(1), ..Default::default() };
+        let mut p = SamplingParams {
+            seed: Some(1),
+            ..Default::default()
+        };
         f(&mut p);
         p
     }
@@ -304,9 +346,15 @@ mod tests {
 
     #[test]
     fn invalid_params_name_the_field() {
-        let e = Sampler::new(params(|p| p.top_p = 1.5)).err().unwrap().to_string();
+        let e = Sampler::new(params(|p| p.top_p = 1.5))
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(e, "`top_p` must be in (0, 1], got 1.5");
-        let e = Sampler::new(params(|p| p.temperature = -1.0)).err().unwrap().to_string();
+        let e = Sampler::new(params(|p| p.temperature = -1.0))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("`temperature`"), "{e}");
     }
 }

@@ -98,7 +98,10 @@ impl<'a> Cursor<'a> {
         if n.saturating_mul(min_item_bytes.max(1) as u64) > remaining {
             return Err(self.corrupt(
                 at,
-                format!("{}: count {n} exceeds what the remaining {remaining} bytes can hold", what()),
+                format!(
+                    "{}: count {n} exceeds what the remaining {remaining} bytes can hold",
+                    what()
+                ),
             ));
         }
         Ok(n as usize)
@@ -136,7 +139,10 @@ impl<'a> Cursor<'a> {
             ValueType::Array => {
                 let at = self.pos;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.corrupt(at, format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what())));
+                    return Err(self.corrupt(
+                        at,
+                        format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what()),
+                    ));
                 }
                 let tag = self.u32(what)?;
                 let item_ty = ValueType::from_u32(tag).ok_or_else(|| {
@@ -168,14 +174,24 @@ impl Gguf {
     /// Parses header, metadata and tensor infos from `bytes` (the whole file).
     /// `file` only names the source in errors.
     pub fn parse(bytes: &[u8], file: &Path) -> Result<Gguf> {
-        let mut c = Cursor { bytes, pos: 0, file };
+        let mut c = Cursor {
+            bytes,
+            pos: 0,
+            file,
+        };
         let magic: [u8; 4] = c.array(&|| "magic".into())?;
         if &magic != MAGIC {
-            return Err(GgufError::BadMagic { file: file.to_path_buf(), found: magic });
+            return Err(GgufError::BadMagic {
+                file: file.to_path_buf(),
+                found: magic,
+            });
         }
         let version = c.u32(&|| "version".into())?;
         if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion { file: file.to_path_buf(), version });
+            return Err(GgufError::UnsupportedVersion {
+                file: file.to_path_buf(),
+                version,
+            });
         }
         // Each tensor info is at least a name length, n_dims, type and offset.
         let n_tensors = c.count(24, &|| "tensor count".into())?;
@@ -217,7 +233,10 @@ impl Gguf {
             let at = c.pos;
             let n_dims = c.u32(&what)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.corrupt(at, format!("{}: {n_dims} dimensions (1..={MAX_DIMS} supported)", what())));
+                return Err(c.corrupt(
+                    at,
+                    format!("{}: {n_dims} dimensions (1..={MAX_DIMS} supported)", what()),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -247,9 +266,17 @@ impl Gguf {
                 ))
             })?;
             if offset % alignment != 0 {
-                return Err(tensor_err(format!("data offset {offset} is not aligned to {alignment}")));
+                return Err(tensor_err(format!(
+                    "data offset {offset} is not aligned to {alignment}"
+                )));
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, size_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                size_bytes,
+            });
         }
 
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
@@ -263,7 +290,9 @@ impl Gguf {
                     what: "name appears twice".into(),
                 });
             }
-            let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.size_bytes));
+            let end = data_offset
+                .checked_add(t.offset)
+                .and_then(|s| s.checked_add(t.size_bytes));
             if end.is_none_or(|e| e > len) {
                 return Err(GgufError::Tensor {
                     file: file.to_path_buf(),
@@ -277,7 +306,14 @@ impl Gguf {
             }
         }
 
-        Ok(Gguf { file: file.to_path_buf(), version, metadata, tensors, alignment, data_offset })
+        Ok(Gguf {
+            file: file.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -285,28 +321,37 @@ impl Gguf {
     }
 
     fn meta_err(&self, key: &str, what: String) -> GgufError {
-        GgufError::Metadata { file: self.file.clone(), key: key.into(), what }
+        GgufError::Metadata {
+            file: self.file.clone(),
+            key: key.into(),
+            what,
+        }
     }
 
     fn required(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| self.meta_err(key, "missing".into()))
+        self.get(key)
+            .ok_or_else(|| self.meta_err(key, "missing".into()))
     }
 
     /// A required unsigned integer.
     pub fn u64(&self, key: &str) -> Result<u64> {
         let v = self.required(key)?;
-        v.as_u64().ok_or_else(|| self.meta_err(key, format!("expected an unsigned integer, got {v:?}")))
+        v.as_u64()
+            .ok_or_else(|| self.meta_err(key, format!("expected an unsigned integer, got {v:?}")))
     }
 
     /// A required number (float or integer).
     pub fn f64(&self, key: &str) -> Result<f64> {
         let v = self.required(key)?;
-        v.as_f64().ok_or_else(|| self.meta_err(key, format!("expected a number, got {v:?}")))
+        v.as_f64()
+            .ok_or_else(|| self.meta_err(key, format!("expected a number, got {v:?}")))
     }
 
     pub fn str(&self, key: &str) -> Result<&str> {
         let v = self.required(key)?;
-        v.as_str().ok_or_else(|| self.meta_err(key, format!("expected a string, got {:?}", v.value_type())))
+        v.as_str().ok_or_else(|| {
+            self.meta_err(key, format!("expected a string, got {:?}", v.value_type()))
+        })
     }
 
     /// An optional value that, when present, must have the right type.
@@ -322,7 +367,9 @@ impl Gguf {
     /// A required array of strings.
     pub fn strings(&self, key: &str) -> Result<Vec<String>> {
         let v = self.required(key)?;
-        let items = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array".into()))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| self.meta_err(key, "expected an array".into()))?;
         items
             .iter()
             .map(|i| i.as_str().map(str::to_owned))
@@ -344,7 +391,10 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io_err = |source| GgufError::Io { file: path.to_path_buf(), source };
+        let io_err = |source| GgufError::Io {
+            file: path.to_path_buf(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io_err)?;
         // SAFETY: the mapping is read-only; a model file changed underneath a running
         // process is outside what any mmap-based loader can guard against.

@@ -14,7 +14,12 @@ pub struct GgufWriter {
 impl GgufWriter {
     /// A version-3 file with the default 32-byte alignment.
     pub fn new() -> Self {
-        GgufWriter { version: 3, alignment: 32, metadata: Vec::new(), tensors: Vec::new() }
+        GgufWriter {
+            version: 3,
+            alignment: 32,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 
     pub fn version(mut self, version: u32) -> Self {
@@ -25,7 +30,8 @@ impl GgufWriter {
     /// Sets `general.alignment` as well as the padding used when writing.
     pub fn alignment(mut self, alignment: u32) -> Self {
         self.alignment = alignment as u64;
-        self.metadata.push(("general.alignment".into(), Value::U32(alignment)));
+        self.metadata
+            .push(("general.alignment".into(), Value::U32(alignment)));
         self
     }
 

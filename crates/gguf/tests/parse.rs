@@ -25,7 +25,10 @@ fn sample() -> GgufWriter {
         .kv("f64", Value::F64(-2.25))
         .kv(
             "strings",
-            Value::Array(ValueType::String, vec![Value::String("a".into()), Value::String("βγ".into())]),
+            Value::Array(
+                ValueType::String,
+                vec![Value::String("a".into()), Value::String("βγ".into())],
+            ),
         )
         .kv(
             "nested",
@@ -37,7 +40,12 @@ fn sample() -> GgufWriter {
                 ],
             ),
         )
-        .tensor("a", &[4, 2], GgmlType::F32, (0..32).map(|i| i as u8).collect())
+        .tensor(
+            "a",
+            &[4, 2],
+            GgmlType::F32,
+            (0..32).map(|i| i as u8).collect(),
+        )
         .tensor("q", &[64], GgmlType::Q8_0, vec![9u8; 68])
 }
 
@@ -64,9 +72,15 @@ fn parses_every_value_type_and_tensor() {
         assert_eq!(nested[0].as_array().unwrap()[1], Value::I32(2));
         assert_eq!(g.tensors.len(), 2);
         let a = g.tensor("a").unwrap();
-        assert_eq!((a.dims.clone(), a.ggml_type, a.size_bytes, a.offset), (vec![4, 2], GgmlType::F32, 32, 0));
+        assert_eq!(
+            (a.dims.clone(), a.ggml_type, a.size_bytes, a.offset),
+            (vec![4, 2], GgmlType::F32, 32, 0)
+        );
         let q = g.tensor("q").unwrap();
-        assert_eq!((q.ggml_type, q.size_bytes, q.offset), (GgmlType::Q8_0, 68, 32));
+        assert_eq!(
+            (q.ggml_type, q.size_bytes, q.offset),
+            (GgmlType::Q8_0, 68, 32)
+        );
         assert_eq!(g.data_offset % 32, 0);
         assert_eq!(bytes[(g.data_offset + a.offset) as usize + 5], 5);
     }
@@ -95,10 +109,16 @@ fn open_memory_maps_tensor_bytes() {
     let f = GgufFile::open(&path).unwrap();
     let (t, bytes) = f.tensor("a").unwrap();
     assert_eq!(t.elems(), 8);
-    assert_eq!(bytes, (0..32).map(|i| i as u8).collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        bytes,
+        (0..32).map(|i| i as u8).collect::<Vec<_>>().as_slice()
+    );
     let err = f.tensor("missing").err().unwrap().to_string();
     assert!(err.contains("m.gguf") && err.contains("`missing`"), "{err}");
-    let err = GgufFile::open(dir.join("nope.gguf")).err().unwrap().to_string();
+    let err = GgufFile::open(dir.join("nope.gguf"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("nope.gguf"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -108,7 +128,12 @@ fn every_truncation_is_an_error_not_a_panic() {
     let bytes = sample().to_bytes();
     let g = parse(&bytes).unwrap();
     // The trailing alignment padding after the last tensor is not needed.
-    let needed = g.tensors.iter().map(|t| g.data_offset + t.offset + t.size_bytes).max().unwrap();
+    let needed = g
+        .tensors
+        .iter()
+        .map(|t| g.data_offset + t.offset + t.size_bytes)
+        .max()
+        .unwrap();
     for len in 0..needed as usize {
         let err = parse(&bytes[..len]);
         assert!(err.is_err(), "truncated to {len} bytes parsed");
@@ -123,7 +148,10 @@ fn truncated_tensor_data_names_the_tensor() {
     let g = parse(&bytes).unwrap();
     let cut = (g.data_offset + 40) as usize;
     let msg = parse(&bytes[..cut]).unwrap_err().to_string();
-    assert!(msg.contains("tensor `q`") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("tensor `q`") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -138,13 +166,18 @@ fn bad_magic_and_version() {
 
 #[test]
 fn unknown_tensor_type_names_tensor_and_type() {
-    let mut bytes = GgufWriter::new().tensor("w", &[32], GgmlType::Q8_0, vec![0; 34]).to_bytes();
+    let mut bytes = GgufWriter::new()
+        .tensor("w", &[32], GgmlType::Q8_0, vec![0; 34])
+        .to_bytes();
     // The type tag sits right before the u64 offset at the end of the tensor info.
     let info_end = 4 + 4 + 8 + 8 + (8 + 1) + 4 + 8 + 4 + 8;
     let tag_at = info_end - 12;
     bytes[tag_at..tag_at + 4].copy_from_slice(&99u32.to_le_bytes());
     let msg = parse(&bytes).unwrap_err().to_string();
-    assert!(msg.contains("tensor `w`") && msg.contains("unsupported tensor type 99"), "{msg}");
+    assert!(
+        msg.contains("tensor `w`") && msg.contains("unsupported tensor type 99"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -153,20 +186,32 @@ fn huge_counts_are_rejected_without_allocating() {
     bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
     let msg = parse(&bytes).unwrap_err().to_string();
     assert!(msg.contains("tensor count"), "{msg}");
-    let mut bytes = GgufWriter::new().kv("k", Value::Array(ValueType::U8, vec![Value::U8(1)])).to_bytes();
+    let mut bytes = GgufWriter::new()
+        .kv("k", Value::Array(ValueType::U8, vec![Value::U8(1)]))
+        .to_bytes();
     // key: 8 + 1 bytes, type tag 4, element type 4, then the count.
     let count_at = 24 + 9 + 4 + 4;
     bytes[count_at..count_at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
     let msg = parse(&bytes).unwrap_err().to_string();
-    assert!(msg.contains("metadata key `k`") && msg.contains("count"), "{msg}");
+    assert!(
+        msg.contains("metadata key `k`") && msg.contains("count"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn block_size_mismatch_and_misalignment() {
-    let bytes = GgufWriter::new().tensor("w", &[33], GgmlType::Q4_0, vec![0; 18]).to_bytes();
+    let bytes = GgufWriter::new()
+        .tensor("w", &[33], GgmlType::Q4_0, vec![0; 18])
+        .to_bytes();
     let msg = parse(&bytes).unwrap_err().to_string();
-    assert!(msg.contains("tensor `w`") && msg.contains("block size"), "{msg}");
-    let bytes = GgufWriter::new().kv("general.alignment", Value::U32(3)).to_bytes();
+    assert!(
+        msg.contains("tensor `w`") && msg.contains("block size"),
+        "{msg}"
+    );
+    let bytes = GgufWriter::new()
+        .kv("general.alignment", Value::U32(3))
+        .to_bytes();
     let msg = parse(&bytes).unwrap_err().to_string();
     assert!(msg.contains("general.alignment"), "{msg}");
 }
@@ -175,9 +220,15 @@ fn block_size_mismatch_and_misalignment() {
 fn typed_getters_name_key_and_problem() {
     let g = parse(&sample().to_bytes()).unwrap();
     let msg = g.u64("absent.key").unwrap_err().to_string();
-    assert!(msg.contains("`absent.key`") && msg.contains("missing"), "{msg}");
+    assert!(
+        msg.contains("`absent.key`") && msg.contains("missing"),
+        "{msg}"
+    );
     let msg = g.str("u8").unwrap_err().to_string();
-    assert!(msg.contains("`u8`") && msg.contains("expected a string"), "{msg}");
+    assert!(
+        msg.contains("`u8`") && msg.contains("expected a string"),
+        "{msg}"
+    );
 }
 
 #[test]

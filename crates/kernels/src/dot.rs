@@ -35,7 +35,7 @@ pub fn dot_q8(isa: Isa, ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            // SAFETY: `Isa::Avx2` is only produced when AVX2 and FMA were detected.
+            // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
             unsafe {
                 match ty {
                     GgmlType::Q4_0 => crate::x86::dot_q4_0(w, a),
@@ -60,7 +60,7 @@ pub fn dot_f32(_isa: Isa, ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
 pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced when AVX2 and FMA were detected.
+        // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
         Isa::Avx2 => unsafe { crate::x86::dot_f32(a, b) },
         _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
     }
@@ -72,7 +72,7 @@ pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 pub fn dequantize_row(isa: Isa, ty: GgmlType, w: &[u8], out: &mut [f32]) {
     match (isa, ty) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY (all three): `Isa::Avx2` implies AVX2 and FMA were detected.
+        // SAFETY (all three): `Isa::Avx2` implies AVX2, FMA and F16C were detected.
         (Isa::Avx2, GgmlType::Q4_0) => unsafe { crate::x86::dequantize_q4_0(w, out) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, GgmlType::Q4_1) => unsafe { crate::x86::dequantize_q4_1(w, out) },

@@ -37,7 +37,9 @@ impl<'a> WeightMatrix<'a> {
         if !dot::is_supported(ty) {
             return Err(KernelError::UnsupportedType(ty));
         }
-        if cols % ty.block_elems() != 0 || (uses_q8_activations(ty) && cols % QK != 0) {
+        if !cols.is_multiple_of(ty.block_elems())
+            || (uses_q8_activations(ty) && !cols.is_multiple_of(QK))
+        {
             return Err(KernelError::Shape(format!(
                 "{cols} columns is not a multiple of the {ty} block"
             )));
@@ -106,7 +108,7 @@ impl<'a> Activations<'a> {
     }
 
     fn ensure_q8(&mut self) {
-        if self.q8.is_empty() && self.cols % QK == 0 {
+        if self.q8.is_empty() && self.cols.is_multiple_of(QK) {
             self.q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
             let bpr = self.cols / QK;
             self.q8

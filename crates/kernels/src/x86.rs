@@ -2,14 +2,14 @@
 //! sum is formed with `maddubs` (u8 × i8 → i16 pairs) and `madd` (→ i32), then
 //! scaled in f32 and accumulated with FMA; one horizontal sum per row.
 //!
-//! Callers must have detected AVX2 and FMA (see `Isa::detect`).
+//! Callers must have detected AVX2, FMA and F16C (see `Isa::detect`).
 
 use std::arch::x86_64::*;
 
 use crate::quant::BlockQ8;
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
@@ -22,7 +22,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// 16 bytes of packed nibbles → 32 bytes: low nibbles (weights 0..16) in the low
 /// lane, high nibbles (16..32) in the high lane.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
     let b = _mm_loadu_si128(p as *const __m128i);
     let both = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
@@ -31,18 +31,21 @@ unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
 
 /// Σ u·s over 32 pairs, as eight i32 lanes converted to f32 (`u` unsigned, `s` signed).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn mul_sum_us8(u: __m256i, s: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(u, s);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
+/// f16 → f32 with the F16C instruction (part of every AVX2 CPU we dispatch to).
 #[inline]
-fn f16(b: &[u8], at: usize) -> f32 {
-    crate::quant::f16_at(b, at)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut offset = 0f32;
@@ -57,7 +60,7 @@ pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     hsum(acc) - offset
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut offset = 0f32;
@@ -70,7 +73,7 @@ pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     hsum(acc) + offset
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, a) in w.chunks_exact(34).zip(a) {
@@ -87,7 +90,7 @@ pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
 /// Converts 32 bytes (as u8 when `signed` is false, i8 otherwise) to f32, computes
 /// `v·d + m` and stores 32 floats.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn store_scaled(q: __m256i, signed: bool, d: f32, m: f32, out: *mut f32) {
     let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
     let lanes = [_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)];
@@ -109,7 +112,7 @@ unsafe fn store_scaled(q: __m256i, signed: bool, d: f32, m: f32, out: *mut f32) 
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
         let d = f16(b, 0);
@@ -123,7 +126,7 @@ pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
         store_scaled(
@@ -136,7 +139,7 @@ pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
         let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
@@ -145,7 +148,7 @@ pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
 }
 
 /// Σ a·b in f32 with four independent FMA chains.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());

@@ -18,7 +18,11 @@ pub const DEFAULT_BLOCK_SIZE: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvCacheError {
     #[error("out of KV cache blocks: need {needed}, {free} free of {total}")]
-    OutOfBlocks { needed: usize, free: usize, total: usize },
+    OutOfBlocks {
+        needed: usize,
+        free: usize,
+        total: usize,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, KvCacheError>;
@@ -37,7 +41,11 @@ impl BlockPool {
         assert!(block_size > 0, "block_size must be positive");
         // Reverse so that low ids are handed out first (easier to read in tests).
         let free = (0..total_blocks as BlockId).rev().collect();
-        BlockPool { total: total_blocks, free, block_size }
+        BlockPool {
+            total: total_blocks,
+            free,
+            block_size,
+        }
     }
 
     pub fn block_size(&self) -> usize {
@@ -58,14 +66,21 @@ impl BlockPool {
 
     fn allocate(&mut self, n: usize) -> Result<Vec<BlockId>> {
         if n > self.free.len() {
-            return Err(KvCacheError::OutOfBlocks { needed: n, free: self.free.len(), total: self.total });
+            return Err(KvCacheError::OutOfBlocks {
+                needed: n,
+                free: self.free.len(),
+                total: self.total,
+            });
         }
         Ok(self.free.split_off(self.free.len() - n))
     }
 
     fn release(&mut self, blocks: impl IntoIterator<Item = BlockId>) {
         for b in blocks {
-            debug_assert!((b as usize) < self.total && !self.free.contains(&b), "double free of block {b}: this is a bug");
+            debug_assert!(
+                (b as usize) < self.total && !self.free.contains(&b),
+                "double free of block {b}: this is a bug"
+            );
             self.free.push(b);
         }
     }
@@ -93,7 +108,9 @@ impl BlockTable {
 
     /// Blocks needed beyond those held to store `new_tokens` more tokens.
     pub fn blocks_needed(&self, pool: &BlockPool, new_tokens: usize) -> usize {
-        (self.num_tokens + new_tokens).div_ceil(pool.block_size).saturating_sub(self.blocks.len())
+        (self.num_tokens + new_tokens)
+            .div_ceil(pool.block_size)
+            .saturating_sub(self.blocks.len())
     }
 
     /// Makes room for `new_tokens` more tokens and counts them as stored; on error
@@ -130,8 +147,19 @@ mod tests {
         t.append(&mut pool, 1).unwrap();
         assert_eq!(t.blocks().len(), 2);
         let err = t.append(&mut pool, 64).unwrap_err();
-        assert_eq!(err, KvCacheError::OutOfBlocks { needed: 4, free: 2, total: 4 });
-        assert_eq!((t.num_tokens(), t.blocks().len()), (17, 2), "failed append changes nothing");
+        assert_eq!(
+            err,
+            KvCacheError::OutOfBlocks {
+                needed: 4,
+                free: 2,
+                total: 4
+            }
+        );
+        assert_eq!(
+            (t.num_tokens(), t.blocks().len()),
+            (17, 2),
+            "failed append changes nothing"
+        );
         t.release(&mut pool);
         assert_eq!(pool.free_blocks(), 4);
     }

@@ -39,11 +39,17 @@ impl Logits {
 
     /// The logits of sequence `seq`'s new token `token`, if they were requested.
     pub fn get(&self, seq: usize, token: usize) -> Option<&[f32]> {
-        self.rows.iter().position(|&r| r == (seq, token)).map(|i| self.row(i))
+        self.rows
+            .iter()
+            .position(|&r| r == (seq, token))
+            .map(|i| self.row(i))
     }
 
     /// The logits of the last requested token of sequence `seq`.
     pub fn last_of(&self, seq: usize) -> Option<&[f32]> {
-        self.rows.iter().rposition(|&(s, _)| s == seq).map(|i| self.row(i))
+        self.rows
+            .iter()
+            .rposition(|&(s, _)| s == seq)
+            .map(|i| self.row(i))
     }
 }

@@ -5,9 +5,17 @@ pub enum ModelError {
     #[error("{file}: unsupported architecture `{arch}` (supported: llama, qwen2)")]
     UnsupportedArchitecture { file: String, arch: String },
     #[error("{file}: tensor `{tensor}`: {what}")]
-    Tensor { file: String, tensor: String, what: String },
+    Tensor {
+        file: String,
+        tensor: String,
+        what: String,
+    },
     #[error("{file}: metadata `{key}`: {what}")]
-    Config { file: String, key: String, what: String },
+    Config {
+        file: String,
+        key: String,
+        what: String,
+    },
     #[error("invalid batch: {0}")]
     Batch(String),
 }

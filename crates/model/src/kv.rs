@@ -17,7 +17,14 @@ pub struct KvStore {
 impl KvStore {
     pub fn new(n_layers: usize, num_blocks: usize, block_size: usize, kv_dim: usize) -> Self {
         let len = n_layers * num_blocks * block_size * kv_dim;
-        KvStore { n_layers, num_blocks, block_size, kv_dim, k: vec![0.0; len], v: vec![0.0; len] }
+        KvStore {
+            n_layers,
+            num_blocks,
+            block_size,
+            kv_dim,
+            k: vec![0.0; len],
+            v: vec![0.0; len],
+        }
     }
 
     /// Bytes one token takes across all layers (K and V).

@@ -11,9 +11,9 @@ use std::ops::Range;
 use std::path::Path;
 
 use inferd_gguf::{GgmlType, GgufFile};
+use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
-use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
 use rayon::prelude::*;
 
@@ -58,7 +58,10 @@ pub struct ForwardOptions {
 
 impl Default for ForwardOptions {
     fn default() -> Self {
-        ForwardOptions { precision: Precision::default(), isa: inferd_kernels::default_isa() }
+        ForwardOptions {
+            precision: Precision::default(),
+            isa: inferd_kernels::default_isa(),
+        }
     }
 }
 
@@ -79,20 +82,35 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn err(&self, tensor: &str, what: String) -> ModelError {
-        ModelError::Tensor { file: self.file.info.file.display().to_string(), tensor: tensor.into(), what }
+        ModelError::Tensor {
+            file: self.file.info.file.display().to_string(),
+            tensor: tensor.into(),
+            what,
+        }
     }
 
     /// A matrix with GGUF dims `[cols, rows]`.
     fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
         let (t, _) = self.file.tensor(name)?;
         if t.dims != [cols as u64, rows as u64] {
-            return Err(self.err(name, format!("dims {:?}, expected [{cols}, {rows}]", t.dims)));
+            return Err(self.err(
+                name,
+                format!("dims {:?}, expected [{cols}, {rows}]", t.dims),
+            ));
         }
         if !inferd_kernels::dot::is_supported(t.ggml_type) {
-            return Err(self.err(name, format!("tensor type {} is not supported", t.ggml_type)));
+            return Err(self.err(
+                name,
+                format!("tensor type {} is not supported", t.ggml_type),
+            ));
         }
         let start = (self.file.info.data_offset + t.offset) as usize;
-        Ok(Linear { ty: t.ggml_type, rows, cols, bytes: start..start + t.size_bytes as usize })
+        Ok(Linear {
+            ty: t.ggml_type,
+            rows,
+            cols,
+            bytes: start..start + t.size_bytes as usize,
+        })
     }
 
     /// A vector, dequantized to f32.
@@ -103,8 +121,15 @@ impl Loader<'_> {
         }
         let mut v = vec![0.0; len];
         match t.ggml_type {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => dequantize_row(t.ggml_type, bytes, &mut v),
-            other => return Err(self.err(name, format!("type {other} for a vector (expected F32/F16/BF16)"))),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                dequantize_row(t.ggml_type, bytes, &mut v)
+            }
+            other => {
+                return Err(self.err(
+                    name,
+                    format!("type {other} for a vector (expected F32/F16/BF16)"),
+                ))
+            }
         }
         Ok(v)
     }
@@ -151,7 +176,16 @@ impl Llama {
             None => embed.clone(),
         };
         let inv_freq = rope_inv_freq(c.rope_base, c.rope_dim);
-        Ok(Llama { file, config, options: ForwardOptions::default(), embed, layers, out_norm, output, inv_freq })
+        Ok(Llama {
+            file,
+            config,
+            options: ForwardOptions::default(),
+            embed,
+            layers,
+            out_norm,
+            output,
+            inv_freq,
+        })
     }
 
     pub fn gguf(&self) -> &inferd_gguf::Gguf {
@@ -164,7 +198,8 @@ impl Llama {
     }
 
     fn mm(&self, l: &Linear, x: &mut Activations, out: &mut [f32]) {
-        matmul_on(self.options.isa, &self.w(l), x, out).expect("matmul shapes are fixed by the model: this is a bug");
+        matmul_on(self.options.isa, &self.w(l), x, out)
+            .expect("matmul shapes are fixed by the model: this is a bug");
     }
 
     fn acts<'a>(&self, x: &'a [f32], rows: usize, cols: usize) -> Activations<'a> {
@@ -173,7 +208,12 @@ impl Llama {
 
     /// A KV store sized for `num_blocks` blocks of `block_size` tokens.
     pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> KvStore {
-        KvStore::new(self.config.n_layers, num_blocks, block_size, self.config.kv_dim())
+        KvStore::new(
+            self.config.n_layers,
+            num_blocks,
+            block_size,
+            self.config.kv_dim(),
+        )
     }
 
     fn check_batch(&self, batch: &[SeqBatch], kv: &KvStore) -> Result<()> {
@@ -195,10 +235,18 @@ impl Llama {
                 )));
             }
             if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= kv.num_blocks) {
-                return Err(ModelError::Batch(format!("sequence {i}: block {b} is outside the pool")));
+                return Err(ModelError::Batch(format!(
+                    "sequence {i}: block {b} is outside the pool"
+                )));
             }
-            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-                return Err(ModelError::Batch(format!("sequence {i}: token {t} is outside the vocabulary")));
+            if let Some(t) = s
+                .tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
+                return Err(ModelError::Batch(format!(
+                    "sequence {i}: token {t} is outside the vocabulary"
+                )));
             }
         }
         Ok(())
@@ -248,10 +296,28 @@ impl Llama {
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
             for t in 0..n {
-                rope(&mut q[t * dim..(t + 1) * dim], hd, pos_of[t], &self.inv_freq, c.rope_style);
-                rope(&mut k[t * kv_dim..(t + 1) * kv_dim], hd, pos_of[t], &self.inv_freq, c.rope_style);
+                rope(
+                    &mut q[t * dim..(t + 1) * dim],
+                    hd,
+                    pos_of[t],
+                    &self.inv_freq,
+                    c.rope_style,
+                );
+                rope(
+                    &mut k[t * kv_dim..(t + 1) * kv_dim],
+                    hd,
+                    pos_of[t],
+                    &self.inv_freq,
+                    c.rope_style,
+                );
                 let table = batch[seq_of[t]].block_table;
-                kv.write(li, table, pos_of[t], &k[t * kv_dim..(t + 1) * kv_dim], &v[t * kv_dim..(t + 1) * kv_dim]);
+                kv.write(
+                    li,
+                    table,
+                    pos_of[t],
+                    &k[t * kv_dim..(t + 1) * kv_dim],
+                    &v[t * kv_dim..(t + 1) * kv_dim],
+                );
             }
             self.attention(li, batch, &seq_of, &pos_of, &q, kv, &mut attn);
             self.mm(&layer.wo, &mut self.acts(&attn, n, dim), &mut proj);
@@ -280,13 +346,26 @@ impl Llama {
         }
         let mut hn = vec![0f32; rows.len() * dim];
         for (r, &(_, _, t)) in rows.iter().enumerate() {
-            rms_norm(&x[t * dim..(t + 1) * dim], &self.out_norm, c.rms_eps, &mut hn[r * dim..(r + 1) * dim]);
+            rms_norm(
+                &x[t * dim..(t + 1) * dim],
+                &self.out_norm,
+                c.rms_eps,
+                &mut hn[r * dim..(r + 1) * dim],
+            );
         }
         let mut data = vec![0f32; rows.len() * c.vocab_size];
         if !rows.is_empty() {
-            self.mm(&self.output, &mut self.acts(&hn, rows.len(), dim), &mut data);
+            self.mm(
+                &self.output,
+                &mut self.acts(&hn, rows.len(), dim),
+                &mut data,
+            );
         }
-        Ok(Logits { vocab: c.vocab_size, rows: rows.into_iter().map(|(s, j, _)| (s, j)).collect(), data })
+        Ok(Logits {
+            vocab: c.vocab_size,
+            rows: rows.into_iter().map(|(s, j, _)| (s, j)).collect(),
+            data,
+        })
     }
 
     /// Causal grouped-query attention of every new token over its sequence's cached
@@ -307,26 +386,32 @@ impl Llama {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let (ks, vs) = (kv.k(), kv.v());
-        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (idx, o)| {
-            let (t, head) = (idx / c.n_heads, idx % c.n_heads);
-            let qh = &q[idx * hd..(idx + 1) * hd];
-            let kv_off = (head / group) * hd;
-            let table = batch[seq_of[t]].block_table;
-            let len = pos_of[t] + 1;
-            scores.clear();
-            scores.extend((0..len).map(|p| {
-                let r = kv.row_offset(layer, table, p) + kv_off;
-                qh.iter().zip(&ks[r..r + hd]).map(|(a, b)| a * b).sum::<f32>() * scale
-            }));
-            softmax(scores);
-            o.fill(0.0);
-            for (p, &w) in scores.iter().enumerate() {
-                let r = kv.row_offset(layer, table, p) + kv_off;
-                for (acc, &vv) in o.iter_mut().zip(&vs[r..r + hd]) {
-                    *acc += w * vv;
+        out.par_chunks_mut(hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (idx, o)| {
+                let (t, head) = (idx / c.n_heads, idx % c.n_heads);
+                let qh = &q[idx * hd..(idx + 1) * hd];
+                let kv_off = (head / group) * hd;
+                let table = batch[seq_of[t]].block_table;
+                let len = pos_of[t] + 1;
+                scores.clear();
+                scores.extend((0..len).map(|p| {
+                    let r = kv.row_offset(layer, table, p) + kv_off;
+                    qh.iter()
+                        .zip(&ks[r..r + hd])
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * scale
+                }));
+                softmax(scores);
+                o.fill(0.0);
+                for (p, &w) in scores.iter().enumerate() {
+                    let r = kv.row_offset(layer, table, p) + kv_off;
+                    for (acc, &vv) in o.iter_mut().zip(&vs[r..r + hd]) {
+                        *acc += w * vv;
+                    }
                 }
-            }
-        });
+            });
     }
 }
 

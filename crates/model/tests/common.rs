@@ -11,8 +11,14 @@ pub fn smollm2_path() -> PathBuf {
     }
     let home = std::env::var_os("INFERD_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inferd"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inferd")
+        });
     let p = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing: run `make fetch-models` first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make fetch-models` first",
+        p.display()
+    );
     p
 }

@@ -4,8 +4,8 @@
 
 mod common;
 
-use inferd_kvcache::{BlockPool, BlockTable};
 use inferd_kernels::{Isa, Precision};
+use inferd_kvcache::{BlockPool, BlockTable};
 use inferd_model::{ForwardOptions, KvStore, Llama, Logits, LogitsRequest, SeqBatch};
 use serde::Deserialize;
 
@@ -35,8 +35,12 @@ struct Greedy {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable")).expect("fixture parses")
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/smollm2_reference.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable"))
+        .expect("fixture parses")
 }
 
 const BLOCK: usize = 16;
@@ -67,7 +71,11 @@ struct Runner<'m> {
 impl<'m> Runner<'m> {
     fn new(model: &'m Llama, tokens: usize) -> Self {
         let blocks = tokens.div_ceil(BLOCK);
-        Runner { model, pool: BlockPool::new(blocks, BLOCK), kv: model.new_kv_store(blocks, BLOCK) }
+        Runner {
+            model,
+            pool: BlockPool::new(blocks, BLOCK),
+            kv: model.new_kv_store(blocks, BLOCK),
+        }
     }
 
     fn step(&mut self, seqs: &[(&[u32], usize, &mut BlockTable, LogitsRequest)]) -> Logits {
@@ -93,9 +101,15 @@ fn greedy_batched(model: &Llama, prompts: &[&[u32]], steps: usize) -> Vec<Vec<u3
     for (t, p) in tables.iter_mut().zip(prompts) {
         t.append(&mut r.pool, p.len()).unwrap();
     }
-    let seqs: Vec<_> = prompts.iter().zip(tables.iter_mut()).map(|(p, t)| (*p, 0, t, LogitsRequest::Last)).collect();
+    let seqs: Vec<_> = prompts
+        .iter()
+        .zip(tables.iter_mut())
+        .map(|(p, t)| (*p, 0, t, LogitsRequest::Last))
+        .collect();
     let logits = r.step(&seqs);
-    let mut out: Vec<Vec<u32>> = (0..prompts.len()).map(|i| vec![argmax(logits.last_of(i).unwrap())]).collect();
+    let mut out: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|i| vec![argmax(logits.last_of(i).unwrap())])
+        .collect();
     for step in 1..steps {
         for t in tables.iter_mut() {
             t.append(&mut r.pool, 1).unwrap();
@@ -120,11 +134,17 @@ fn teacher_forced(model: &Llama, prompts: &[&Prompt]) -> (f64, f32) {
     let (mut agree, mut total) = (0usize, 0usize);
     let mut worst_lp = 0f32;
     for p in prompts {
-        let mut r = Runner::new(&model, p.prompt_ids.len() + BLOCK);
+        let mut r = Runner::new(model, p.prompt_ids.len() + BLOCK);
         let mut t = BlockTable::new();
         t.append(&mut r.pool, p.prompt_ids.len()).unwrap();
         let logits = r.step(&[(&p.prompt_ids, 0, &mut t, LogitsRequest::All)]);
-        for (i, (ids, lps)) in p.teacher_forced.top_ids.iter().zip(&p.teacher_forced.top_logprobs).enumerate() {
+        for (i, (ids, lps)) in p
+            .teacher_forced
+            .top_ids
+            .iter()
+            .zip(&p.teacher_forced.top_logprobs)
+            .enumerate()
+        {
             let lp = log_softmax(logits.get(0, i).unwrap());
             total += 1;
             if argmax(&lp) == ids[0] {
@@ -159,15 +179,25 @@ fn teacher_forced_predictions_match_transformers() {
     let all: Vec<&Prompt> = fx.prompts.iter().collect();
     let (rate, worst) = teacher_forced(&model, &all);
     assert!(rate >= 0.99, "top-1 agreement {rate:.4} < 0.99");
-    assert!(worst < LOGPROB_TOLERANCE, "top-5 logprob error {worst} exceeds {LOGPROB_TOLERANCE}");
+    assert!(
+        worst < LOGPROB_TOLERANCE,
+        "top-5 logprob error {worst} exceeds {LOGPROB_TOLERANCE}"
+    );
     // Every other kernel path on a subset (the scalar path is slow).
-    let short: Vec<&Prompt> = fx.prompts.iter().filter(|p| p.prompt_ids.len() <= 80).collect();
+    let short: Vec<&Prompt> = fx
+        .prompts
+        .iter()
+        .filter(|p| p.prompt_ids.len() <= 80)
+        .collect();
     let default_isa = model.options.isa;
     for isa in Isa::available().into_iter().filter(|&i| i != default_isa) {
         model.options.isa = isa;
         let (rate, worst) = teacher_forced(&model, &short);
         assert!(rate >= 0.99, "{isa:?}: top-1 agreement {rate:.4} < 0.99");
-        assert!(worst < LOGPROB_TOLERANCE, "{isa:?}: top-5 logprob error {worst}");
+        assert!(
+            worst < LOGPROB_TOLERANCE,
+            "{isa:?}: top-5 logprob error {worst}"
+        );
     }
 }
 
@@ -176,7 +206,10 @@ fn teacher_forced_predictions_match_transformers() {
 #[test]
 fn q8_activation_path_stays_close() {
     let mut model = Llama::load(common::smollm2_path()).unwrap();
-    model.options = ForwardOptions { precision: Precision::Q8, ..Default::default() };
+    model.options = ForwardOptions {
+        precision: Precision::Q8,
+        ..Default::default()
+    };
     let fx = fixture();
     let all: Vec<&Prompt> = fx.prompts.iter().collect();
     let (rate, _) = teacher_forced(&model, &all);
@@ -192,15 +225,26 @@ fn greedy_continuations_match_transformers_alone_and_batched() {
     let batched = greedy_batched(&model, &prompts, steps);
     for (p, got_batched) in fx.prompts.iter().zip(&batched) {
         let alone = &greedy_batched(&model, &[&p.prompt_ids], steps)[0];
-        assert_eq!(alone, got_batched, "{}: batched output differs from running alone", p.name);
+        assert_eq!(
+            alone, got_batched,
+            "{}: batched output differs from running alone",
+            p.name
+        );
         let want = &p.greedy.ids;
         match alone.iter().zip(want).position(|(a, b)| a != b) {
             None => eprintln!("{}: {steps} tokens identical", p.name),
             Some(i) => {
                 // Allowed only where the reference itself was at a near-tie.
                 let gap = p.greedy.top2_logprobs[i][0] - p.greedy.top2_logprobs[i][1];
-                eprintln!("{}: first difference at token {i}, reference top-2 gap {gap:.4}", p.name);
-                assert!(gap < 0.1, "{}: differs at token {i} where the reference gap is {gap}", p.name);
+                eprintln!(
+                    "{}: first difference at token {i}, reference top-2 gap {gap:.4}",
+                    p.name
+                );
+                assert!(
+                    gap < 0.1,
+                    "{}: differs at token {i} where the reference gap is {gap}",
+                    p.name
+                );
             }
         }
     }

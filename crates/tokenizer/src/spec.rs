@@ -4,6 +4,7 @@
 //! crate never parses GGUF itself and can be tested from hand-built vocabularies or a
 //! JSON dump. Field names follow the GGUF keys they come from.
 
+use inferd_gguf::{Gguf, GgufError, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TokenizerError};
@@ -157,5 +158,39 @@ fn check_id(field: &'static str, id: Option<u32>, vocab_size: usize) -> Result<(
             reason: format!("id {id} is out of range for a vocabulary of {vocab_size} tokens"),
         }),
         _ => Ok(()),
+    }
+}
+
+impl TokenizerSpec {
+    /// Copies the `tokenizer.*` metadata of a GGUF file into a [`TokenizerSpec`].
+    pub fn from_gguf(g: &Gguf) -> std::result::Result<TokenizerSpec, GgufError> {
+        let id = |k: &str| g.opt(k, Value::as_u64).map(|v| v.map(|v| v as u32));
+        let flag = |k: &str| g.opt(k, Value::as_bool).map(|v| v.unwrap_or(false));
+        let int_list = |k: &str| -> std::result::Result<Vec<i32>, GgufError> {
+            Ok(g.opt(k, |v| {
+                v.as_array()
+                    .map(|a| a.iter().map(|x| x.as_i64().unwrap_or(0) as i32).collect())
+            })?
+            .unwrap_or_default())
+        };
+        Ok(TokenizerSpec {
+            model: g.str("tokenizer.ggml.model")?.to_owned(),
+            pre: g.opt("tokenizer.ggml.pre", |v| v.as_str().map(str::to_owned))?,
+            tokens: g.strings("tokenizer.ggml.tokens")?,
+            token_types: int_list("tokenizer.ggml.token_type")?,
+            merges: match g.get("tokenizer.ggml.merges") {
+                Some(_) => g.strings("tokenizer.ggml.merges")?,
+                None => Vec::new(),
+            },
+            scores: g.opt("tokenizer.ggml.scores", |v| {
+                v.as_array()
+                    .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+            })?,
+            bos_id: id("tokenizer.ggml.bos_token_id")?,
+            eos_id: id("tokenizer.ggml.eos_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token")?,
+            add_eos: flag("tokenizer.ggml.add_eos_token")?,
+            chat_template: g.opt("tokenizer.chat_template", |v| v.as_str().map(str::to_owned))?,
+        })
     }
 }

