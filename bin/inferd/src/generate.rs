@@ -6,8 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inferd_engine::{GenerateRequest, Generator, LoadedModel, SamplingParams};
-use inferd_tokenizer::{ChatMessage, Detokenizer};
+use inferd_engine::{
+    start_engine, EngineConfig, EngineRequest, LoadedModel, SamplingParams, TokenEvent,
+};
+use inferd_model::KvStore;
+use inferd_scheduler::SchedulerConfig;
+use inferd_tokenizer::ChatMessage;
 
 use crate::registry;
 
@@ -60,6 +64,43 @@ pub struct GenerateArgs {
     fetch: bool,
 }
 
+/// Engine knobs shared by the commands that start an engine.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Tokens per forward step (decode + prefill chunks).
+    #[arg(long, default_value_t = SchedulerConfig::default().max_batch_tokens)]
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    #[arg(long, default_value_t = SchedulerConfig::default().max_running)]
+    pub max_running: usize,
+    /// Requests waiting for admission before new ones are refused.
+    #[arg(long, default_value_t = SchedulerConfig::default().max_waiting)]
+    pub max_waiting: usize,
+    /// KV cache size in MiB.
+    #[arg(long, default_value_t = EngineConfig::default().kv_cache_mib)]
+    pub kv_cache_mib: usize,
+    /// Disable reuse of cached prompt prefixes.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> Result<EngineConfig> {
+        let config = EngineConfig {
+            scheduler: SchedulerConfig {
+                max_batch_tokens: self.max_batch_tokens,
+                max_running: self.max_running,
+                max_waiting: self.max_waiting,
+            },
+            kv_cache_mib: self.kv_cache_mib,
+            enable_prefix_caching: !self.no_prefix_caching,
+            ..Default::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 pub fn init_threads(threads: Option<usize>) -> Result<usize> {
     let n = match threads {
         Some(0) => bail!("`--threads` must be at least 1, got 0"),
@@ -106,7 +147,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         ..Default::default()
     };
-    let req = GenerateRequest {
+    let req = EngineRequest {
         prompt,
         max_tokens: args.max_tokens,
         sampling,
@@ -115,34 +156,54 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         } else {
             tok.stop_token_ids()
         },
+        ..Default::default()
     };
-    let context_tokens = req.prompt.len() + req.max_tokens;
-    let mut gen = Generator::new(&loaded.model, context_tokens, 16);
-    let mut detok = Detokenizer::new(true);
+    let mut config = EngineConfig::default();
+    // One request: a KV cache just big enough for it.
+    let c = &loaded.model.config;
+    let need =
+        (req.prompt.len() + req.max_tokens + 32) * KvStore::bytes_per_token(c.n_layers, c.kv_dim());
+    config.kv_cache_mib = need.div_ceil(1 << 20).max(1);
+    config.scheduler.max_batch_tokens = 512;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model")
+        .to_owned();
+    let handle = start_engine(loaded, config)?;
+    let mut events = handle.submit(req);
     let mut stdout = std::io::stdout().lock();
-    let stats = gen.generate(&req, |t| {
-        if let Some(text) = detok.push(tok, t.id) {
-            // A closed stdout (e.g. piped into `head`) stops generation.
-            return stdout
-                .write_all(text.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_ok();
+    while let Some(event) = events.blocking_recv() {
+        match event {
+            TokenEvent::Token { text, .. } => {
+                // A closed stdout (e.g. piped into `head`) ends generation.
+                if stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            TokenEvent::Done {
+                reason,
+                usage,
+                timings,
+            } => {
+                let _ = writeln!(stdout);
+                let secs = |d: std::time::Duration| d.as_secs_f64();
+                eprintln!(
+                    "\n[{name}] threads={threads} load={load_secs:.2}s prompt_tokens={} output_tokens={} ttft={:.1}ms prefill={:.1} tok/s decode={:.1} tok/s finish={reason:?}",
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    secs(timings.ttft) * 1e3,
+                    usage.prompt_tokens as f64 / secs(timings.prefill).max(1e-9),
+                    usage.completion_tokens.saturating_sub(1) as f64 / secs(timings.decode).max(1e-9),
+                );
+                return Ok(());
+            }
+            TokenEvent::Error(e) => bail!(e),
         }
-        true
-    })?;
-    if let Some(rest) = detok.flush() {
-        let _ = stdout.write_all(rest.as_bytes());
     }
-    let _ = writeln!(stdout);
-    eprintln!(
-        "\n[{}] threads={threads} load={load_secs:.2}s prompt_tokens={} output_tokens={} ttft={:.1}ms prefill={:.1} tok/s decode={:.1} tok/s finish={:?}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
-        stats.prompt_tokens,
-        stats.output_tokens,
-        stats.ttft.as_secs_f64() * 1e3,
-        stats.prefill_tokens_per_sec(),
-        stats.decode_tokens_per_sec(),
-        stats.finish,
-    );
-    Ok(())
+    bail!("the engine stopped before finishing")
 }

@@ -1,6 +1,7 @@
 //! `inferd`: the command-line entry point. Parses flags into config structs,
 //! validates them, and wires the crates together.
 
+mod bench_engine;
 mod generate;
 mod perf;
 mod registry;
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it to stdout; timings go to stderr.
     Generate(generate::GenerateArgs),
+    /// Concurrent requests straight to the engine: throughput, TTFT, shared prefix.
+    BenchEngine(bench_engine::BenchEngineArgs),
     /// Measure prefill (ppN) and decode (tgN) throughput like llama-bench.
     Perf(perf::PerfArgs),
     /// List, fetch or locate the known models.
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Perf(args) => perf::run(args),
+        Command::BenchEngine(args) => bench_engine::run(args),
         Command::Models { command } => models(command),
     };
     match result {

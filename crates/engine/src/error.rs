@@ -22,6 +22,16 @@ pub enum EngineError {
     },
     #[error("prompt is empty")]
     EmptyPrompt,
+    #[error("server overloaded: the waiting queue is full ({max_waiting} requests); retry later")]
+    Overloaded { max_waiting: usize },
+    #[error(transparent)]
+    Scheduler(inferd_scheduler::SchedulerError),
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+    #[error("engine step failed: {0}")]
+    Step(String),
+    #[error("the engine has stopped")]
+    Stopped,
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,16 +1,20 @@
-//! Sampling and generation over the model and the paged KV cache.
+//! The serving engine: model loading, sampling, and the step loop that runs many
+//! requests at once over the model, the scheduler and the paged KV cache.
 //!
 //! [`Sampler`] turns one row of logits into a token (greedy, temperature, top-k,
-//! top-p, min-p, penalties, seeded) plus log-probabilities. [`Generator`] runs one
-//! sequence through prefill and decode with the block allocator; the serving
-//! scheduler that batches many sequences per step builds on the same pieces.
+//! top-p, min-p, penalties, seeded) plus log-probabilities. [`start_engine`] starts
+//! the engine thread and returns an [`EngineHandle`]: submit a request, receive a
+//! stream of [`TokenEvent`]s.
 
+mod engine;
 mod error;
-mod generate;
 mod loader;
 mod sampling;
 
+pub use engine::{
+    start_engine, EngineConfig, EngineGauges, EngineHandle, EngineRequest, EventStream,
+    FinishReason, Timings, TokenEvent, Usage,
+};
 pub use error::{EngineError, Result};
-pub use generate::{FinishReason, GenerateRequest, GenerationStats, Generator, TokenOutput};
 pub use loader::LoadedModel;
 pub use sampling::{Logprobs, Sampler, SamplingParams};

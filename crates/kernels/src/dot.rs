@@ -34,8 +34,9 @@ pub fn is_supported(ty: GgmlType) -> bool {
 pub fn dot_q8(isa: Isa, ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
+        Isa::Avx2 | Isa::Avx512 => {
+            // SAFETY: `Isa::Avx2`/`Avx512` are only produced when AVX2, FMA and F16C
+            // were detected.
             unsafe {
                 match ty {
                     GgmlType::Q4_0 => crate::x86::dot_q4_0(w, a),
@@ -62,6 +63,9 @@ pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
         Isa::Avx2 => unsafe { crate::x86::dot_f32(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when AVX-512F, FMA and F16C were detected.
+        Isa::Avx512 => unsafe { crate::x86_512::dot_f32(a, b) },
         _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
     }
 }
@@ -78,6 +82,13 @@ pub fn dequantize_row(isa: Isa, ty: GgmlType, w: &[u8], out: &mut [f32]) {
         (Isa::Avx2, GgmlType::Q4_1) => unsafe { crate::x86::dequantize_q4_1(w, out) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, GgmlType::Q8_0) => unsafe { crate::x86::dequantize_q8_0(w, out) },
+        // SAFETY (all three): `Isa::Avx512` implies AVX-512F, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, GgmlType::Q4_0) => unsafe { crate::x86_512::dequantize_q4_0(w, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, GgmlType::Q4_1) => unsafe { crate::x86_512::dequantize_q4_1(w, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, GgmlType::Q8_0) => unsafe { crate::x86_512::dequantize_q8_0(w, out) },
         _ => crate::quant::dequantize_row(ty, w, out),
     }
 }

@@ -17,6 +17,8 @@ pub mod ops;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 pub use matmul::{matmul, Activations, Precision, WeightMatrix};
 pub use quant::BlockQ8;
@@ -27,6 +29,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX-512F (+ AVX2, FMA, F16C): 16-lane f32 paths; integer dot
+    /// products still take the AVX2 kernels.
+    Avx512,
 }
 
 impl Isa {
@@ -45,17 +50,18 @@ impl Isa {
 
     /// Every path this CPU can run, for tests that compare each with the reference.
     pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if Isa::detect() == Isa::Avx2 {
-            v.push(Isa::Avx2);
+        match Isa::detect() {
+            Isa::Scalar => vec![Isa::Scalar],
+            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
         }
-        v
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
         }
     }
 }

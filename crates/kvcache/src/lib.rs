@@ -6,8 +6,14 @@
 //! Position `p` of a sequence lives in block `table[p / block_size]`, slot
 //! `p % block_size`.
 //!
-//! This is the simple allocator (free list, exclusive ownership); prefix caching
-//! with hash-chained blocks, reference counts and LRU eviction builds on it.
+//! Two allocators share these conventions:
+//! - [`BlockPool`] + [`BlockTable`]: the simple one (free list, exclusive ownership).
+//! - [`KvCacheManager`] + [`SeqBlocks`] (module [`prefix`]): reference-counted blocks
+//!   with hash-chained prefix caching and LRU eviction of unreferenced blocks.
+
+pub mod prefix;
+
+pub use prefix::{KvCacheManager, KvCacheStats, PrefixCacheConfig, SeqBlocks};
 
 /// Index of a block in the pool.
 pub type BlockId = u32;

@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use inferd_gguf::{GgmlType, GgufFile};
+use inferd_kernels::dot::dot_f32_f32;
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
@@ -386,6 +387,7 @@ impl Llama {
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let (ks, vs) = (kv.k(), kv.v());
+        let isa = self.options.isa;
         out.par_chunks_mut(hd)
             .enumerate()
             .for_each_init(Vec::new, |scores, (idx, o)| {
@@ -397,11 +399,7 @@ impl Llama {
                 scores.clear();
                 scores.extend((0..len).map(|p| {
                     let r = kv.row_offset(layer, table, p) + kv_off;
-                    qh.iter()
-                        .zip(&ks[r..r + hd])
-                        .map(|(a, b)| a * b)
-                        .sum::<f32>()
-                        * scale
+                    dot_f32_f32(isa, qh, &ks[r..r + hd]) * scale
                 }));
                 softmax(scores);
                 o.fill(0.0);
