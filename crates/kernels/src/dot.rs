@@ -70,6 +70,19 @@ pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// A 4×4 tile of f32 dot products, `out[i][j] = x[i] · w[j]`: the register-tiled
+/// inner kernel of batched matmul. Paths without a tiled kernel fall back to 16
+/// separate dots.
+#[inline]
+pub fn dot_tile_4x4(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when AVX-512F, FMA and F16C were detected.
+        Isa::Avx512 => unsafe { crate::x86_512::dot_tile_4x4(w, x) },
+        _ => std::array::from_fn(|i| std::array::from_fn(|j| dot_f32_f32(isa, w[j], x[i]))),
+    }
+}
+
 /// Dequantizes one weight row on `isa`; same result as
 /// [`crate::quant::dequantize_row`] up to f32 rounding of `q·d + m`.
 #[inline]

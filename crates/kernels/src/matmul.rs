@@ -122,6 +122,10 @@ impl<'a> Activations<'a> {
 
 /// Output rows handed to one task.
 const ROWS_PER_TASK: usize = 32;
+/// Side of the register tile (weight rows × activation rows).
+const TILE: usize = 4;
+/// Batches smaller than this use one dot product per (row, token) pair.
+const MIN_TILED_BATCH: usize = 3;
 
 /// `out[i][r] = Σ_k x[i][k] · W[r][k]` with `out` laid out `[x.rows, w.rows]`.
 pub fn matmul(w: &WeightMatrix, x: &mut Activations, out: &mut [f32]) -> Result<()> {
@@ -152,24 +156,60 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
     (0..tasks)
         .into_par_iter()
         .for_each_init(Vec::new, |wf: &mut Vec<f32>, t| {
-            let out_ptr = &out_ptr;
             let r0 = t * ROWS_PER_TASK;
-            wf.resize(cols, 0.0);
-            for r in r0..(r0 + ROWS_PER_TASK).min(rows) {
-                let wr = w.row(r);
-                if !q8 {
-                    dot::dequantize_row(isa, w.ty, wr, wf);
+            let r1 = (r0 + ROWS_PER_TASK).min(rows);
+            // SAFETY: task t alone writes column range [r0, r1) of every output
+            // row, so writes are disjoint; the index is in bounds because
+            // out.len() == n * rows was checked above.
+            let write = |i: usize, r: usize, v: f32| unsafe { out_ptr.write(i * rows + r, v) };
+            let x_row = |i: usize| &xf[i * cols..(i + 1) * cols];
+            if q8 {
+                for r in r0..r1 {
+                    for i in 0..n {
+                        write(
+                            i,
+                            r,
+                            dot::dot_q8(isa, w.ty, w.row(r), &xq[i * bpr..(i + 1) * bpr]),
+                        );
+                    }
                 }
-                for i in 0..n {
-                    let v = if q8 {
-                        dot::dot_q8(isa, w.ty, wr, &xq[i * bpr..(i + 1) * bpr])
-                    } else {
-                        dot::dot_f32_f32(isa, wf, &xf[i * cols..(i + 1) * cols])
-                    };
-                    // SAFETY: task t alone writes column range [r0, r0 + ROWS_PER_TASK)
-                    // of every output row, so writes are disjoint; the index is in
-                    // bounds because out.len() == n * rows was checked above.
-                    unsafe { *out_ptr.0.add(i * rows + r) = v };
+                return;
+            }
+            // Dequantize TILE weight rows once, then use them against every
+            // activation row: in 4×4 register tiles when the batch is big enough.
+            wf.resize(TILE * cols, 0.0);
+            for rt in (r0..r1).step_by(TILE) {
+                let nr = (r1 - rt).min(TILE);
+                for j in 0..nr {
+                    dot::dequantize_row(
+                        isa,
+                        w.ty,
+                        w.row(rt + j),
+                        &mut wf[j * cols..(j + 1) * cols],
+                    );
+                }
+                let w_row = |j: usize| &wf[j * cols..(j + 1) * cols];
+                if n < MIN_TILED_BATCH {
+                    for i in 0..n {
+                        for j in 0..nr {
+                            write(i, rt + j, dot::dot_f32_f32(isa, w_row(j), x_row(i)));
+                        }
+                    }
+                    continue;
+                }
+                for it in (0..n).step_by(TILE) {
+                    let ni = (n - it).min(TILE);
+                    // Short edges repeat their last row; the extra results are dropped.
+                    let tile = dot::dot_tile_4x4(
+                        isa,
+                        std::array::from_fn(|j| w_row(j.min(nr - 1))),
+                        std::array::from_fn(|i| x_row(it + i.min(ni - 1))),
+                    );
+                    for (i, row) in tile.iter().enumerate().take(ni) {
+                        for (j, &v) in row.iter().enumerate().take(nr) {
+                            write(it + i, rt + j, v);
+                        }
+                    }
                 }
             }
         });
@@ -177,6 +217,14 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
 }
 
 struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// # Safety
+    /// `idx` is in bounds and no other thread writes the same index.
+    unsafe fn write(&self, idx: usize, v: f32) {
+        *self.0.add(idx) = v;
+    }
+}
 // SAFETY: used only for the disjoint writes described in `matmul_on`.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}

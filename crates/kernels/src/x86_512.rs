@@ -93,3 +93,40 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// A 4×4 tile of dot products: `out[i][j] = Σ_k x[i][k] · w[j][k]`. Each loaded
+/// weight vector is used against four activation rows and each activation vector
+/// against four weight rows, so the loop issues 16 FMAs per 8 loads instead of one
+/// FMA per two loads. All slices must have the same length.
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    let n = w[0].len();
+    let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+    let mut k = 0;
+    while k + 16 <= n {
+        let wv = [
+            _mm512_loadu_ps(w[0].as_ptr().add(k)),
+            _mm512_loadu_ps(w[1].as_ptr().add(k)),
+            _mm512_loadu_ps(w[2].as_ptr().add(k)),
+            _mm512_loadu_ps(w[3].as_ptr().add(k)),
+        ];
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x[i].as_ptr().add(k));
+            for (j, a) in acc_i.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv[j], xv, *a);
+            }
+        }
+        k += 16;
+    }
+    let mut out = [[0f32; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            let mut s = _mm512_reduce_add_ps(acc[i][j]);
+            for kk in k..n {
+                s += w[j][kk] * x[i][kk];
+            }
+            out[i][j] = s;
+        }
+    }
+    out
+}

@@ -108,7 +108,7 @@ fn matmul_matches_reference_on_odd_shapes_for_every_isa() {
     for isa in Isa::available() {
         for precision in [Precision::F32, Precision::Q8] {
             for &ty in &types {
-                for &(n, rows) in &[(1, 1), (3, 37), (5, 70), (8, 33)] {
+                for &(n, rows) in &[(1, 1), (3, 37), (5, 70), (8, 33), (13, 9)] {
                     let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
                     let data: Vec<u8> = (0..rows)
                         .flat_map(|_| random_row(&mut rng, ty, cols))
@@ -189,6 +189,32 @@ fn simd_dequantize_and_f32_dot_match_scalar() {
                 "{} len {len}",
                 isa.name()
             );
+        }
+    }
+}
+
+#[test]
+fn tiled_dot_matches_pairwise_dots() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for isa in Isa::available() {
+        for len in [1, 15, 16, 17, 64, 100, 576] {
+            let w: Vec<Vec<f32>> = (0..4).map(|_| random_x(&mut rng, len)).collect();
+            let x: Vec<Vec<f32>> = (0..4).map(|_| random_x(&mut rng, len)).collect();
+            let tile = dot::dot_tile_4x4(
+                isa,
+                std::array::from_fn(|j| w[j].as_slice()),
+                std::array::from_fn(|i| x[i].as_slice()),
+            );
+            for i in 0..4 {
+                for j in 0..4 {
+                    let want: f32 = w[j].iter().zip(&x[i]).map(|(a, b)| a * b).sum();
+                    assert!(
+                        (tile[i][j] - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{} len {len} [{i}][{j}]",
+                        isa.name()
+                    );
+                }
+            }
         }
     }
 }

@@ -388,28 +388,57 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let (ks, vs) = (kv.k(), kv.v());
         let isa = self.options.isa;
-        out.par_chunks_mut(hd)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (idx, o)| {
-                let (t, head) = (idx / c.n_heads, idx % c.n_heads);
-                let qh = &q[idx * hd..(idx + 1) * hd];
-                let kv_off = (head / group) * hd;
+        let bs = kv.block_size;
+        // One task per (token, KV head): the `group` query heads that share a KV
+        // head are scored together, so each K/V row is read once for all of them.
+        out.par_chunks_mut(group * hd).enumerate().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, (idx, o)| {
+                let (t, g) = (idx / c.n_kv_heads, idx % c.n_kv_heads);
+                let qg = &q[idx * group * hd..(idx + 1) * group * hd];
+                let kv_off = g * hd;
                 let table = batch[seq_of[t]].block_table;
                 let len = pos_of[t] + 1;
+                // scores: [group, len]
                 scores.clear();
-                scores.extend((0..len).map(|p| {
-                    let r = kv.row_offset(layer, table, p) + kv_off;
-                    dot_f32_f32(isa, qh, &ks[r..r + hd]) * scale
-                }));
-                softmax(scores);
-                o.fill(0.0);
-                for (p, &w) in scores.iter().enumerate() {
-                    let r = kv.row_offset(layer, table, p) + kv_off;
-                    for (acc, &vv) in o.iter_mut().zip(&vs[r..r + hd]) {
-                        *acc += w * vv;
+                scores.resize(group * len, 0.0);
+                let rows = |p0: usize| {
+                    // Positions p0.. within one block are consecutive rows.
+                    let base = kv.row_offset(layer, table, p0) + kv_off;
+                    (base, (bs - p0 % bs).min(len - p0))
+                };
+                let mut p = 0;
+                while p < len {
+                    let (base, n) = rows(p);
+                    for i in 0..n {
+                        let k = &ks[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
+                        for h in 0..group {
+                            scores[h * len + p + i] =
+                                dot_f32_f32(isa, &qg[h * hd..(h + 1) * hd], k) * scale;
+                        }
                     }
+                    p += n;
                 }
-            });
+                for h in 0..group {
+                    softmax(&mut scores[h * len..(h + 1) * len]);
+                }
+                o.fill(0.0);
+                let mut p = 0;
+                while p < len {
+                    let (base, n) = rows(p);
+                    for i in 0..n {
+                        let v = &vs[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
+                        for h in 0..group {
+                            let w = scores[h * len + p + i];
+                            for (acc, &vv) in o[h * hd..(h + 1) * hd].iter_mut().zip(v) {
+                                *acc += w * vv;
+                            }
+                        }
+                    }
+                    p += n;
+                }
+            },
+        );
     }
 }
 
