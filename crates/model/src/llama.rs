@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use inferd_gguf::{GgmlType, GgufFile};
-use inferd_kernels::dot::dot_f32_f32;
+use inferd_kernels::dot::{dot_f32_f32, dot_tile_4x4};
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
@@ -410,11 +410,30 @@ impl Llama {
                 let mut p = 0;
                 while p < len {
                     let (base, n) = rows(p);
-                    for i in 0..n {
-                        let k = &ks[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
+                    let k_row = |i: usize| &ks[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
+                    let mut i = 0;
+                    if group <= 4 {
+                        // 4 positions × up to 4 query heads per register tile.
+                        while i + 4 <= n {
+                            let tile = dot_tile_4x4(
+                                isa,
+                                std::array::from_fn(|j| k_row(i + j)),
+                                std::array::from_fn(|h| {
+                                    &qg[h.min(group - 1) * hd..(h.min(group - 1) + 1) * hd]
+                                }),
+                            );
+                            for (h, row) in tile.iter().enumerate().take(group) {
+                                for (j, &v) in row.iter().enumerate() {
+                                    scores[h * len + p + i + j] = v * scale;
+                                }
+                            }
+                            i += 4;
+                        }
+                    }
+                    for i in i..n {
                         for h in 0..group {
                             scores[h * len + p + i] =
-                                dot_f32_f32(isa, &qg[h * hd..(h + 1) * hd], k) * scale;
+                                dot_f32_f32(isa, &qg[h * hd..(h + 1) * hd], k_row(i)) * scale;
                         }
                     }
                     p += n;
