@@ -10,7 +10,7 @@
 //! commands over a channel, the state owned by one thread.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -140,7 +140,8 @@ enum Command {
     },
 }
 
-/// Live gauges shared with handles (read without asking the engine thread).
+/// Live gauges and counters shared with handles (read without asking the engine
+/// thread; updated after every step).
 #[derive(Debug, Default)]
 pub struct EngineGauges {
     pub running: AtomicUsize,
@@ -148,6 +149,12 @@ pub struct EngineGauges {
     pub kv_used_blocks: AtomicUsize,
     pub kv_cached_blocks: AtomicUsize,
     pub kv_free_blocks: AtomicUsize,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_queries_tokens_total: AtomicU64,
+    /// Prompt tokens served from the prefix cache.
+    pub prefix_hits_tokens_total: AtomicU64,
+    pub kv_evictions_total: AtomicU64,
+    pub preemptions_total: AtomicU64,
 }
 
 /// Cheap to clone; usable from any thread or task.
@@ -504,5 +511,13 @@ impl EngineLoop {
         g.kv_used_blocks.store(s.used_blocks, Ordering::Relaxed);
         g.kv_cached_blocks.store(s.cached_blocks, Ordering::Relaxed);
         g.kv_free_blocks.store(s.free_blocks, Ordering::Relaxed);
+        g.prefix_queries_tokens_total
+            .store(s.prefix_queries_total, Ordering::Relaxed);
+        g.prefix_hits_tokens_total
+            .store(s.prefix_hits_total, Ordering::Relaxed);
+        g.kv_evictions_total
+            .store(s.evictions_total, Ordering::Relaxed);
+        g.preemptions_total
+            .store(self.scheduler.preemptions_total(), Ordering::Relaxed);
     }
 }

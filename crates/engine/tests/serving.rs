@@ -2,7 +2,6 @@
 //! outputs, a cached prefix gives the same output as a cold cache and reports the
 //! cached tokens, cancellation frees blocks, a full queue is refused.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -12,27 +11,16 @@ use inferd_engine::{
 };
 use inferd_scheduler::SchedulerConfig;
 
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("INFERD_TEST_MODEL_SMOLLM2") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("INFERD_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inferd")
-        });
-    let p = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make fetch-models` first",
-        p.display()
-    );
-    p
-}
-
 fn engine(config: EngineConfig) -> (EngineHandle, LoadedModel) {
-    let handle = start_engine(LoadedModel::load(model_path()).unwrap(), config).unwrap();
-    (handle, LoadedModel::load(model_path()).unwrap())
+    let handle = start_engine(
+        LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
+        config,
+    )
+    .unwrap();
+    (
+        handle,
+        LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
+    )
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {

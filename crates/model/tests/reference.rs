@@ -2,8 +2,6 @@
 //! (fixture made by `scripts/reference/make_model_fixture.py`): teacher-forced top-1
 //! agreement, top-5 log-probabilities, greedy continuations, and batch invariance.
 
-mod common;
-
 use inferd_kernels::{Isa, Precision};
 use inferd_kvcache::{BlockPool, BlockTable};
 use inferd_model::{ForwardOptions, KvStore, Llama, Logits, LogitsRequest, SeqBatch};
@@ -173,7 +171,7 @@ const LOGPROB_TOLERANCE: f32 = 0.01;
 
 #[test]
 fn teacher_forced_predictions_match_transformers() {
-    let mut model = Llama::load(common::smollm2_path()).unwrap();
+    let mut model = Llama::load(inferd_testutil::smollm2_path()).unwrap();
     let fx = fixture();
     assert!(fx.prompts.len() >= 8);
     let all: Vec<&Prompt> = fx.prompts.iter().collect();
@@ -205,7 +203,7 @@ fn teacher_forced_predictions_match_transformers() {
 /// model; this pins how far it may drift so a regression in it still fails.
 #[test]
 fn q8_activation_path_stays_close() {
-    let mut model = Llama::load(common::smollm2_path()).unwrap();
+    let mut model = Llama::load(inferd_testutil::smollm2_path()).unwrap();
     model.options = ForwardOptions {
         precision: Precision::Q8,
         ..Default::default()
@@ -218,7 +216,7 @@ fn q8_activation_path_stays_close() {
 
 #[test]
 fn greedy_continuations_match_transformers_alone_and_batched() {
-    let model = Llama::load(common::smollm2_path()).unwrap();
+    let model = Llama::load(inferd_testutil::smollm2_path()).unwrap();
     let fx = fixture();
     let prompts: Vec<&[u32]> = fx.prompts.iter().map(|p| p.prompt_ids.as_slice()).collect();
     let steps = fx.prompts[0].greedy.ids.len();

@@ -8,7 +8,7 @@
 //! the test rather than skipping it: a silently skipped reference check is worse than
 //! none.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use inferd_gguf::GgufFile;
@@ -46,20 +46,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The SmolLM2 GGUF: `$INFERD_TEST_MODEL_SMOLLM2`, else the models folder under
-/// `$INFERD_HOME` (default `~/.cache/inferd`).
-fn model_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("INFERD_TEST_MODEL_SMOLLM2") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("INFERD_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/inferd")
-        });
-    home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn load_spec(path: &Path) -> TokenizerSpec {
     let file = GgufFile::open(path)
         .unwrap_or_else(|e| panic!("{e}; run `make fetch-models` to get the SmolLM2 model"));
@@ -68,7 +54,7 @@ fn load_spec(path: &Path) -> TokenizerSpec {
 
 fn spec() -> &'static TokenizerSpec {
     static SPEC: OnceLock<TokenizerSpec> = OnceLock::new();
-    SPEC.get_or_init(|| load_spec(&model_path()))
+    SPEC.get_or_init(|| load_spec(&inferd_testutil::smollm2_path()))
 }
 
 fn tokenizer() -> &'static Tokenizer {
