@@ -1,11 +1,12 @@
 # inferd — the two set-up commands:
-#   make run    fetch the default model and generate from it (release build)
+#   make serve  fetch the default model and serve the OpenAI API on it (release build)
 #   make test   fetch the default model and run the whole test suite
 CARGO ?= cargo
 PYTHON ?= python3
 PROMPT ?= Explain in two sentences why the sky is blue.
+SERVE_ARGS ?=
 
-.PHONY: run test fetch-models build lint bench-cli fuzz
+.PHONY: serve run test fetch-models build lint fuzz
 
 build:
 	$(CARGO) build --release -p inferd
@@ -15,6 +16,10 @@ build:
 fetch-models:
 	$(CARGO) build -p inferd
 	target/debug/inferd models fetch --python $(PYTHON)
+
+serve: build
+	target/release/inferd models fetch --python $(PYTHON)
+	target/release/inferd serve $(SERVE_ARGS)
 
 run: build
 	target/release/inferd models fetch --python $(PYTHON)

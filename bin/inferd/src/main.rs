@@ -5,6 +5,7 @@ mod bench_engine;
 mod generate;
 mod perf;
 mod registry;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the OpenAI-compatible HTTP API on a local model.
+    Serve(serve::ServeArgs),
     /// Generate text from a prompt, streaming it to stdout; timings go to stderr.
     Generate(generate::GenerateArgs),
     /// Concurrent requests straight to the engine: throughput, TTFT, shared prefix.
@@ -58,6 +61,7 @@ enum ModelsCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Perf(args) => perf::run(args),
         Command::BenchEngine(args) => bench_engine::run(args),

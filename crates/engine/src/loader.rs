@@ -2,6 +2,7 @@
 //! and its chat template, all from the one file's metadata.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use inferd_model::Llama;
 use inferd_tokenizer::{ChatTemplate, Tokenizer, TokenizerSpec};
@@ -11,8 +12,9 @@ use crate::error::Result;
 /// A model with its tokenizer and (if the file has one) chat template.
 pub struct LoadedModel {
     pub model: Llama,
-    pub tokenizer: Tokenizer,
-    pub chat_template: Option<ChatTemplate>,
+    /// Shared with the HTTP layer, which tokenizes prompts.
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<Arc<ChatTemplate>>,
 }
 
 impl LoadedModel {
@@ -26,16 +28,16 @@ impl LoadedModel {
                 .unwrap_or_default()
         };
         let chat_template = match &spec.chat_template {
-            Some(src) => Some(ChatTemplate::new(
+            Some(src) => Some(Arc::new(ChatTemplate::new(
                 src,
                 &token_text(spec.bos_id),
                 &token_text(spec.eos_id),
-            )?),
+            )?)),
             None => None,
         };
         Ok(LoadedModel {
             model,
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             chat_template,
         })
     }

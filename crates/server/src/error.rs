@@ -1,0 +1,118 @@
+//! The one place HTTP errors are shaped: OpenAI's
+//! `{"error":{"message","type","param","code"}}`. User input never produces a 500;
+//! details for operators go to the log.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use inferd_engine::EngineError;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// 400 naming the offending field.
+    pub fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: Some(param.to_owned()),
+            code: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError {
+            param: None,
+            ..ApiError::invalid("", message)
+        }
+    }
+
+    pub fn not_found(param: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("model_not_found"),
+            ..ApiError::invalid(param, message)
+        }
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "Incorrect or missing API key: send `Authorization: Bearer <key>`".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            retry_after_secs: None,
+        }
+    }
+
+    /// A short label for the error counter (bounded set).
+    pub fn label(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 => "invalid_request",
+            401 => "unauthorized",
+            404 => "not_found",
+            413 => "too_large",
+            429 => "overloaded",
+            503 => "unavailable",
+            _ => "internal",
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        match e {
+            EngineError::Overloaded { .. } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: e.to_string(),
+                kind: "rate_limit_error",
+                param: None,
+                code: Some("overloaded"),
+                retry_after_secs: Some(1),
+            },
+            EngineError::ContextOverflow { .. } => ApiError::invalid("messages", e.to_string()),
+            EngineError::InvalidParam { field, .. } => ApiError::invalid(field, e.to_string()),
+            EngineError::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
+            EngineError::Scheduler(_) => ApiError::invalid("max_tokens", e.to_string()),
+            other => {
+                tracing::error!(error = %other, "engine error");
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: "internal error in the engine; see the server log".into(),
+                    kind: "server_error",
+                    param: None,
+                    code: None,
+                    retry_after_secs: None,
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}

@@ -1,0 +1,600 @@
+//! Chat and text completions: validation → prompt → one engine request per
+//! choice → a JSON body or an SSE stream.
+//!
+//! Streaming follows OpenAI's order exactly: a first chunk with the role (chat),
+//! content deltas, a final chunk per choice with `finish_reason` and an empty delta
+//! (plus our `timings`), then — only with `stream_options.include_usage` — a usage
+//! chunk with empty `choices`, then `data: [DONE]`. Errors that happen before the
+//! first token (overload, bad input) are plain HTTP errors, not a broken stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use inferd_engine::{
+    EngineRequest, EventStream, FinishReason, Logprobs, Timings, TokenEvent, Usage,
+};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::error::ApiError;
+use crate::params::{self, Body, Common, StopMatcher};
+use crate::ServerState;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+struct Prepared {
+    kind: Kind,
+    prompt: Vec<u32>,
+    common: Common,
+    max_tokens: usize,
+    /// `Some(n)`: report log-probabilities with `n` alternatives.
+    logprobs: Option<usize>,
+    id: String,
+}
+
+pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiError> {
+    let map = Body::parse(body)?;
+    let b = Body(&map);
+    s.check_model(b.str("model")?)?;
+    if let Some(rf) = b.get("response_format") {
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some(t) => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    format!("`response_format` type `{t}` is not supported yet (constrained decoding is not implemented); use \"text\""),
+                ))
+            }
+            None => return Err(ApiError::invalid("response_format", "`response_format` must be an object with a `type`")),
+        }
+    }
+    let messages = messages(&b)?;
+    let tools = match b.get("tools") {
+        None => None,
+        Some(Value::Array(t)) => Some(t.as_slice()),
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("`tools` must be an array, got {v}"),
+            ))
+        }
+    };
+    let template = s.chat_template.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "messages",
+            "this model has no chat template; use /v1/completions",
+        )
+    })?;
+    let text = template
+        .render(&messages, tools, true)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = s
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let common = params::common(&b, &["max_tokens", "max_completion_tokens"])?;
+    let logprobs = match (
+        b.bool("logprobs")?.unwrap_or(false),
+        b.int_in("top_logprobs", 0, 20)?,
+    ) {
+        (true, n) => Some(n.unwrap_or(0) as usize),
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "`top_logprobs` requires `logprobs: true`",
+            ))
+        }
+        (false, None) => None,
+    };
+    let prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
+    run(s, prep).await
+}
+
+pub async fn completion(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiError> {
+    let map = Body::parse(body)?;
+    let b = Body(&map);
+    s.check_model(b.str("model")?)?;
+    for (field, why) in [
+        ("suffix", "`suffix` (fill-in-the-middle) is not supported"),
+        ("echo", "`echo` is not supported"),
+    ] {
+        if b.get(field).is_some_and(|v| v != &Value::Bool(false)) {
+            return Err(ApiError::invalid(field, why));
+        }
+    }
+    if b.get("logprobs").is_some() {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "`logprobs` is not supported on /v1/completions yet; use /v1/chat/completions",
+        ));
+    }
+    let prompt = match b.get("prompt") {
+        Some(Value::String(t)) => s.tokenizer.encode(t, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
+            a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
+        }
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
+            s.tokenizer.encode(a[0].as_str().unwrap_or(""), true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?
+        }
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` must be a string, a list of token ids, or a list with one string (batched prompts are not supported yet)",
+            ))
+        }
+        _ => return Err(ApiError::invalid("prompt", "`prompt` is required: a string or a list of token ids")),
+    };
+    let mut common = params::common(&b, &["max_tokens"])?;
+    // OpenAI's legacy default for completions is 16 tokens.
+    common.max_tokens.get_or_insert(16);
+    let prep = prepare(s, Kind::Text, prompt, common, None, "prompt")?;
+    run(s, prep).await
+}
+
+/// `messages`: roles and string or text-part content, checked and normalised.
+fn messages(b: &Body) -> Result<Vec<Value>, ApiError> {
+    let Some(Value::Array(msgs)) = b.get("messages") else {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` is required and must be a non-empty array",
+        ));
+    };
+    if msgs.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages[{i}]");
+            let obj = m.as_object().ok_or_else(|| ApiError::invalid(&param, format!("`{param}` must be an object")))?;
+            let role = obj.get("role").and_then(Value::as_str).unwrap_or("");
+            if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
+                return Err(ApiError::invalid(
+                    &format!("{param}.role"),
+                    format!("`{param}.role` must be one of system, user, assistant, tool; got {:?}", obj.get("role")),
+                ));
+            }
+            let content = match obj.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(t)) => t.clone(),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => Ok(t),
+                        _ => Err(ApiError::invalid(
+                            &format!("{param}.content"),
+                            "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(""),
+                Some(v) => {
+                    return Err(ApiError::invalid(&format!("{param}.content"), format!("content must be a string or an array of parts, got {v}")))
+                }
+            };
+            let mut out: Map<String, Value> = obj.clone();
+            out.insert("role".into(), Value::String(if role == "developer" { "system".into() } else { role.into() }));
+            out.insert("content".into(), Value::String(content));
+            Ok(Value::Object(out))
+        })
+        .collect()
+}
+
+fn prepare(
+    s: &ServerState,
+    kind: Kind,
+    prompt: Vec<u32>,
+    common: Common,
+    logprobs: Option<usize>,
+    prompt_param: &str,
+) -> Result<Prepared, ApiError> {
+    let ctx = s.engine.context_length;
+    if prompt.len() >= ctx {
+        return Err(ApiError::invalid(
+            prompt_param,
+            format!(
+                "the prompt is {} tokens, but the model's context window is {ctx} tokens",
+                prompt.len()
+            ),
+        ));
+    }
+    let room = ctx - prompt.len();
+    let max_tokens = match common.max_tokens {
+        Some(m) if m > room => {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!(
+                    "the prompt is {} tokens and max_tokens is {m}: {} in total exceeds the model's context window of {ctx} tokens",
+                    prompt.len(),
+                    prompt.len() + m
+                ),
+            ))
+        }
+        Some(m) => m,
+        None => room,
+    };
+    let id = format!(
+        "{}-{:x}",
+        if kind == Kind::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        rand_id()
+    );
+    Ok(Prepared {
+        kind,
+        prompt,
+        common,
+        max_tokens,
+        logprobs,
+        id,
+    })
+}
+
+fn rand_id() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ crate::unix_now() as u128);
+    ((h.finish() as u128) << 64)
+        | std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish() as u128
+}
+
+/// One choice's state while its events arrive.
+struct Choice {
+    stop: StopMatcher,
+    text: String,
+    tokens: usize,
+    logprobs: Vec<Value>,
+    finish: Option<&'static str>,
+    usage: Usage,
+    timings: Timings,
+    last_token_at: Option<Instant>,
+}
+
+impl Choice {
+    fn new(stops: Vec<String>) -> Choice {
+        Choice {
+            stop: StopMatcher::new(stops),
+            text: String::new(),
+            tokens: 0,
+            logprobs: Vec::new(),
+            finish: None,
+            usage: Usage::default(),
+            timings: Timings::default(),
+            last_token_at: None,
+        }
+    }
+}
+
+fn token_text(s: &ServerState, id: u32) -> String {
+    String::from_utf8_lossy(s.tokenizer.token_bytes(id).unwrap_or(&[])).into_owned()
+}
+
+fn logprob_entry(s: &ServerState, id: u32, lp: &Logprobs) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let t = token_text(s, id);
+        json!({"token": t, "logprob": logprob, "bytes": s.tokenizer.token_bytes(id).unwrap_or(&[])})
+    };
+    let mut e = entry(id, lp.token_logprob);
+    e["top_logprobs"] = Value::Array(lp.top.iter().map(|&(t, l)| entry(t, l)).collect());
+    e
+}
+
+/// Applies one engine event to a choice; returns the text delta to emit.
+fn apply(s: &ServerState, c: &mut Choice, ev: TokenEvent) -> Result<Option<String>, ApiError> {
+    match ev {
+        TokenEvent::Token { id, text, logprobs } => {
+            let now = Instant::now();
+            if let Some(prev) = c.last_token_at.replace(now) {
+                s.metrics.itl.observe((now - prev).as_secs_f64());
+            }
+            c.tokens += 1;
+            if let Some(lp) = logprobs {
+                c.logprobs.push(logprob_entry(s, id, &lp));
+            }
+            let (out, stopped) = c.stop.push(&text);
+            if stopped {
+                c.finish = Some("stop");
+            }
+            Ok(Some(out))
+        }
+        TokenEvent::Done {
+            reason,
+            usage,
+            timings,
+        } => {
+            c.usage = usage;
+            c.timings = timings;
+            c.finish.get_or_insert(match reason {
+                FinishReason::Stop => "stop",
+                FinishReason::Length => "length",
+            });
+            let rest = c.stop.flush();
+            Ok((!rest.is_empty()).then_some(rest))
+        }
+        TokenEvent::Error(e) => Err(ApiError::from(e)),
+    }
+}
+
+fn timings_json(c: &Choice) -> Value {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let tps = if c.timings.decode.as_secs_f64() > 0.0 && c.tokens > 1 {
+        (c.tokens - 1) as f64 / c.timings.decode.as_secs_f64()
+    } else {
+        0.0
+    };
+    json!({
+        "queue_ms": ms(c.timings.queue),
+        "prefill_ms": ms(c.timings.prefill),
+        "ttft_ms": ms(c.timings.ttft),
+        "decode_ms": ms(c.timings.decode),
+        "e2e_ms": ms(c.timings.e2e),
+        "decode_tokens_per_second": (tps * 10.0).round() / 10.0,
+        "prompt_tokens": c.usage.prompt_tokens,
+        "cached_prompt_tokens": c.usage.cached_tokens,
+        "preemptions": c.timings.preemptions,
+    })
+}
+
+fn usage_json(choices: &[Choice]) -> Value {
+    let prompt = choices.first().map_or(0, |c| c.usage.prompt_tokens);
+    let completion: usize = choices.iter().map(|c| c.tokens).sum();
+    let cached = choices.first().map_or(0, |c| c.usage.cached_tokens);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
+}
+
+fn submit_all(s: &ServerState, p: &Prepared) -> Vec<EventStream> {
+    (0..p.common.n)
+        .map(|i| {
+            let mut sampling = p.common.sampling.clone();
+            sampling.logprobs = p.logprobs;
+            // Distinct but reproducible seeds per choice.
+            sampling.seed = sampling.seed.map(|x| x.wrapping_add(i as u64));
+            s.engine.submit(EngineRequest {
+                prompt: p.prompt.clone(),
+                max_tokens: p.max_tokens,
+                sampling,
+                stop_token_ids: s.tokenizer.stop_token_ids(),
+                priority: p.common.priority,
+                cache_salt: p.common.cache_salt.clone(),
+            })
+        })
+        .collect()
+}
+
+async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
+    let mut streams = submit_all(s, &p);
+    let mut choices: Vec<Choice> = (0..p.common.n)
+        .map(|_| Choice::new(p.common.stop.clone()))
+        .collect();
+    // The first event of every choice decides between an HTTP error and a response.
+    let mut first = Vec::new();
+    for (rx, c) in streams.iter_mut().zip(choices.iter_mut()) {
+        let ev = rx
+            .recv()
+            .await
+            .ok_or_else(|| ApiError::from(inferd_engine::EngineError::Stopped))?;
+        let delta = apply(s, c, ev)?;
+        first.push(delta);
+    }
+    if p.common.stream {
+        return Ok(stream_response(s, p, streams, choices, first));
+    }
+    for ((rx, c), delta) in streams.iter_mut().zip(choices.iter_mut()).zip(first) {
+        c.text.push_str(&delta.unwrap_or_default());
+        while c.finish.is_none() || c.usage.prompt_tokens == 0 {
+            if c.finish == Some("stop") && c.usage.prompt_tokens == 0 {
+                // A stop string ended it: cancel the rest, the engine frees the blocks.
+                c.usage = Usage {
+                    prompt_tokens: p.prompt.len(),
+                    completion_tokens: c.tokens,
+                    cached_tokens: 0,
+                };
+                break;
+            }
+            let Some(ev) = rx.recv().await else { break };
+            if let Some(d) = apply(s, c, ev)? {
+                c.text.push_str(&d);
+            }
+        }
+        s.metrics
+            .observe_done(c.finish.unwrap_or("length"), &c.usage, &c.timings);
+    }
+    drop(streams);
+    let body = match p.kind {
+        Kind::Chat => json!({
+            "id": p.id, "object": "chat.completion", "created": crate::unix_now(), "model": s.model_id,
+            "choices": choices.iter().enumerate().map(|(i, c)| json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": p.logprobs.map(|_| json!({"content": c.logprobs})),
+                "finish_reason": c.finish,
+            })).collect::<Vec<_>>(),
+            "usage": usage_json(&choices),
+            "timings": timings_json(&choices[0]),
+        }),
+        Kind::Text => json!({
+            "id": p.id, "object": "text_completion", "created": crate::unix_now(), "model": s.model_id,
+            "choices": choices.iter().enumerate().map(|(i, c)| json!({
+                "index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish,
+            })).collect::<Vec<_>>(),
+            "usage": usage_json(&choices),
+            "timings": timings_json(&choices[0]),
+        }),
+    };
+    log_request(s, &p, &choices, 200);
+    let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
+    let ttft_ms = (choices[0].timings.ttft.as_secs_f64() * 1e3).round() as u64;
+    resp.headers_mut()
+        .insert("x-inferd-ttft-ms", HeaderValue::from(ttft_ms));
+    Ok(resp)
+}
+
+fn log_request(s: &ServerState, p: &Prepared, choices: &[Choice], status: u16) {
+    let c = &choices[0];
+    let _ = s;
+    tracing::info!(
+        id = %p.id,
+        status,
+        prompt_tokens = p.prompt.len(),
+        output_tokens = choices.iter().map(|c| c.tokens).sum::<usize>(),
+        cached_tokens = c.usage.cached_tokens,
+        queue_ms = c.timings.queue.as_millis() as u64,
+        ttft_ms = c.timings.ttft.as_millis() as u64,
+        e2e_ms = c.timings.e2e.as_millis() as u64,
+        "request"
+    );
+}
+
+fn chunk(s: &ServerState, p: &Prepared, index: usize, delta: Value, finish: Option<&str>) -> Value {
+    match p.kind {
+        Kind::Chat => json!({
+            "id": p.id, "object": "chat.completion.chunk", "created": crate::unix_now(), "model": s.model_id,
+            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        }),
+        Kind::Text => json!({
+            "id": p.id, "object": "text_completion", "created": crate::unix_now(), "model": s.model_id,
+            "choices": [{"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish}],
+        }),
+    }
+}
+
+fn sse(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+/// Streams every choice's events as SSE chunks. A task forwards them; when the
+/// client disconnects, the channel closes, the task ends and drops the engine
+/// streams, which cancels the requests and frees their blocks.
+fn stream_response(
+    s: &Arc<ServerState>,
+    p: Prepared,
+    streams: Vec<EventStream>,
+    mut choices: Vec<Choice>,
+    first: Vec<Option<String>>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let state = Arc::clone(s);
+    tokio::spawn(async move {
+        let s = &*state;
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move { tx.send(sse(&v)).await.is_ok() }
+        };
+        let logprobs_delta = |c: &Choice, from: usize| -> Option<Value> {
+            p.logprobs.map(|_| json!({"content": c.logprobs[from..]}))
+        };
+        // Role first (chat), then what the first events produced.
+        for (i, (c, delta)) in choices.iter_mut().zip(first).enumerate() {
+            if p.kind == Kind::Chat
+                && !send(chunk(
+                    s,
+                    &p,
+                    i,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                ))
+                .await
+            {
+                return;
+            }
+            if let Some(d) = delta.filter(|d| !d.is_empty()) {
+                let mut ch = chunk(s, &p, i, json!({"content": d}), None);
+                if let Some(lp) = logprobs_delta(c, 0) {
+                    ch["choices"][0]["logprobs"] = lp;
+                }
+                if !send(ch).await {
+                    return;
+                }
+            }
+        }
+        let mut merged = stream::select_all(streams.into_iter().enumerate().map(|(i, rx)| {
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |ev| (i, ev))
+        }));
+        let mut finished = vec![false; choices.len()];
+        for (i, c) in choices.iter().enumerate() {
+            finished[i] = c.finish.is_some() && c.usage.prompt_tokens > 0;
+        }
+        while finished.iter().any(|f| !f) {
+            let Some((i, ev)) = merged.next().await else {
+                break;
+            };
+            if finished[i] {
+                continue;
+            }
+            let c = &mut choices[i];
+            let seen = c.logprobs.len();
+            let done_event = matches!(ev, TokenEvent::Done { .. });
+            let delta = match apply(s, c, ev) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = send(json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})).await;
+                    return;
+                }
+            };
+            if let Some(d) = delta.filter(|d| !d.is_empty()) {
+                let mut ch = chunk(s, &p, i, json!({"content": d}), None);
+                if let Some(lp) = logprobs_delta(c, seen) {
+                    ch["choices"][0]["logprobs"] = lp;
+                }
+                if !send(ch).await {
+                    return;
+                }
+            }
+            let stopped_by_string = c.finish == Some("stop") && !done_event;
+            if done_event || stopped_by_string {
+                if stopped_by_string {
+                    c.usage = Usage {
+                        prompt_tokens: p.prompt.len(),
+                        completion_tokens: c.tokens,
+                        cached_tokens: 0,
+                    };
+                }
+                finished[i] = true;
+                s.metrics
+                    .observe_done(c.finish.unwrap_or("length"), &c.usage, &c.timings);
+                let mut last = chunk(s, &p, i, json!({}), c.finish);
+                last["timings"] = timings_json(c);
+                if !send(last).await {
+                    return;
+                }
+            }
+        }
+        drop(merged);
+        if p.common.include_usage {
+            let usage = json!({
+                "id": p.id, "object": if p.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
+                "created": crate::unix_now(), "model": s.model_id, "choices": [], "usage": usage_json(&choices),
+            });
+            if !send(usage).await {
+                return;
+            }
+        }
+        log_request(s, &p, &choices, 200);
+        let _ = tx.send(Event::default().data("[DONE]")).await;
+    });
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,191 @@
+//! OpenAI-compatible HTTP server over the engine (axum).
+//!
+//! Every handler turns the raw body into validated parameters (`params`), renders
+//! and tokenizes the prompt, submits one engine request per choice, and answers as
+//! one JSON body or as Server-Sent Events in OpenAI's exact chunk order. Each
+//! response carries its own `timings` (queue, prefill, TTFT, decode, tokens/s,
+//! cached prompt tokens); `/metrics` exports the same in Prometheus form.
+
+mod error;
+mod generate;
+mod metrics;
+mod params;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use inferd_engine::EngineHandle;
+use inferd_tokenizer::{ChatTemplate, Tokenizer};
+use serde_json::json;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// What the server needs besides the engine handle.
+pub struct ServerState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<Arc<ChatTemplate>>,
+    /// The id clients use in `model` (the alias or file stem).
+    pub model_id: String,
+    pub api_key: Option<String>,
+    pub metrics: Metrics,
+    pub ready: AtomicBool,
+    pub created_unix: u64,
+}
+
+impl ServerState {
+    pub fn new(
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        chat_template: Option<Arc<ChatTemplate>>,
+        model_id: String,
+        api_key: Option<String>,
+    ) -> ServerState {
+        ServerState {
+            engine,
+            tokenizer,
+            chat_template,
+            model_id,
+            api_key,
+            metrics: Metrics::new(),
+            ready: AtomicBool::new(true),
+            created_unix: unix_now(),
+        }
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent == Some(key.as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+
+    /// `model` may be omitted, or must name the served model.
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if m == self.model_id => Ok(()),
+            Some(m) => Err(ApiError::not_found(
+                "model",
+                format!(
+                    "The model `{m}` does not exist; this server serves `{}`",
+                    self.model_id
+                ),
+            )),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn chat_completions(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        s.authorize(&headers)?;
+        generate::chat(&s, &body).await
+    }
+    .await;
+    respond(&s, result)
+}
+
+async fn completions(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        s.authorize(&headers)?;
+        generate::completion(&s, &body).await
+    }
+    .await;
+    respond(&s, result)
+}
+
+fn respond(s: &ServerState, result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.errors.with_label_values(&[e.label()]).inc();
+            tracing::info!(status = e.status.as_u16(), error = %e.message, "request refused");
+            e.into_response()
+        }
+    }
+}
+
+fn model_object(s: &ServerState) -> serde_json::Value {
+    json!({"id": s.model_id, "object": "model", "created": s.created_unix, "owned_by": "inferd"})
+}
+
+async fn list_models(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    match s.authorize(&headers) {
+        Ok(()) => Json(json!({"object": "list", "data": [model_object(&s)]})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_model(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let result = s.authorize(&headers).and_then(|_| s.check_model(Some(&id)));
+    match result {
+        Ok(()) => Json(model_object(&s)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn health(State(s): State<Arc<ServerState>>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
+    let text = s.metrics.render(&s.engine.gauges);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
