@@ -6,7 +6,7 @@ PYTHON ?= python3
 PROMPT ?= Explain in two sentences why the sky is blue.
 SERVE_ARGS ?=
 
-.PHONY: serve run test fetch-models build lint fuzz
+.PHONY: serve run test test-python fetch-models build lint fuzz
 
 build:
 	$(CARGO) build --release -p inferd
@@ -27,6 +27,17 @@ run: build
 
 test: fetch-models
 	$(CARGO) test --workspace
+	$(MAKE) test-python
+
+# The official `openai` SDK against a real `inferd serve` (venv made here, pinned).
+test-python: .venv/ok
+	$(CARGO) build -p inferd
+	.venv/bin/python -m pytest -q tests/python
+
+.venv/ok: tests/python/requirements.txt
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch .venv/ok
 
 lint:
 	$(CARGO) fmt --all --check

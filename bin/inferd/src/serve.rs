@@ -36,10 +36,15 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    // Logs go to stderr (stdout stays free), without colour codes unless a person
+    // is watching.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let threads = init_threads(args.threads)?;
     let config = args.engine.config()?;

@@ -1,0 +1,169 @@
+"""The official `openai` SDK against a real `inferd serve` on a free port, with the
+real default model. Started once per session; the binary comes from
+$INFERD_BIN (default target/debug/inferd)."""
+
+import os
+import queue
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+
+import openai
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("INFERD_BIN", os.path.join(ROOT, "target", "debug", "inferd"))
+API_KEY = "test-key"
+
+
+def start_server(*extra):
+    """Starts `inferd serve --port 0` and returns (process, base URL) once its
+    "ready" log line names the port; fails (never hangs) after 60 s."""
+    proc = subprocess.Popen(
+        [BIN, "serve", "--port", "0", "--api-key", API_KEY, *extra],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    lines = queue.Queue()
+
+    def drain():
+        # Keeps reading so the server never blocks on a full pipe.
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.time()))
+        except queue.Empty:
+            break
+        if line is None:
+            raise RuntimeError(f"inferd serve exited with {proc.wait()}")
+        m = re.search(r"ready: (http://[0-9.:]+)/v1", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError("inferd serve did not become ready in 60 s")
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc, base = start_server()
+    yield base
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def ask(client, **kw):
+    args = dict(model="smollm2-135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
+                temperature=0, max_tokens=24)
+    args.update(kw)
+    return client.chat.completions.create(**args)
+
+
+def metrics(base):
+    return urllib.request.urlopen(base + "/metrics").read().decode()
+
+
+def metric_value(text, name):
+    m = re.search(r"^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_chat_streaming_and_non_streaming_agree(client):
+    full = ask(client)
+    text = full.choices[0].message.content
+    assert "Paris" in text
+    assert full.choices[0].finish_reason == "stop"
+    assert full.usage.prompt_tokens > 0 and full.usage.completion_tokens > 0
+    chunks = list(ask(client, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == "stop"
+
+
+def test_stop_n_logprobs(client):
+    r = ask(client, stop=[" Paris"])
+    assert "Paris" not in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+    r = ask(client, n=2, temperature=1.0, seed=5)
+    assert [c.index for c in r.choices] == [0, 1]
+    r = ask(client, logprobs=True, top_logprobs=2, max_tokens=3)
+    lp = r.choices[0].logprobs.content
+    assert lp and len(lp[0].top_logprobs) == 2 and lp[0].logprob <= 0
+
+
+def test_tools_are_accepted_and_rendered(client):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    r = ask(client, tools=tools, tool_choice="auto")
+    assert r.choices[0].message.content is not None
+
+
+def test_completions(client):
+    r = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert "Paris" in r.choices[0].text
+    r = client.completions.create(model="smollm2-135m", prompt=[504, 3575, 282, 4649, 314], max_tokens=2, temperature=0)
+    assert r.usage.prompt_tokens == 5
+
+
+def test_errors(server, client):
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, top_p=1.5)
+    assert e.value.body["param"] == "top_p"
+    with pytest.raises(openai.NotFoundError):
+        ask(client, model="gpt-404")
+    bad = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        ask(bad)
+
+
+def test_cancelled_stream_frees_its_blocks(server, client):
+    stream = ask(client, stream=True, max_tokens=2000, messages=[{"role": "user", "content": "Write a very long story."}])
+    for i, _ in enumerate(stream):
+        if i == 5:
+            break
+    stream.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if metric_value(metrics(server), 'inferd_kv_blocks{state="used"}') == 0:
+            break
+        time.sleep(0.1)
+    assert metric_value(metrics(server), 'inferd_kv_blocks{state="used"}') == 0
+
+
+def test_flood_gets_429_and_metrics_move():
+    proc, base = start_server("--max-running", "1", "--max-waiting", "1")
+    try:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0)
+        before = metrics(base)
+        results = []
+
+        def one():
+            try:
+                ask(client, max_tokens=32)
+                results.append(200)
+            except openai.RateLimitError:
+                results.append(429)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert 429 in results and 200 in results, results
+        after = metrics(base)
+        assert metric_value(after, 'inferd_request_errors_total{type="overloaded"}') >= 1
+        assert metric_value(after, "inferd_output_tokens_total") > metric_value(before, "inferd_output_tokens_total")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
