@@ -106,7 +106,16 @@ def test_tools_are_accepted_and_rendered(client):
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
     r = ask(client, tools=tools, tool_choice="auto")
-    assert r.choices[0].message.content is not None
+    assert r.choices[0].message.content is not None or r.choices[0].message.tool_calls
+    # A full round trip: the assistant's call and the tool's result go back in.
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]
+    r = ask(client, tools=tools, messages=messages)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
 def test_completions(client):

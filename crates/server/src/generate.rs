@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 use crate::params::{self, Body, Common, StopMatcher};
+use crate::tools;
 use crate::ServerState;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,8 @@ struct Prepared {
     /// `Some(n)`: report log-probabilities with `n` alternatives.
     logprobs: Option<usize>,
     id: String,
+    /// Parse Hermes-style tool calls out of the output (chat with `tools`).
+    tools: bool,
 }
 
 pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiError> {
@@ -95,7 +98,9 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
         }
         (false, None) => None,
     };
-    let prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
+    let mut prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
+    prep.tools = tools.is_some_and(|t| !t.is_empty())
+        && b.get("tool_choice").and_then(Value::as_str) != Some("none");
     run(s, prep).await
 }
 
@@ -241,6 +246,7 @@ fn prepare(
         max_tokens,
         logprobs,
         id,
+        tools: false,
     })
 }
 
@@ -264,11 +270,39 @@ struct Choice {
     usage: Usage,
     timings: Timings,
     last_token_at: Option<Instant>,
+    /// Streaming with tools: text held back while it may start a tool call, and
+    /// everything from `<tool_call>` on once one started.
+    gate_pending: String,
+    tool_text: Option<String>,
 }
 
 impl Choice {
+    /// Streaming with tools: passes through text that cannot belong to a tool
+    /// call, holds back the rest.
+    fn gate(&mut self, d: String) -> String {
+        if let Some(t) = &mut self.tool_text {
+            t.push_str(&d);
+            return String::new();
+        }
+        self.gate_pending.push_str(&d);
+        if let Some(i) = self.gate_pending.find(tools::OPEN) {
+            self.tool_text = Some(self.gate_pending[i..].to_owned());
+            let out = self.gate_pending[..i].to_owned();
+            self.gate_pending.clear();
+            return out;
+        }
+        let keep = (1..tools::OPEN.len())
+            .rev()
+            .find(|&k| self.gate_pending.ends_with(&tools::OPEN[..k]))
+            .unwrap_or(0);
+        let cut = self.gate_pending.len() - keep;
+        self.gate_pending.drain(..cut).collect()
+    }
+
     fn new(stops: Vec<String>) -> Choice {
         Choice {
+            gate_pending: String::new(),
+            tool_text: None,
             stop: StopMatcher::new(stops),
             text: String::new(),
             tokens: 0,
@@ -424,12 +458,21 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
     let body = match p.kind {
         Kind::Chat => json!({
             "id": p.id, "object": "chat.completion", "created": crate::unix_now(), "model": s.model_id,
-            "choices": choices.iter().enumerate().map(|(i, c)| json!({
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "logprobs": p.logprobs.map(|_| json!({"content": c.logprobs})),
-                "finish_reason": c.finish,
-            })).collect::<Vec<_>>(),
+            "choices": choices.iter().enumerate().map(|(i, c)| {
+                let (message, finish) = match tools::parse(&c.text).filter(|_| p.tools) {
+                    Some((content, calls)) => (
+                        json!({"role": "assistant", "content": (!content.is_empty()).then_some(content), "tool_calls": tools::to_json(&calls, &p.id, false)}),
+                        Some("tool_calls"),
+                    ),
+                    None => (json!({"role": "assistant", "content": c.text}), c.finish),
+                };
+                json!({
+                    "index": i,
+                    "message": message,
+                    "logprobs": p.logprobs.map(|_| json!({"content": c.logprobs})),
+                    "finish_reason": finish,
+                })
+            }).collect::<Vec<_>>(),
             "usage": usage_json(&choices),
             "timings": timings_json(&choices[0]),
         }),
@@ -476,6 +519,26 @@ fn chunk(s: &ServerState, p: &Prepared, index: usize, delta: Value, finish: Opti
             "id": p.id, "object": "text_completion", "created": crate::unix_now(), "model": s.model_id,
             "choices": [{"index": index, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish}],
         }),
+    }
+}
+
+/// At the end of a streamed choice with tools: the held-back text, or the parsed
+/// tool calls as one delta (and `finish_reason` becomes `tool_calls`).
+fn finish_tools(c: &mut Choice, request_id: &str) -> Option<Value> {
+    let held = std::mem::take(&mut c.gate_pending);
+    match c.tool_text.take() {
+        Some(text) => match tools::parse(&text) {
+            Some((content, calls)) => {
+                c.finish = Some("tool_calls");
+                let mut delta = json!({"tool_calls": tools::to_json(&calls, request_id, true)});
+                if !content.is_empty() || !held.is_empty() {
+                    delta["content"] = json!(held + &content);
+                }
+                Some(delta)
+            }
+            None => Some(json!({"content": held + &text})),
+        },
+        None => (!held.is_empty()).then(|| json!({"content": held})),
     }
 }
 
@@ -552,6 +615,11 @@ fn stream_response(
                     return;
                 }
             };
+            let delta = if p.tools {
+                delta.map(|d| c.gate(d))
+            } else {
+                delta
+            };
             if let Some(d) = delta.filter(|d| !d.is_empty()) {
                 let mut ch = chunk(s, &p, i, json!({"content": d}), None);
                 if let Some(lp) = logprobs_delta(c, seen) {
@@ -573,6 +641,13 @@ fn stream_response(
                 finished[i] = true;
                 s.metrics
                     .observe_done(c.finish.unwrap_or("length"), &c.usage, &c.timings);
+                if p.tools {
+                    if let Some(delta) = finish_tools(c, &p.id) {
+                        if !send(chunk(s, &p, i, delta, None)).await {
+                            return;
+                        }
+                    }
+                }
                 let mut last = chunk(s, &p, i, json!({}), c.finish);
                 last["timings"] = timings_json(c);
                 if !send(last).await {
@@ -597,4 +672,42 @@ fn stream_response(
     Sse::new(body)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_tool_call_is_held_back_and_parsed() {
+        let mut c = Choice::new(Vec::new());
+        let pieces = [
+            "Sure. <tool",
+            "_call>{\"name\": \"f\", ",
+            "\"arguments\": {\"a\": 1}}</tool_call>",
+        ];
+        let out: String = pieces.iter().map(|p| c.gate(p.to_string())).collect();
+        assert_eq!(out, "Sure. ");
+        let delta = finish_tools(&mut c, "chatcmpl-x1").unwrap();
+        assert_eq!(delta["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(
+            delta["tool_calls"][0]["function"]["arguments"],
+            r#"{"a":1}"#
+        );
+        assert_eq!(delta["tool_calls"][0]["index"], 0);
+        assert_eq!(c.finish, Some("tool_calls"));
+    }
+
+    #[test]
+    fn text_that_only_starts_like_a_tool_call_is_released() {
+        let mut c = Choice::new(Vec::new());
+        assert_eq!(c.gate("a <to".into()), "a ");
+        assert_eq!(c.gate("pic".into()), "<topic");
+        assert_eq!(c.gate(" <tool_call>not json".into()), " ");
+        assert_eq!(
+            finish_tools(&mut c, "id").unwrap()["content"],
+            "<tool_call>not json"
+        );
+        assert_eq!(c.finish, None);
+    }
 }

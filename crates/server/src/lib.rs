@@ -10,6 +10,7 @@ mod error;
 mod generate;
 mod metrics;
 mod params;
+mod tools;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
