@@ -119,12 +119,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = async {
-        s.authorize(&headers)?;
-        generate::chat(&s, &body).await
-    }
-    .await;
-    respond(&s, result)
+    completion_route(s, headers, body, true).await
 }
 
 async fn completions(
@@ -132,9 +127,22 @@ async fn completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    completion_route(s, headers, body, false).await
+}
+
+async fn completion_route(
+    s: Arc<ServerState>,
+    headers: HeaderMap,
+    body: Bytes,
+    chat: bool,
+) -> Response {
     let result = async {
         s.authorize(&headers)?;
-        generate::completion(&s, &body).await
+        if chat {
+            generate::chat(&s, &body).await
+        } else {
+            generate::completion(&s, &body).await
+        }
     }
     .await;
     respond(&s, result)
