@@ -64,40 +64,62 @@ pub struct GenerateArgs {
     fetch: bool,
 }
 
-/// Engine knobs shared by the commands that start an engine.
-#[derive(Args, Debug, Clone)]
+/// Engine knobs shared by the commands that start an engine. Each may also come
+/// from the environment (`INFERD_*`) or, for `serve`, a TOML config file; a flag
+/// wins over the environment, which wins over the file, which wins over the default.
+#[derive(Args, Debug, Clone, Default)]
 pub struct EngineArgs {
-    /// Tokens per forward step (decode + prefill chunks).
-    #[arg(long, default_value_t = SchedulerConfig::default().max_batch_tokens)]
-    pub max_batch_tokens: usize,
-    /// Sequences running at once.
-    #[arg(long, default_value_t = SchedulerConfig::default().max_running)]
-    pub max_running: usize,
-    /// Requests waiting for admission before new ones are refused.
-    #[arg(long, default_value_t = SchedulerConfig::default().max_waiting)]
-    pub max_waiting: usize,
-    /// KV cache size in MiB.
-    #[arg(long, default_value_t = EngineConfig::default().kv_cache_mib)]
-    pub kv_cache_mib: usize,
+    /// Tokens per forward step (decode + prefill chunks) [default: 256].
+    #[arg(long, env = "INFERD_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Sequences running at once [default: 64].
+    #[arg(long, env = "INFERD_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+    /// Requests waiting for admission before new ones are refused [default: 256].
+    #[arg(long, env = "INFERD_MAX_WAITING")]
+    pub max_waiting: Option<usize>,
+    /// KV cache size in MiB [default: 512].
+    #[arg(long, env = "INFERD_KV_CACHE_MIB")]
+    pub kv_cache_mib: Option<usize>,
     /// Disable reuse of cached prompt prefixes.
     #[arg(long)]
     pub no_prefix_caching: bool,
 }
 
 impl EngineArgs {
-    pub fn config(&self) -> Result<EngineConfig> {
+    /// Fills unset knobs from `file` (a `[engine]`-less flat TOML table) and then
+    /// the defaults, and validates the result.
+    pub fn config_with(&self, file: &crate::config::FileConfig) -> Result<EngineConfig> {
+        let d = EngineConfig::default();
         let config = EngineConfig {
             scheduler: SchedulerConfig {
-                max_batch_tokens: self.max_batch_tokens,
-                max_running: self.max_running,
-                max_waiting: self.max_waiting,
+                max_batch_tokens: self
+                    .max_batch_tokens
+                    .or(file.max_batch_tokens)
+                    .unwrap_or(d.scheduler.max_batch_tokens),
+                max_running: self
+                    .max_running
+                    .or(file.max_running)
+                    .unwrap_or(d.scheduler.max_running),
+                max_waiting: self
+                    .max_waiting
+                    .or(file.max_waiting)
+                    .unwrap_or(d.scheduler.max_waiting),
             },
-            kv_cache_mib: self.kv_cache_mib,
-            enable_prefix_caching: !self.no_prefix_caching,
-            ..Default::default()
+            kv_cache_mib: self
+                .kv_cache_mib
+                .or(file.kv_cache_mib)
+                .unwrap_or(d.kv_cache_mib),
+            enable_prefix_caching: !self.no_prefix_caching
+                && file.prefix_caching.unwrap_or(d.enable_prefix_caching),
+            ..d
         };
         config.validate()?;
         Ok(config)
+    }
+
+    pub fn config(&self) -> Result<EngineConfig> {
+        self.config_with(&Default::default())
     }
 }
 

@@ -2,6 +2,7 @@
 //! validates them, and wires the crates together.
 
 mod bench_engine;
+mod config;
 mod generate;
 mod perf;
 mod registry;

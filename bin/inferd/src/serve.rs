@@ -1,6 +1,7 @@
 //! `inferd serve`: the OpenAI-compatible HTTP server on one local model.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -8,20 +9,25 @@ use clap::Args;
 use inferd_engine::{start_engine, LoadedModel};
 use inferd_server::{router, ServerState};
 
+use crate::config::FileConfig;
 use crate::generate::{init_threads, EngineArgs};
 use crate::registry;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Model alias (see `inferd models list`) or path to a GGUF file.
-    #[arg(long, env = "INFERD_MODEL", default_value = registry::DEFAULT_MODEL)]
-    model: String,
-    /// Address to listen on.
-    #[arg(long, env = "INFERD_HOST", default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "INFERD_PORT", default_value_t = 8080)]
-    port: u16,
+    /// TOML file with any of the keys below (snake_case, e.g. `port = 9000`);
+    /// precedence: flag > environment (`INFERD_*`) > file > default.
+    #[arg(long, env = "INFERD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model alias (see `inferd models list`) or path to a GGUF file [default: smollm2-135m].
+    #[arg(long, env = "INFERD_MODEL")]
+    model: Option<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "INFERD_HOST")]
+    host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8080].
+    #[arg(long, env = "INFERD_PORT")]
+    port: Option<u16>,
     /// Require `Authorization: Bearer <key>` on every /v1 request.
     #[arg(long, env = "INFERD_API_KEY")]
     api_key: Option<String>,
@@ -46,11 +52,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let threads = init_threads(args.threads)?;
-    let config = args.engine.config()?;
-    let path = registry::resolve(&args.model, args.fetch, "python3")?;
-    let model_id = if registry::find(&args.model).is_some() {
-        args.model.clone()
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let threads = init_threads(args.threads.or(file.threads))?;
+    let config = args.engine.config_with(&file)?;
+    let model = args
+        .model
+        .clone()
+        .or(file.model.clone())
+        .unwrap_or_else(|| registry::DEFAULT_MODEL.to_owned());
+    let host = args
+        .host
+        .clone()
+        .or(file.host.clone())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = args.port.or(file.port).unwrap_or(8080);
+    let api_key = args.api_key.clone().or(file.api_key.clone());
+    let path = registry::resolve(&model, args.fetch, "python3")?;
+    let model_id = if registry::find(&model).is_some() {
+        model.clone()
     } else {
         path.file_stem()
             .and_then(|s| s.to_str())
@@ -67,7 +89,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tokenizer,
         template,
         model_id.clone(),
-        args.api_key,
+        api_key,
     ));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,14 +97,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        let addr: SocketAddr = format!("{host}:{port}")
             .parse()
-            .with_context(|| {
-                format!(
-                    "`--host {}` / `--port {}` is not a valid address",
-                    args.host, args.port
-                )
-            })?;
+            .with_context(|| format!("`--host {host}` / `--port {port}` is not a valid address"))?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
