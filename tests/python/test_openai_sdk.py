@@ -176,3 +176,18 @@ def test_flood_gets_429_and_metrics_move():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_sigterm_lets_in_flight_requests_finish():
+    proc, base = start_server()
+    client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=ask(client, max_tokens=64)))
+    t.start()
+    deadline = time.time() + 20
+    while metric_value(metrics(base), "inferd_engine_running_requests") < 1 and time.time() < deadline:
+        time.sleep(0.02)
+    proc.terminate()
+    t.join(timeout=60)
+    assert result["r"].choices[0].message.content, "the in-flight request completed"
+    assert proc.wait(timeout=30) == 0

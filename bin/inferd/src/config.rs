@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub max_waiting: Option<usize>,
     pub kv_cache_mib: Option<usize>,
     pub prefix_caching: Option<bool>,
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 impl FileConfig {

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Download the model if it is a known alias that is not present.
     #[arg(long)]
     fetch: bool,
+    /// On SIGTERM / Ctrl-C, seconds to let in-flight requests finish [default: 30].
+    #[arg(long, env = "INFERD_SHUTDOWN_TIMEOUT_SECS")]
+    shutdown_timeout_secs: Option<u64>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -70,6 +73,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| "127.0.0.1".to_owned());
     let port = args.port.or(file.port).unwrap_or(8080);
     let api_key = args.api_key.clone().or(file.api_key.clone());
+    let shutdown_secs = args
+        .shutdown_timeout_secs
+        .or(file.shutdown_timeout_secs)
+        .unwrap_or(30);
     let path = registry::resolve(&model, args.fetch, "python3")?;
     let model_id = if registry::find(&model).is_some() {
         model.clone()
@@ -105,9 +112,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(%local, model = %model_id, threads, "ready: http://{local}/v1");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        // On a signal: stop accepting, let in-flight requests finish, but not for
+        // longer than the deadline.
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                deadline_secs = shutdown_secs,
+                "shutting down: finishing in-flight requests"
+            );
+            let _ = signalled_tx.send(());
+        });
+        let deadline = async move {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_secs(shutdown_secs)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => result?,
+            _ = deadline => tracing::warn!("shutdown deadline passed; dropping remaining requests"),
+        }
         tracing::info!("stopped");
         Ok(())
     })
