@@ -320,7 +320,7 @@ impl EngineLoop {
             Err(e) => return reject(e),
         };
         for &t in &req.prompt {
-            sampler.observe(t);
+            sampler.observe_prompt(t);
         }
         let new = NewSequence {
             id,

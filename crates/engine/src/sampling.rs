@@ -113,7 +113,9 @@ pub struct Logprobs {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
-    /// (token, occurrences) of tokens generated so far (and prompt, for repetition).
+    /// Every token seen, with how often it was generated (0 for prompt-only
+    /// tokens): the repetition penalty covers prompt and output, the presence and
+    /// frequency penalties only the output, as in OpenAI's API and vLLM.
     counts: std::collections::HashMap<u32, u32>,
     scratch: Vec<(u32, f32)>,
 }
@@ -137,7 +139,12 @@ impl Sampler {
         &self.params
     }
 
-    /// Records a token as seen (generated, or part of the prompt) for the penalties.
+    /// Records a prompt token (repetition penalty only).
+    pub fn observe_prompt(&mut self, token: u32) {
+        self.counts.entry(token).or_insert(0);
+    }
+
+    /// Records a generated token (all penalties).
     pub fn observe(&mut self, token: u32) {
         *self.counts.entry(token).or_insert(0) += 1;
     }
@@ -159,7 +166,9 @@ impl Sampler {
                         *v * p.repetition_penalty
                     };
                 }
-                *v -= p.presence_penalty + p.frequency_penalty * n as f32;
+                if n > 0 {
+                    *v -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
             }
             adjusted = a;
             &adjusted
@@ -333,6 +342,21 @@ mod tests {
             s.observe(0);
             assert_eq!(s.sample(&logits).0, 1);
         }
+    }
+
+    #[test]
+    fn presence_and_frequency_ignore_prompt_tokens_but_repetition_does_not() {
+        let logits = [2.0, 1.9];
+        let mut s = Sampler::new(params(|p| p.presence_penalty = 0.5)).unwrap();
+        s.observe_prompt(0);
+        assert_eq!(
+            s.sample(&logits).0,
+            0,
+            "prompt tokens are not output tokens"
+        );
+        let mut s = Sampler::new(params(|p| p.repetition_penalty = 1.5)).unwrap();
+        s.observe_prompt(0);
+        assert_eq!(s.sample(&logits).0, 1);
     }
 
     #[test]
