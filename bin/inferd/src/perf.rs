@@ -93,12 +93,8 @@ pub fn run(args: PerfArgs) -> Result<()> {
     };
 
     for &n in &args.prompt_tokens {
-        let mut rates = Vec::new();
-        // One warm-up run, then the measured repetitions.
-        for rep in 0..=args.repetitions {
-            let mut table = BlockTable::new();
-            table.append(&mut pool, n)?;
-            let t0 = Instant::now();
+        let rates = timed_runs(args.repetitions, &mut pool, |table, pool| {
+            table.append(pool, n)?;
             let batch = [SeqBatch {
                 tokens: &tokens[..n],
                 start_pos: 0,
@@ -106,21 +102,14 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 logits: LogitsRequest::Last,
             }];
             model.forward(&batch, &mut kv)?;
-            let secs = t0.elapsed().as_secs_f64();
-            table.release(&mut pool);
-            if rep > 0 {
-                rates.push(n as f64 / secs);
-            }
-        }
+            Ok(n)
+        })?;
         report(format!("pp{n}"), rates);
     }
 
-    let mut rates = Vec::new();
-    for rep in 0..=args.repetitions {
-        let mut table = BlockTable::new();
-        let t0 = Instant::now();
+    let rates = timed_runs(args.repetitions, &mut pool, |table, pool| {
         for (pos, tok) in tokens[..args.gen_tokens].iter().enumerate() {
-            table.append(&mut pool, 1)?;
+            table.append(pool, 1)?;
             let batch = [SeqBatch {
                 tokens: std::slice::from_ref(tok),
                 start_pos: pos,
@@ -129,12 +118,30 @@ pub fn run(args: PerfArgs) -> Result<()> {
             }];
             model.forward(&batch, &mut kv)?;
         }
-        let secs = t0.elapsed().as_secs_f64();
-        table.release(&mut pool);
-        if rep > 0 {
-            rates.push(args.gen_tokens as f64 / secs);
-        }
-    }
+        Ok(args.gen_tokens)
+    })?;
     report(format!("tg{}", args.gen_tokens), rates);
     Ok(())
+}
+
+/// Runs `run` once to warm up, then `reps` times, each on a fresh block table
+/// released afterwards; returns the tokens/s of the measured runs.
+fn timed_runs(
+    reps: usize,
+    pool: &mut BlockPool,
+    mut run: impl FnMut(&mut BlockTable, &mut BlockPool) -> Result<usize>,
+) -> Result<Vec<f64>> {
+    let mut rates = Vec::new();
+    for rep in 0..=reps {
+        let mut table = BlockTable::new();
+        let t0 = Instant::now();
+        let result = run(&mut table, pool);
+        let secs = t0.elapsed().as_secs_f64();
+        table.release(pool);
+        let tokens = result?;
+        if rep > 0 {
+            rates.push(tokens as f64 / secs);
+        }
+    }
+    Ok(rates)
 }

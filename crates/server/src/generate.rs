@@ -485,7 +485,7 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
             "timings": timings_json(&choices[0]),
         }),
     };
-    log_request(s, &p, &choices, 200);
+    log_request(&p, &choices, 200);
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     let ttft_ms = (choices[0].timings.ttft.as_secs_f64() * 1e3).round() as u64;
     resp.headers_mut()
@@ -493,9 +493,8 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
     Ok(resp)
 }
 
-fn log_request(s: &ServerState, p: &Prepared, choices: &[Choice], status: u16) {
+fn log_request(p: &Prepared, choices: &[Choice], status: u16) {
     let c = &choices[0];
-    let _ = s;
     tracing::info!(
         id = %p.id,
         status,
@@ -665,7 +664,7 @@ fn stream_response(
                 return;
             }
         }
-        log_request(s, &p, &choices, 200);
+        log_request(&p, &choices, 200);
         let _ = tx.send(Event::default().data("[DONE]")).await;
     });
     let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
