@@ -2,6 +2,7 @@
 real default model. Started once per session; the binary comes from
 $INFERD_BIN (default target/debug/inferd)."""
 
+import json
 import os
 import queue
 import re
@@ -102,20 +103,48 @@ def test_stop_n_logprobs(client):
     assert lp and len(lp[0].top_logprobs) == 2 and lp[0].logprob <= 0
 
 
-def test_tools_are_accepted_and_rendered(client):
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    r = ask(client, tools=tools, tool_choice="auto")
-    assert r.choices[0].message.content is not None or r.choices[0].message.tool_calls
-    # A full round trip: the assistant's call and the tool's result go back in.
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def weather_call(city, call_id):
+    return {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]}
+
+
+def test_tools_round_trip(client):
+    # SmolLM2's template ignores `tools`, so the server describes them Hermes-style;
+    # two earlier calls in the conversation show this 135M model the format.
     messages = [
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+        {"role": "user", "content": "Weather in London?"}, weather_call("London", "call_a"),
+        {"role": "user", "content": "Weather in Berlin?"}, weather_call("Berlin", "call_b"),
+        {"role": "user", "content": "Weather in Paris?"},
     ]
-    r = ask(client, tools=tools, messages=messages)
-    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    r = ask(client, tools=WEATHER, messages=messages, max_tokens=40)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+    # Streamed, the call arrives as a tool-call delta with the same content.
+    stream = ask(client, tools=WEATHER, messages=messages, max_tokens=40, stream=True)
+    deltas, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            deltas += c.delta.tool_calls or []
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls"
+    assert deltas[0].function.name == "get_weather" and json.loads(deltas[0].function.arguments) == {"city": "Paris"}
+
+    # The call and its result go back in; the model answers in text.
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]
+    r = ask(client, tools=WEATHER, messages=messages, max_tokens=40)
+    assert r.choices[0].finish_reason in ("stop", "length") and r.choices[0].message.content
+    # tool_choice "none": the tools are described but no call is parsed out.
+    r = ask(client, tools=WEATHER, messages=messages[:-2], max_tokens=40, tool_choice="none")
+    assert r.choices[0].message.tool_calls is None and r.choices[0].finish_reason != "tool_calls"
 
 
 def test_completions(client):

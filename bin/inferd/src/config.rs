@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub kv_cache_mib: Option<usize>,
     pub prefix_caching: Option<bool>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
 }
 
 impl FileConfig {

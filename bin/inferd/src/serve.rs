@@ -1,13 +1,14 @@
 //! `inferd serve`: the OpenAI-compatible HTTP server on one local model.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use inferd_engine::{start_engine, LoadedModel};
-use inferd_server::{router, ServerState};
+use inferd_engine::{start_engine, EngineConfig, LoadedModel};
+use inferd_server::{router, router_when_ready, ServerOptions, ServerState};
 
 use crate::config::FileConfig;
 use crate::generate::{init_threads, EngineArgs};
@@ -40,6 +41,10 @@ pub struct ServeArgs {
     /// On SIGTERM / Ctrl-C, seconds to let in-flight requests finish [default: 30].
     #[arg(long, env = "INFERD_SHUTDOWN_TIMEOUT_SECS")]
     shutdown_timeout_secs: Option<u64>,
+    /// Cancel a request still unfinished this many seconds after arrival (408, or an
+    /// error event when streaming); 0 means no limit [default: 600].
+    #[arg(long, env = "INFERD_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -77,6 +82,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .shutdown_timeout_secs
         .or(file.shutdown_timeout_secs)
         .unwrap_or(30);
+    let request_timeout = match args
+        .request_timeout_secs
+        .or(file.request_timeout_secs)
+        .unwrap_or(600)
+    {
+        0 => None,
+        secs => Some(std::time::Duration::from_secs(secs)),
+    };
     let path = registry::resolve(&model, args.fetch, "python3")?;
     let model_id = if registry::find(&model).is_some() {
         model.clone()
@@ -86,18 +99,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .unwrap_or("model")
             .to_owned()
     };
-    tracing::info!(model = %path.display(), "loading");
-    let loaded =
-        LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
-    let (tokenizer, template) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
-    let engine = start_engine(loaded, config)?;
-    let state = Arc::new(ServerState::new(
-        engine,
-        tokenizer,
-        template,
-        model_id.clone(),
+    let options = ServerOptions {
+        model_id: model_id.clone(),
         api_key,
-    ));
+        request_timeout,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -111,11 +117,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(%local, model = %model_id, threads, "ready: http://{local}/v1");
+        // Bound before loading: /health answers 503 "loading" until the model is in.
+        tracing::info!(%local, "listening; loading the model");
+        let app = Arc::new(OnceLock::new());
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        {
+            let app = Arc::clone(&app);
+            std::thread::spawn(move || {
+                let result = load(&path, config, options).map(|router| {
+                    let _ = app.set(router);
+                });
+                let _ = loaded_tx.send(result);
+            });
+        }
         // On a signal: stop accepting, let in-flight requests finish, but not for
         // longer than the deadline.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        let server = axum::serve(listener, router_when_ready(app)).with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!(
                 deadline_secs = shutdown_secs,
@@ -130,13 +148,52 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 std::future::pending::<()>().await;
             }
         };
+        let loading = async move {
+            match loaded_rx.await {
+                Ok(Ok(())) => {
+                    tracing::info!(%local, model = %model_id, threads, "ready: http://{local}/v1");
+                    std::future::pending::<Result<()>>().await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(anyhow::anyhow!("the loading thread died")),
+            }
+        };
         tokio::select! {
             result = server => result?,
+            failed = loading => return failed,
             _ = deadline => tracing::warn!("shutdown deadline passed; dropping remaining requests"),
         }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Loads the model, logging each stage, and starts the engine behind the router.
+fn load(path: &Path, config: EngineConfig, options: ServerOptions) -> Result<axum::Router> {
+    let started = Instant::now();
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(model = %path.display(), mib = bytes >> 20, "loading weights and tokenizer");
+    let loaded =
+        LoadedModel::load(path).with_context(|| format!("cannot load {}", path.display()))?;
+    let c = &loaded.model.config;
+    tracing::info!(
+        arch = ?c.arch,
+        layers = c.n_layers,
+        context = c.context_length,
+        vocab = c.vocab_size,
+        ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    let (tokenizer, template) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
+    let engine = start_engine(loaded, config)?;
+    tracing::info!(
+        kv_blocks = engine.gauges.kv_free_blocks.load(std::sync::atomic::Ordering::Relaxed),
+        ms = started.elapsed().as_millis() as u64,
+        "engine started"
+    );
+    Ok(router(Arc::new(ServerState::new(
+        engine, tokenizer, template, options,
+    ))))
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.

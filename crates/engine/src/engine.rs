@@ -233,6 +233,7 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
     let kv = model.model.new_kv_store(total_blocks, config.block_size);
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
+    gauges.kv_free_blocks.store(total_blocks, Ordering::Relaxed);
     let handle = EngineHandle {
         tx,
         next_id: Arc::new(AtomicUsize::new(0)),

@@ -56,12 +56,40 @@ impl ApiError {
         }
     }
 
+    /// 503 while the model is still loading.
+    pub fn loading() -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the model is still loading; retry when /health returns 200".into(),
+            kind: "service_unavailable",
+            param: None,
+            code: Some("model_loading"),
+            retry_after_secs: Some(1),
+        }
+    }
+
+    /// 408: the request ran past the server's `--request-timeout-secs`.
+    pub fn timeout(limit: std::time::Duration) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "the request did not finish within the server's limit of {} s and was cancelled",
+                limit.as_secs_f64()
+            ),
+            kind: "timeout_error",
+            param: None,
+            code: Some("request_timeout"),
+            retry_after_secs: None,
+        }
+    }
+
     /// A short label for the error counter (bounded set).
     pub fn label(&self) -> &'static str {
         match self.status.as_u16() {
             400 => "invalid_request",
             401 => "unauthorized",
             404 => "not_found",
+            408 => "timeout",
             413 => "too_large",
             429 => "overloaded",
             503 => "unavailable",

@@ -42,6 +42,21 @@ struct Prepared {
     id: String,
     /// Parse Hermes-style tool calls out of the output (chat with `tools`).
     tools: bool,
+    /// When the request is cancelled for running too long, and the limit.
+    deadline: Option<(tokio::time::Instant, Duration)>,
+}
+
+/// Waits for `fut`, but not past the request's deadline.
+async fn within<T>(
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    match deadline {
+        None => Ok(fut.await),
+        Some((at, limit)) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| ApiError::timeout(limit)),
+    }
 }
 
 pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiError> {
@@ -60,7 +75,7 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
             None => return Err(ApiError::invalid("response_format", "`response_format` must be an object with a `type`")),
         }
     }
-    let messages = messages(&b)?;
+    let mut messages = messages(&b)?;
     let tools = match b.get("tools") {
         None => None,
         Some(Value::Array(t)) => Some(t.as_slice()),
@@ -77,8 +92,14 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
             "this model has no chat template; use /v1/completions",
         )
     })?;
-    let text = template
-        .render(&messages, tools, true)
+    let tools = tools.filter(|t| !t.is_empty());
+    let text = match tools {
+        Some(t) if !template.renders_tools() => {
+            tools::inline_into_messages(&mut messages, t);
+            template.render(&messages, None, true)
+        }
+        _ => template.render(&messages, tools, true),
+    }
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let prompt = s
         .tokenizer
@@ -99,7 +120,7 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
         (false, None) => None,
     };
     let mut prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
-    prep.tools = tools.is_some_and(|t| !t.is_empty())
+    prep.tools = tools.is_some()
         && b.get("tool_choice").and_then(Value::as_str) != Some("none");
     run(s, prep).await
 }
@@ -247,6 +268,9 @@ fn prepare(
         logprobs,
         id,
         tools: false,
+        deadline: s
+            .request_timeout
+            .map(|t| (tokio::time::Instant::now() + t, t)),
     })
 }
 
@@ -424,9 +448,8 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
     // The first event of every choice decides between an HTTP error and a response.
     let mut first = Vec::new();
     for (rx, c) in streams.iter_mut().zip(choices.iter_mut()) {
-        let ev = rx
-            .recv()
-            .await
+        let ev = within(p.deadline, rx.recv())
+            .await?
             .ok_or_else(|| ApiError::from(inferd_engine::EngineError::Stopped))?;
         let delta = apply(s, c, ev)?;
         first.push(delta);
@@ -446,7 +469,9 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
                 };
                 break;
             }
-            let Some(ev) = rx.recv().await else { break };
+            let Some(ev) = within(p.deadline, rx.recv()).await? else {
+                break;
+            };
             if let Some(d) = apply(s, c, ev)? {
                 c.text.push_str(&d);
             }
@@ -580,6 +605,11 @@ fn stream_response(
             {
                 return;
             }
+            let delta = if p.tools {
+                delta.map(|d| c.gate(d))
+            } else {
+                delta
+            };
             if let Some(d) = delta.filter(|d| !d.is_empty()) {
                 let mut ch = chunk(s, &p, i, json!({"content": d}), None);
                 if let Some(lp) = logprobs_delta(c, 0) {
@@ -598,8 +628,15 @@ fn stream_response(
             finished[i] = c.finish.is_some() && c.usage.prompt_tokens > 0;
         }
         while finished.iter().any(|f| !f) {
-            let Some((i, ev)) = merged.next().await else {
-                break;
+            let (i, ev) = match within(p.deadline, merged.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => {
+                    s.metrics.errors.with_label_values(&[e.label()]).inc();
+                    tracing::info!(id = %p.id, status = 408, "request timed out while streaming");
+                    let _ = send(json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})).await;
+                    return;
+                }
             };
             if finished[i] {
                 continue;

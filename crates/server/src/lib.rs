@@ -12,12 +12,11 @@ mod metrics;
 mod params;
 mod tools;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,20 +24,32 @@ use axum::{Json, Router};
 use inferd_engine::EngineHandle;
 use inferd_tokenizer::{ChatTemplate, Tokenizer};
 use serde_json::json;
+use tower::ServiceExt;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+
+/// Settings of the HTTP layer (the engine has its own).
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The id clients use in `model` (the alias or file stem).
+    pub model_id: String,
+    /// When set, every /v1 request needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// A request still unfinished this long after arrival is cancelled: 408, or
+    /// an error event when streaming. `None`: no limit.
+    pub request_timeout: Option<Duration>,
+}
 
 /// What the server needs besides the engine handle.
 pub struct ServerState {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
-    /// The id clients use in `model` (the alias or file stem).
     pub model_id: String,
     pub api_key: Option<String>,
+    pub request_timeout: Option<Duration>,
     pub metrics: Metrics,
-    pub ready: AtomicBool,
     pub created_unix: u64,
 }
 
@@ -47,17 +58,16 @@ impl ServerState {
         engine: EngineHandle,
         tokenizer: Arc<Tokenizer>,
         chat_template: Option<Arc<ChatTemplate>>,
-        model_id: String,
-        api_key: Option<String>,
+        options: ServerOptions,
     ) -> ServerState {
         ServerState {
             engine,
             tokenizer,
             chat_template,
-            model_id,
-            api_key,
+            model_id: options.model_id,
+            api_key: options.api_key,
+            request_timeout: options.request_timeout,
             metrics: Metrics::new(),
-            ready: AtomicBool::new(true),
             created_unix: unix_now(),
         }
     }
@@ -182,16 +192,32 @@ async fn get_model(
     }
 }
 
-async fn health(State(s): State<Arc<ServerState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        Json(json!({"status": "ok"})).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading"})),
-        )
-            .into_response()
-    }
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// The router to serve while the model loads: `/health` answers 503
+/// `{"status":"loading"}` and every other path 503 in OpenAI's error shape, until
+/// `ready` holds the real router; from then on every request goes to it. This lets
+/// the server bind (and orchestrators probe it) before loading.
+pub fn router_when_ready(ready: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let ready = Arc::clone(&ready);
+        async move {
+            match ready.get() {
+                Some(app) => match app.clone().oneshot(req).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                },
+                None if req.uri().path() == "/health" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({"status": "loading"})),
+                )
+                    .into_response(),
+                None => ApiError::loading().into_response(),
+            }
+        }
+    })
 }
 
 async fn metrics(State(s): State<Arc<ServerState>>) -> Response {

@@ -56,6 +56,65 @@ fn parse_one(inner: &str) -> Option<ToolCall> {
     Some(ToolCall { name, arguments })
 }
 
+/// For a chat template that ignores `tools`: describes the tools in a system
+/// message in the Hermes format (appended to the first system message, or a new
+/// one in front), writes earlier assistant tool calls as `<tool_call>` blocks and
+/// tool results as `<tool_response>` blocks in a user turn — the same text a
+/// Hermes-style template would have produced, so the model sees the whole round
+/// trip.
+pub fn inline_into_messages(messages: &mut Vec<Value>, tools: &[Value]) {
+    let mut block = String::from(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+         You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+    );
+    for t in tools {
+        block.push('\n');
+        block.push_str(&t.to_string());
+    }
+    block.push_str(
+        "\n</tools>\n\nFor each function call, return a json object with function name and \
+         arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
+         {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+    );
+    match messages.first_mut() {
+        Some(m) if m["role"] == "system" => {
+            let text = m["content"].as_str().unwrap_or("").to_owned();
+            m["content"] = json!(format!("{text}\n\n{block}"));
+        }
+        _ => messages.insert(0, json!({"role": "system", "content": block})),
+    }
+    for m in messages.iter_mut() {
+        match m["role"].as_str() {
+            Some("assistant") => {
+                let Some(Value::Array(calls)) = m.get("tool_calls").cloned() else {
+                    continue;
+                };
+                let mut text = m["content"].as_str().unwrap_or("").to_owned();
+                for c in &calls {
+                    let f = &c["function"];
+                    let args = match &f["arguments"] {
+                        Value::String(s) => serde_json::from_str(s).unwrap_or(json!(s)),
+                        other => other.clone(),
+                    };
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&format!(
+                        "{OPEN}\n{}\n{CLOSE}",
+                        json!({"name": f["name"], "arguments": args})
+                    ));
+                }
+                m["content"] = json!(text);
+            }
+            Some("tool") => {
+                let text = m["content"].as_str().unwrap_or("").to_owned();
+                *m = json!({"role": "user", "content": format!("<tool_response>\n{text}\n</tool_response>")});
+            }
+            _ => {}
+        }
+    }
+}
+
 /// OpenAI's `tool_calls` array; ids are `call_<request id>_<index>`.
 pub fn to_json(calls: &[ToolCall], request_id: &str, with_index: bool) -> Value {
     Value::Array(
@@ -80,6 +139,33 @@ pub fn to_json(calls: &[ToolCall], request_id: &str, with_index: bool) -> Value 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tools_are_inlined_for_templates_that_ignore_them() {
+        let tools = [json!({"type": "function", "function": {"name": "get_weather"}})];
+        let mut messages = vec![
+            json!({"role": "user", "content": "Weather in Paris?"}),
+            json!({"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}),
+            json!({"role": "tool", "tool_call_id": "c1", "content": "Sunny"}),
+        ];
+        inline_into_messages(&mut messages, &tools);
+        assert_eq!(messages.len(), 4);
+        let system = messages[0]["content"].as_str().unwrap();
+        assert_eq!(messages[0]["role"], "system");
+        assert!(system.contains("<tools>\n{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}\n</tools>"), "{system}");
+        let call = messages[2]["content"].as_str().unwrap();
+        assert_eq!(call, "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>");
+        // What the model wrote is what the parser reads back.
+        assert_eq!(parse(call).unwrap().1[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!(messages[3], json!({"role": "user", "content": "<tool_response>\nSunny\n</tool_response>"}));
+
+        // An existing system message is extended, not duplicated.
+        let mut with_system = vec![json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "hi"})];
+        inline_into_messages(&mut with_system, &tools);
+        assert_eq!(with_system.len(), 2);
+        assert!(with_system[0]["content"].as_str().unwrap().starts_with("Be brief.\n\n# Tools"));
+    }
 
     #[test]
     fn parses_calls_and_keeps_surrounding_text() {

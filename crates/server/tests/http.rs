@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use inferd_engine::{start_engine, EngineConfig, LoadedModel};
-use inferd_server::{router, ServerState, MAX_BODY_BYTES};
+use inferd_server::{router, ServerOptions, ServerState, MAX_BODY_BYTES};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -17,13 +17,12 @@ fn app_with(config: EngineConfig, api_key: Option<&str>) -> Router {
     let loaded = LoadedModel::load(inferd_testutil::smollm2_path()).unwrap();
     let (tok, tpl) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
     let engine = start_engine(loaded, config).unwrap();
-    router(Arc::new(ServerState::new(
-        engine,
-        tok,
-        tpl,
-        "smollm2-135m".into(),
-        api_key.map(str::to_owned),
-    )))
+    let options = ServerOptions {
+        model_id: "smollm2-135m".into(),
+        api_key: api_key.map(str::to_owned),
+        request_timeout: None,
+    };
+    router(Arc::new(ServerState::new(engine, tok, tpl, options)))
 }
 
 fn app() -> Router {

@@ -60,6 +60,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    renders_tools: bool,
 }
 
 impl ChatTemplate {
@@ -80,7 +81,14 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_owned(),
             eos_token: eos_token.to_owned(),
+            renders_tools: source.contains("tools"),
         })
+    }
+
+    /// Whether the template reads the `tools` variable at all. Many small models'
+    /// templates do not; a caller with tools then has to describe them itself.
+    pub fn renders_tools(&self) -> bool {
+        self.renders_tools
     }
 
     /// The template a model file ships (`tokenizer.chat_template`), with BOS/EOS texts
