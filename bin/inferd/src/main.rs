@@ -1,6 +1,7 @@
 //! `inferd`: the command-line entry point. Parses flags into config structs,
 //! validates them, and wires the crates together.
 
+mod bench;
 mod bench_engine;
 mod config;
 mod generate;
@@ -29,6 +30,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Generate text from a prompt, streaming it to stdout; timings go to stderr.
     Generate(generate::GenerateArgs),
+    /// Serving benchmark against OpenAI-compatible servers: TTFT, TPOT, ITL,
+    /// goodput; several servers side by side; report and plots.
+    Bench(bench::BenchArgs),
     /// Concurrent requests straight to the engine: throughput, TTFT, shared prefix.
     BenchEngine(bench_engine::BenchEngineArgs),
     /// Measure prefill (ppN) and decode (tgN) throughput like llama-bench.
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Perf(args) => perf::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::BenchEngine(args) => bench_engine::run(args),
         Command::Models { command } => models(command),
     };

@@ -133,14 +133,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // On a signal: stop accepting, let in-flight requests finish, but not for
         // longer than the deadline.
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, router_when_ready(app)).with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!(
-                deadline_secs = shutdown_secs,
-                "shutting down: finishing in-flight requests"
-            );
-            let _ = signalled_tx.send(());
-        });
+        let server =
+            axum::serve(listener, router_when_ready(app)).with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                tracing::info!(
+                    deadline_secs = shutdown_secs,
+                    "shutting down: finishing in-flight requests"
+                );
+                let _ = signalled_tx.send(());
+            });
         let deadline = async move {
             if signalled_rx.await.is_ok() {
                 tokio::time::sleep(std::time::Duration::from_secs(shutdown_secs)).await;
@@ -187,7 +188,10 @@ fn load(path: &Path, config: EngineConfig, options: ServerOptions) -> Result<axu
     let (tokenizer, template) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
     let engine = start_engine(loaded, config)?;
     tracing::info!(
-        kv_blocks = engine.gauges.kv_free_blocks.load(std::sync::atomic::Ordering::Relaxed),
+        kv_blocks = engine
+            .gauges
+            .kv_free_blocks
+            .load(std::sync::atomic::Ordering::Relaxed),
         ms = started.elapsed().as_millis() as u64,
         "engine started"
     );

@@ -100,7 +100,7 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
         }
         _ => template.render(&messages, tools, true),
     }
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let prompt = s
         .tokenizer
         .encode(&text, false)
@@ -120,8 +120,7 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
         (false, None) => None,
     };
     let mut prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
-    prep.tools = tools.is_some()
-        && b.get("tool_choice").and_then(Value::as_str) != Some("none");
+    prep.tools = tools.is_some() && b.get("tool_choice").and_then(Value::as_str) != Some("none");
     run(s, prep).await
 }
 
@@ -432,7 +431,11 @@ fn submit_all(s: &ServerState, p: &Prepared) -> Vec<EventStream> {
                 prompt: p.prompt.clone(),
                 max_tokens: p.max_tokens,
                 sampling,
-                stop_token_ids: s.tokenizer.stop_token_ids(),
+                stop_token_ids: if p.common.ignore_eos {
+                    Vec::new()
+                } else {
+                    s.tokenizer.stop_token_ids()
+                },
                 priority: p.common.priority,
                 cache_salt: p.common.cache_salt.clone(),
             })

@@ -124,6 +124,9 @@ pub struct Common {
     pub sampling: inferd_engine::SamplingParams,
     pub priority: i32,
     pub cache_salt: Option<String>,
+    /// Extension (as vLLM and llama-server): keep generating past the model's stop
+    /// tokens, up to `max_tokens` — fixed output lengths for benchmarks.
+    pub ignore_eos: bool,
 }
 
 pub fn common(b: &Body, max_tokens_fields: &[&str]) -> Result<Common, ApiError> {
@@ -173,6 +176,7 @@ pub fn common(b: &Body, max_tokens_fields: &[&str]) -> Result<Common, ApiError> 
         sampling,
         priority: b.int_in("priority", -1000, 1000)?.unwrap_or(0) as i32,
         cache_salt: b.str("cache_salt")?.map(str::to_owned),
+        ignore_eos: b.bool("ignore_eos")?.unwrap_or(false),
     })
 }
 

@@ -158,13 +158,22 @@ mod tests {
         assert_eq!(call, "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}\n</tool_call>");
         // What the model wrote is what the parser reads back.
         assert_eq!(parse(call).unwrap().1[0].arguments, r#"{"city":"Paris"}"#);
-        assert_eq!(messages[3], json!({"role": "user", "content": "<tool_response>\nSunny\n</tool_response>"}));
+        assert_eq!(
+            messages[3],
+            json!({"role": "user", "content": "<tool_response>\nSunny\n</tool_response>"})
+        );
 
         // An existing system message is extended, not duplicated.
-        let mut with_system = vec![json!({"role": "system", "content": "Be brief."}), json!({"role": "user", "content": "hi"})];
+        let mut with_system = vec![
+            json!({"role": "system", "content": "Be brief."}),
+            json!({"role": "user", "content": "hi"}),
+        ];
         inline_into_messages(&mut with_system, &tools);
         assert_eq!(with_system.len(), 2);
-        assert!(with_system[0]["content"].as_str().unwrap().starts_with("Be brief.\n\n# Tools"));
+        assert!(with_system[0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Be brief.\n\n# Tools"));
     }
 
     #[test]

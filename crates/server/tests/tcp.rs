@@ -25,7 +25,9 @@ fn serve(slot: Arc<OnceLock<Router>>) -> SocketAddr {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router_when_ready(slot)).await.unwrap();
+            axum::serve(listener, router_when_ready(slot))
+                .await
+                .unwrap();
         });
     });
     rx.recv().unwrap()
@@ -58,7 +60,8 @@ struct Exchange {
 impl Exchange {
     fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Exchange {
         let mut sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
         write!(
             sock,
@@ -176,7 +179,12 @@ fn binds_before_loading_then_serves_json_and_sse_over_tcp() {
     let health = Exchange::send(addr, "GET", "/health", None);
     assert_eq!(health.status, 503);
     assert!(health.body().contains("loading"));
-    let early = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&chat_body("hi", 4, false)));
+    let early = Exchange::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body("hi", 4, false)),
+    );
     assert_eq!(early.status, 503);
     assert_eq!(early.header("retry-after"), Some("1"));
     let err: Value = serde_json::from_str(&early.body()).unwrap();
@@ -187,17 +195,36 @@ fn binds_before_loading_then_serves_json_and_sse_over_tcp() {
     assert_eq!(Exchange::send(addr, "GET", "/health", None).status, 200);
 
     let question = "What is the capital of France?";
-    let r = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&chat_body(question, 12, false)));
+    let r = Exchange::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(question, 12, false)),
+    );
     assert_eq!(r.status, 200);
     let ttft: u64 = r.header("x-inferd-ttft-ms").unwrap().parse().unwrap();
     let v: Value = serde_json::from_str(&r.body()).unwrap();
-    let text = v["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(text.contains("Paris"), "{text}");
-    assert_eq!(v["timings"]["ttft_ms"].as_f64().unwrap().round() as u64, ttft);
+    assert_eq!(
+        v["timings"]["ttft_ms"].as_f64().unwrap().round() as u64,
+        ttft
+    );
 
-    let mut s = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&chat_body(question, 12, true)));
+    let mut s = Exchange::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(question, 12, true)),
+    );
     assert_eq!(s.status, 200);
-    assert!(s.header("content-type").unwrap().starts_with("text/event-stream"));
+    assert!(s
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/event-stream"));
     let events = s.events(usize::MAX);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = events[..events.len() - 1]
@@ -209,7 +236,10 @@ fn binds_before_loading_then_serves_json_and_sse_over_tcp() {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
-    assert_eq!(streamed, text, "streaming and non-streaming agree at temperature 0");
+    assert_eq!(
+        streamed, text,
+        "streaming and non-streaming agree at temperature 0"
+    );
     let last = chunks.last().unwrap();
     assert!(last["choices"][0]["finish_reason"].is_string());
     assert!(last["timings"]["ttft_ms"].as_f64().is_some());
@@ -234,7 +264,11 @@ fn a_client_that_hangs_up_mid_stream_frees_its_blocks() {
     while used() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(used(), 0, "hanging up cancelled the request and freed its blocks");
+    assert_eq!(
+        used(),
+        0,
+        "hanging up cancelled the request and freed its blocks"
+    );
 }
 
 #[test]
@@ -243,12 +277,22 @@ fn requests_past_the_timeout_are_cancelled() {
     let addr = serve(Arc::new(OnceLock::from(app)));
     let long = "Write a very long story about a dragon.";
 
-    let r = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&chat_body(long, 2000, false)));
+    let r = Exchange::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(long, 2000, false)),
+    );
     assert_eq!(r.status, 408);
     let v: Value = serde_json::from_str(&r.body()).unwrap();
     assert_eq!(v["error"]["code"], "request_timeout");
 
-    let mut s = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&chat_body(long, 2000, true)));
+    let mut s = Exchange::send(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat_body(long, 2000, true)),
+    );
     assert_eq!(s.status, 200);
     let events = s.events(usize::MAX);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();

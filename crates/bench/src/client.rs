@@ -1,0 +1,243 @@
+//! One streamed request against an OpenAI-compatible server, timed on the client:
+//! TTFT at the first chunk that carries output, every gap between output chunks,
+//! e2e at the end of the stream; token counts from the `usage` the server sends
+//! (`stream_options.include_usage`), else one token per output chunk.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::stats::RequestRecord;
+use crate::workload::RequestSpec;
+
+/// A server under test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Target {
+    /// The label in reports (`inferd`, `llama.cpp`).
+    pub name: String,
+    /// Base URL without `/v1`.
+    pub base: String,
+    /// The `model` sent in every request.
+    pub model: String,
+    #[serde(skip)]
+    pub api_key: Option<String>,
+}
+
+impl Target {
+    /// Parses `NAME=URL` (or a bare URL, named after its host:port).
+    pub fn parse(text: &str) -> Result<(String, String), String> {
+        let (name, url) = match text.split_once('=') {
+            Some((n, u)) if !u.is_empty() => (n.to_owned(), u),
+            _ => (String::new(), text),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "target `{text}`: the URL must start with http:// or https://"
+            ));
+        }
+        let base = url.trim_end_matches('/').trim_end_matches("/v1").to_owned();
+        let name = if name.is_empty() {
+            base.split("://").nth(1).unwrap_or(&base).to_owned()
+        } else {
+            name
+        };
+        Ok((name, base))
+    }
+}
+
+/// What one request produced, besides its record: the text, for multi-turn.
+pub struct Outcome {
+    pub record: RequestRecord,
+    pub text: String,
+}
+
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(1024)
+        .build()
+        .expect("a plain HTTP client always builds")
+}
+
+/// The first model id the server lists at `/v1/models`.
+pub async fn first_model(
+    client: &reqwest::Client,
+    base: &str,
+    api_key: Option<&str>,
+) -> Result<String, String> {
+    let mut req = client.get(format!("{base}/v1/models"));
+    if let Some(k) = api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("{base}/v1/models: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("{base}/v1/models: {e}"))?;
+    v["data"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{base}/v1/models answered {status} without a model id: {v}"))
+}
+
+/// Sends `spec` with `stream: true` and times it.
+pub async fn send(client: &reqwest::Client, target: &Target, spec: &RequestSpec) -> Outcome {
+    let mut body = spec.body.clone();
+    body.insert("model".into(), json!(target.model));
+    body.insert("stream".into(), json!(true));
+    body.insert("stream_options".into(), json!({"include_usage": true}));
+    let started = Instant::now();
+    let mut record = RequestRecord::default();
+    let mut text = String::new();
+    let result = stream_into(
+        client,
+        target,
+        spec,
+        &Value::Object(body),
+        started,
+        &mut record,
+        &mut text,
+    )
+    .await;
+    record.e2e = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) if record.ttft.is_some() => record.ok = true,
+        Ok(()) => record.error = Some("the stream ended without any output".into()),
+        Err(e) => record.error = Some(e),
+    }
+    Outcome { record, text }
+}
+
+async fn stream_into(
+    client: &reqwest::Client,
+    target: &Target,
+    spec: &RequestSpec,
+    body: &Value,
+    started: Instant,
+    r: &mut RequestRecord,
+    text: &mut String,
+) -> Result<(), String> {
+    let mut req = client
+        .post(format!("{}{}", target.base, spec.endpoint.path()))
+        .json(body);
+    if let Some(k) = &target.api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.map_err(|e| format!("send: {e}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let msg = resp.text().await.unwrap_or_default();
+        return Err(format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            msg.chars().take(300).collect::<String>()
+        ));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut pending = String::new();
+    let mut last_output: Option<Instant> = None;
+    let mut chunks_with_output = 0usize;
+    let mut usage_tokens = None;
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| format!("stream: {e}"))?;
+        let now = Instant::now();
+        pending.push_str(&String::from_utf8_lossy(&piece));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            for line in event.lines() {
+                let Some(data) = line.strip_prefix("data:").map(str::trim_start) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(data)
+                    .map_err(|e| format!("bad SSE chunk ({e}): {data}"))?;
+                if let Some(err) = v.get("error") {
+                    return Err(format!("error event: {err}"));
+                }
+                let output = chunk_output(&v);
+                if !output.is_empty() {
+                    match last_output {
+                        None => r.ttft = Some((now - started).as_secs_f64()),
+                        Some(prev) => r.itl.push((now - prev).as_secs_f64()),
+                    }
+                    last_output = Some(now);
+                    chunks_with_output += 1;
+                    text.push_str(&output);
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    r.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                    usage_tokens = u["completion_tokens"].as_u64().map(|n| n as usize);
+                    r.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .map(|n| n as usize);
+                }
+                if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
+                    r.server_timings = Some(t.clone());
+                }
+            }
+        }
+    }
+    r.output_tokens = usage_tokens.unwrap_or(chunks_with_output);
+    Ok(())
+}
+
+/// The output text a chunk carries: chat `delta.content` (or a tool-call delta),
+/// or completions `text`.
+fn chunk_output(v: &Value) -> String {
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for c in choices {
+        if let Some(t) = c.get("text").and_then(Value::as_str) {
+            out.push_str(t);
+        }
+        let delta = &c["delta"];
+        if let Some(t) = delta.get("content").and_then(Value::as_str) {
+            out.push_str(t);
+        }
+        if let Some(calls) = delta.get("tool_calls").filter(|t| t.is_array()) {
+            out.push_str(&calls.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_with_and_without_names() {
+        assert_eq!(
+            Target::parse("inferd=http://127.0.0.1:8080/v1/").unwrap(),
+            ("inferd".into(), "http://127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            Target::parse("http://localhost:9000").unwrap(),
+            ("localhost:9000".into(), "http://localhost:9000".into())
+        );
+        assert!(Target::parse("a=localhost:1")
+            .unwrap_err()
+            .contains("http://"));
+    }
+
+    #[test]
+    fn output_is_read_from_chat_and_text_chunks() {
+        let role = json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]});
+        assert_eq!(chunk_output(&role), "");
+        let chat = json!({"choices": [{"delta": {"content": "Hi"}}]});
+        assert_eq!(chunk_output(&chat), "Hi");
+        let text = json!({"choices": [{"text": " there"}]});
+        assert_eq!(chunk_output(&text), " there");
+        let usage = json!({"choices": [], "usage": {"completion_tokens": 3}});
+        assert_eq!(chunk_output(&usage), "");
+    }
+}
