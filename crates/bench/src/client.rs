@@ -55,7 +55,10 @@ pub struct Outcome {
 pub fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
-        .pool_max_idle_per_host(1024)
+        // A fresh connection per request: a pooled keep-alive connection the server
+        // has just closed fails the next send (seen with llama-server), and a local
+        // connect costs microseconds.
+        .pool_max_idle_per_host(0)
         .build()
         .expect("a plain HTTP client always builds")
 }
@@ -128,7 +131,7 @@ async fn stream_into(
     if let Some(k) = &target.api_key {
         req = req.bearer_auth(k);
     }
-    let resp = req.send().await.map_err(|e| format!("send: {e}"))?;
+    let resp = req.send().await.map_err(|e| format!("send: {}", chain(&e)))?;
     let status = resp.status();
     if !status.is_success() {
         let msg = resp.text().await.unwrap_or_default();
@@ -144,7 +147,7 @@ async fn stream_into(
     let mut chunks_with_output = 0usize;
     let mut usage_tokens = None;
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| format!("stream: {e}"))?;
+        let piece = piece.map_err(|e| format!("stream: {}", chain(&e)))?;
         let now = Instant::now();
         pending.push_str(&String::from_utf8_lossy(&piece));
         while let Some(end) = pending.find("\n\n") {
@@ -186,6 +189,18 @@ async fn stream_into(
     }
     r.output_tokens = usage_tokens.unwrap_or(chunks_with_output);
     Ok(())
+}
+
+/// An error with its causes (`reqwest` puts the useful part in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The output text a chunk carries: chat `delta.content` (or a tool-call delta),
