@@ -45,8 +45,8 @@ bench() {
     --ignore-eos "$@"
 }
 mkdir -p "$OUT"
-bench --concurrency 1,2,4,8,16 --requests "$REQUESTS" --input-tokens 230 --output-tokens 128 --slo ttft=1s,tpot=100ms --out "$OUT/sweep"
-bench --workload shared-prefix --prefix-tokens 1000 --input-tokens 32 --output-tokens 128 --concurrency 8 \
+bench --concurrency 1,2,4,8,16 --requests "$REQUESTS" --seed 1000 --input-tokens 230 --output-tokens 128 --slo ttft=1s,tpot=100ms --out "$OUT/sweep"
+bench --seed 2000 --workload shared-prefix --prefix-tokens 1000 --input-tokens 32 --output-tokens 128 --concurrency 8 \
   --requests 16 --slo ttft=1s,tpot=100ms --out "$OUT/shared_prefix"
-bench --rate 0.25,0.5,1 --requests "$REQUESTS" --input-tokens 230 --output-tokens 128 --slo ttft=1s,tpot=100ms --out "$OUT/poisson"
+bench --rate 0.25,0.5,1 --requests "$REQUESTS" --seed 3000 --input-tokens 230 --output-tokens 128 --slo ttft=1s,tpot=100ms --out "$OUT/poisson"
 rm -f "$OUT.inferd.log" "$OUT.llama.log"

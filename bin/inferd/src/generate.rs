@@ -129,10 +129,7 @@ pub fn init_threads(threads: Option<usize>) -> Result<usize> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .context("cannot start the worker threads")?;
+    inferd_kernels::pool::init_global(n);
     Ok(n)
 }
 

@@ -131,7 +131,10 @@ async fn stream_into(
     if let Some(k) = &target.api_key {
         req = req.bearer_auth(k);
     }
-    let resp = req.send().await.map_err(|e| format!("send: {}", chain(&e)))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("send: {}", chain(&e)))?;
     let status = resp.status();
     if !status.is_success() {
         let msg = resp.text().await.unwrap_or_default();

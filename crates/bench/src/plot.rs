@@ -210,7 +210,7 @@ fn level_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     y_desc: &str,
-    lines: &[(&str, fn(&crate::stats::Summary) -> Option<f64>, bool)],
+    lines: &[Line],
 ) -> Res<DB> {
     area.fill(&WHITE)?;
     let levels: Vec<f64> = r.levels.iter().map(|l| l.level).collect();
@@ -282,6 +282,9 @@ fn level_chart<DB: DrawingBackend>(
         .draw()?;
     Ok(())
 }
+
+/// One line per target: (label suffix, the value, dashed).
+type Line = (&'static str, fn(&crate::stats::Summary) -> Option<f64>, bool);
 
 fn throughput<DB: DrawingBackend>(r: &BenchResult, area: &DrawingArea<DB, Shift>) -> Res<DB> {
     level_chart(

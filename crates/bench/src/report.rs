@@ -162,7 +162,11 @@ pub fn terminal(r: &BenchResult) -> String {
     }
     for l in &r.levels {
         if let Some(e) = l.records.iter().find_map(|x| x.error.as_deref()) {
-            let _ = writeln!(out, "\n{} {}: {} failed, first: {e}", l.target, l.label, l.summary.failed);
+            let _ = writeln!(
+                out,
+                "\n{} {}: {} failed, first: {e}",
+                l.target, l.label, l.summary.failed
+            );
         }
     }
     out

@@ -14,6 +14,7 @@
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod x86;

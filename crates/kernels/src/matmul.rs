@@ -2,7 +2,7 @@
 //!
 //! The batch is the ragged batch's tokens, so every weight row is loaded once per
 //! step and used against all rows of `x` while it is hot in L1: this is what makes
-//! batching pay on CPU. Work is split across the rayon pool by output rows.
+//! batching pay on CPU. Work is split across the worker pool (`pool`) by output rows.
 //!
 //! Two activation precisions ([`Precision`]):
 //! - `F32` (default): each weight row is dequantized once into an L1-resident f32
@@ -16,7 +16,6 @@
 //!   see the model crate's reference test.
 
 use inferd_gguf::GgmlType;
-use rayon::prelude::*;
 
 use crate::dot::{self, uses_q8_activations};
 use crate::quant::{quantize_row_q8, BlockQ8, QK};
@@ -109,13 +108,12 @@ impl<'a> Activations<'a> {
 
     fn ensure_q8(&mut self) {
         if self.q8.is_empty() && self.cols.is_multiple_of(QK) {
-            self.q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
-            let bpr = self.cols / QK;
-            self.q8
-                .par_chunks_mut(bpr)
-                .zip(self.x.par_chunks(self.cols))
-                .with_min_len(8)
-                .for_each(|(q, x)| quantize_row_q8(x, q));
+            let mut q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
+            let (bpr, cols, x) = (self.cols / QK, self.cols, self.x);
+            for (q, x) in q8.chunks_mut(bpr).zip(x.chunks(cols)) {
+                quantize_row_q8(x, q);
+            }
+            self.q8 = q8;
         }
     }
 }
@@ -153,9 +151,12 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
     let (xq, xf) = (&x.q8, x.x);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let tasks = rows.div_ceil(ROWS_PER_TASK);
-    (0..tasks)
-        .into_par_iter()
-        .for_each_init(Vec::new, |wf: &mut Vec<f32>, t| {
+    thread_local! {
+        /// Dequantized weight rows of the task at hand.
+        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    crate::pool::global().for_each(tasks, |t| {
+        SCRATCH.with_borrow_mut(|wf| {
             let r0 = t * ROWS_PER_TASK;
             let r1 = (r0 + ROWS_PER_TASK).min(rows);
             // SAFETY: task t alone writes column range [r0, r1) of every output
@@ -212,7 +213,8 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
                     }
                 }
             }
-        });
+        })
+    });
     Ok(())
 }
 

@@ -16,7 +16,6 @@ use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
 use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
-use rayon::prelude::*;
 
 use crate::batch::{Logits, LogitsRequest, SeqBatch};
 use crate::config::ModelConfig;
@@ -391,9 +390,11 @@ impl Llama {
         let bs = kv.block_size;
         // One task per (token, KV head): the `group` query heads that share a KV
         // head are scored together, so each K/V row is read once for all of them.
-        out.par_chunks_mut(group * hd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (idx, o)| {
+        thread_local! {
+            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        inferd_kernels::pool::global().for_each_chunk_mut(out, group * hd, |idx, o| {
+            SCORES.with_borrow_mut(|scores| {
                 let (t, g) = (idx / c.n_kv_heads, idx % c.n_kv_heads);
                 let qg = &q[idx * group * hd..(idx + 1) * group * hd];
                 let kv_off = g * hd;
@@ -456,8 +457,8 @@ impl Llama {
                     }
                     p += n;
                 }
-            },
-        );
+            })
+        });
     }
 }
 

@@ -34,7 +34,9 @@ enum Kind {
 
 struct Prepared {
     kind: Kind,
-    prompt: Vec<u32>,
+    /// One prompt (chat), or several (a batched completions request); choice `k`
+    /// answers prompt `k / n`.
+    prompts: Vec<Vec<u32>>,
     common: Common,
     max_tokens: usize,
     /// `Some(n)`: report log-probabilities with `n` alternatives.
@@ -45,6 +47,16 @@ struct Prepared {
     /// When the request is cancelled for running too long, and the limit.
     deadline: Option<(tokio::time::Instant, Duration)>,
 }
+
+impl Prepared {
+    /// Choices in the response: `n` per prompt.
+    fn choices(&self) -> usize {
+        self.prompts.len() * self.common.n
+    }
+}
+
+/// Most prompts × choices one completions request may ask for.
+const MAX_PROMPTS: usize = 64;
 
 /// Waits for `fut`, but not past the request's deadline.
 async fn within<T>(
@@ -119,7 +131,7 @@ pub async fn chat(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, ApiErro
         }
         (false, None) => None,
     };
-    let mut prep = prepare(s, Kind::Chat, prompt, common, logprobs, "messages")?;
+    let mut prep = prepare(s, Kind::Chat, vec![prompt], common, logprobs, "messages")?;
     prep.tools = tools.is_some() && b.get("tool_choice").and_then(Value::as_str) != Some("none");
     run(s, prep).await
 }
@@ -142,26 +154,71 @@ pub async fn completion(s: &Arc<ServerState>, body: &[u8]) -> Result<Response, A
             "`logprobs` is not supported on /v1/completions yet; use /v1/chat/completions",
         ));
     }
-    let prompt = match b.get("prompt") {
-        Some(Value::String(t)) => s.tokenizer.encode(t, true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_u64) => {
-            a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
-        }
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            s.tokenizer.encode(a[0].as_str().unwrap_or(""), true).map_err(|e| ApiError::invalid("prompt", e.to_string()))?
-        }
-        Some(Value::Array(_)) => {
+    let encode = |t: &str, param: &str| {
+        s.tokenizer
+            .encode(t, true)
+            .map_err(|e| ApiError::invalid(param, e.to_string()))
+    };
+    let ids = |a: &[Value]| -> Option<Vec<u32>> {
+        a.iter()
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&x| x <= u32::MAX as u64)
+                    .map(|x| x as u32)
+            })
+            .collect()
+    };
+    let bad = "`prompt` must be a string, a list of strings, a list of token ids, or a list of lists of token ids";
+    let prompts = match b.get("prompt") {
+        Some(Value::String(t)) => vec![encode(t, "prompt")?],
+        Some(Value::Array(a)) if a.is_empty() => {
             return Err(ApiError::invalid(
                 "prompt",
-                "`prompt` must be a string, a list of token ids, or a list with one string (batched prompts are not supported yet)",
+                "`prompt` must not be an empty list",
             ))
         }
-        _ => return Err(ApiError::invalid("prompt", "`prompt` is required: a string or a list of token ids")),
+        Some(Value::Array(a)) if a.iter().all(Value::is_number) => {
+            vec![ids(a).ok_or_else(|| {
+                ApiError::invalid("prompt", "token ids must be integers in 0..2^32")
+            })?]
+        }
+        Some(Value::Array(a)) if a.len() > MAX_PROMPTS => {
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("at most {MAX_PROMPTS} prompts per request, got {}", a.len()),
+            ))
+        }
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let param = format!("prompt[{i}]");
+                match v {
+                    Value::String(t) => encode(t, &param),
+                    Value::Array(x) if !x.is_empty() => ids(x).ok_or_else(|| {
+                        ApiError::invalid(&param, "token ids must be integers in 0..2^32")
+                    }),
+                    _ => Err(ApiError::invalid(&param, bad)),
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::invalid("prompt", bad)),
+        None => return Err(ApiError::invalid("prompt", "`prompt` is required")),
     };
     let mut common = params::common(&b, &["max_tokens"])?;
     // OpenAI's legacy default for completions is 16 tokens.
     common.max_tokens.get_or_insert(16);
-    let prep = prepare(s, Kind::Text, prompt, common, None, "prompt")?;
+    if prompts.len() * common.n > MAX_PROMPTS {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "{} prompts × n = {} exceeds {MAX_PROMPTS} choices per request",
+                prompts.len(),
+                prompts.len() * common.n
+            ),
+        ));
+    }
+    let prep = prepare(s, Kind::Text, prompts, common, None, "prompt")?;
     run(s, prep).await
 }
 
@@ -220,30 +277,35 @@ fn messages(b: &Body) -> Result<Vec<Value>, ApiError> {
 fn prepare(
     s: &ServerState,
     kind: Kind,
-    prompt: Vec<u32>,
+    prompts: Vec<Vec<u32>>,
     common: Common,
     logprobs: Option<usize>,
     prompt_param: &str,
 ) -> Result<Prepared, ApiError> {
     let ctx = s.engine.context_length;
-    if prompt.len() >= ctx {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= ctx) {
+        let param = if prompts.len() > 1 {
+            format!("{prompt_param}[{i}]")
+        } else {
+            prompt_param.to_owned()
+        };
         return Err(ApiError::invalid(
-            prompt_param,
+            &param,
             format!(
                 "the prompt is {} tokens, but the model's context window is {ctx} tokens",
-                prompt.len()
+                p.len()
             ),
         ));
     }
-    let room = ctx - prompt.len();
+    let room = ctx - longest;
     let max_tokens = match common.max_tokens {
         Some(m) if m > room => {
             return Err(ApiError::invalid(
                 "max_tokens",
                 format!(
-                    "the prompt is {} tokens and max_tokens is {m}: {} in total exceeds the model's context window of {ctx} tokens",
-                    prompt.len(),
-                    prompt.len() + m
+                    "the prompt is {longest} tokens and max_tokens is {m}: {} in total exceeds the model's context window of {ctx} tokens",
+                    longest + m
                 ),
             ))
         }
@@ -261,7 +323,7 @@ fn prepare(
     );
     Ok(Prepared {
         kind,
-        prompt,
+        prompts,
         common,
         max_tokens,
         logprobs,
@@ -408,10 +470,15 @@ fn timings_json(c: &Choice) -> Value {
     })
 }
 
-fn usage_json(choices: &[Choice]) -> Value {
-    let prompt = choices.first().map_or(0, |c| c.usage.prompt_tokens);
+/// Prompt tokens count once per prompt (not per choice), as OpenAI counts them.
+fn usage_json(p: &Prepared, choices: &[Choice]) -> Value {
+    let prompt: usize = p.prompts.iter().map(Vec::len).sum();
     let completion: usize = choices.iter().map(|c| c.tokens).sum();
-    let cached = choices.first().map_or(0, |c| c.usage.cached_tokens);
+    let cached: usize = choices
+        .iter()
+        .step_by(p.common.n)
+        .map(|c| c.usage.cached_tokens)
+        .sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -421,14 +488,14 @@ fn usage_json(choices: &[Choice]) -> Value {
 }
 
 fn submit_all(s: &ServerState, p: &Prepared) -> Vec<EventStream> {
-    (0..p.common.n)
+    (0..p.choices())
         .map(|i| {
             let mut sampling = p.common.sampling.clone();
             sampling.logprobs = p.logprobs;
             // Distinct but reproducible seeds per choice.
             sampling.seed = sampling.seed.map(|x| x.wrapping_add(i as u64));
             s.engine.submit(EngineRequest {
-                prompt: p.prompt.clone(),
+                prompt: p.prompts[i / p.common.n].clone(),
                 max_tokens: p.max_tokens,
                 sampling,
                 stop_token_ids: if p.common.ignore_eos {
@@ -445,7 +512,7 @@ fn submit_all(s: &ServerState, p: &Prepared) -> Vec<EventStream> {
 
 async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
     let mut streams = submit_all(s, &p);
-    let mut choices: Vec<Choice> = (0..p.common.n)
+    let mut choices: Vec<Choice> = (0..p.choices())
         .map(|_| Choice::new(p.common.stop.clone()))
         .collect();
     // The first event of every choice decides between an HTTP error and a response.
@@ -460,13 +527,18 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
     if p.common.stream {
         return Ok(stream_response(s, p, streams, choices, first));
     }
-    for ((rx, c), delta) in streams.iter_mut().zip(choices.iter_mut()).zip(first) {
+    for (i, ((rx, c), delta)) in streams
+        .iter_mut()
+        .zip(choices.iter_mut())
+        .zip(first)
+        .enumerate()
+    {
         c.text.push_str(&delta.unwrap_or_default());
         while c.finish.is_none() || c.usage.prompt_tokens == 0 {
             if c.finish == Some("stop") && c.usage.prompt_tokens == 0 {
                 // A stop string ended it: cancel the rest, the engine frees the blocks.
                 c.usage = Usage {
-                    prompt_tokens: p.prompt.len(),
+                    prompt_tokens: p.prompts[i / p.common.n].len(),
                     completion_tokens: c.tokens,
                     cached_tokens: 0,
                 };
@@ -501,7 +573,7 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
                     "finish_reason": finish,
                 })
             }).collect::<Vec<_>>(),
-            "usage": usage_json(&choices),
+            "usage": usage_json(&p, &choices),
             "timings": timings_json(&choices[0]),
         }),
         Kind::Text => json!({
@@ -509,7 +581,7 @@ async fn run(s: &Arc<ServerState>, p: Prepared) -> Result<Response, ApiError> {
             "choices": choices.iter().enumerate().map(|(i, c)| json!({
                 "index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish,
             })).collect::<Vec<_>>(),
-            "usage": usage_json(&choices),
+            "usage": usage_json(&p, &choices),
             "timings": timings_json(&choices[0]),
         }),
     };
@@ -526,7 +598,7 @@ fn log_request(p: &Prepared, choices: &[Choice], status: u16) {
     tracing::info!(
         id = %p.id,
         status,
-        prompt_tokens = p.prompt.len(),
+        prompt_tokens = p.prompts.iter().map(Vec::len).sum::<usize>(),
         output_tokens = choices.iter().map(|c| c.tokens).sum::<usize>(),
         cached_tokens = c.usage.cached_tokens,
         queue_ms = c.timings.queue.as_millis() as u64,
@@ -672,7 +744,7 @@ fn stream_response(
             if done_event || stopped_by_string {
                 if stopped_by_string {
                     c.usage = Usage {
-                        prompt_tokens: p.prompt.len(),
+                        prompt_tokens: p.prompts[i / p.common.n].len(),
                         completion_tokens: c.tokens,
                         cached_tokens: 0,
                     };
@@ -698,7 +770,7 @@ fn stream_response(
         if p.common.include_usage {
             let usage = json!({
                 "id": p.id, "object": if p.kind == Kind::Chat { "chat.completion.chunk" } else { "text_completion" },
-                "created": crate::unix_now(), "model": s.model_id, "choices": [], "usage": usage_json(&choices),
+                "created": crate::unix_now(), "model": s.model_id, "choices": [], "usage": usage_json(&p, &choices),
             });
             if !send(usage).await {
                 return;

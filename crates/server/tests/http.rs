@@ -220,6 +220,43 @@ async fn completions_accept_text_and_token_ids() {
     .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["usage"]["prompt_tokens"], 5);
+    // A batch of prompts: `n` choices per prompt, prompt-major, each answering its
+    // own prompt exactly as it would alone; prompt tokens counted once per prompt.
+    let (status, v) = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": ["The capital of France is", [504, 3575, 282, 4649, 314]], "n": 2,
+               "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 4);
+    assert!(
+        texts[0].contains("Paris") && texts[0] == texts[1],
+        "{texts:?}"
+    );
+    let (_, alone) = post(
+        &app,
+        "/v1/completions",
+        json!({"prompt": [504, 3575, 282, 4649, 314], "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(texts[2], alone["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(v["choices"][3]["index"], 3);
+    let first_len = v["usage"]["prompt_tokens"].as_u64().unwrap() - 5;
+    assert!((5..=7).contains(&first_len), "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    let (status, v) = post(&app, "/v1/completions", json!({"prompt": ["ok", 7]})).await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("prompt[1]"))
+    );
     let (status, v) = post(
         &app,
         "/v1/completions",
