@@ -30,7 +30,7 @@ trap cleanup EXIT
 
 "$INFERD" serve --model "$MODEL" --port "$INFERD_PORT" --threads "$THREADS" 2>"$OUT.inferd.log" &
 pids+=($!)
-"$LLAMA_SERVER" -m "$MODEL" -t "$THREADS" -np 8 -cb -c 16384 --port "$LLAMA_PORT" >"$OUT.llama.log" 2>&1 &
+"$LLAMA_SERVER" -m "$MODEL" -a smollm2-135m -t "$THREADS" -np 8 -cb -c 16384 --port "$LLAMA_PORT" >"$OUT.llama.log" 2>&1 &
 pids+=($!)
 for port in "$INFERD_PORT" "$LLAMA_PORT"; do
   for _ in $(seq 1 120); do

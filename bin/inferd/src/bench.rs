@@ -101,12 +101,24 @@ pub struct BenchArgs {
     /// Write results.json, report.md and plots (PNG and SVG) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Run nothing: read a saved results.json, print its summary and (with
+    /// `--out`) write its report and plots again.
+    #[arg(long)]
+    from: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(saved) = &args.from {
+        let text = std::fs::read_to_string(saved)
+            .with_context(|| format!("cannot read {}", saved.display()))?;
+        let result: inferd_bench::BenchResult = serde_json::from_str(&text).with_context(|| {
+            format!("{} is not an `inferd bench` results file", saved.display())
+        })?;
+        return write_out(&result, args.out.as_deref());
+    }
     let mode = match (args.concurrency.is_empty(), args.rate.is_empty()) {
         (_, false) => {
             if let Some(r) = args.rate.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
@@ -208,28 +220,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
             request_timeout: Duration::from_secs(args.request_timeout_secs),
             show_progress: !args.quiet,
         };
-        let result = inferd_bench::run(&config, &tokenizer)
+        let mut result = inferd_bench::run(&config, &tokenizer)
             .await
             .map_err(anyhow::Error::msg)?;
-        print!("{}", report::terminal(&result));
-        if let Some(dir) = &args.out {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let json = serde_json::to_string_pretty(&result)?;
-            std::fs::write(dir.join("results.json"), json)?;
-            let plots = plot::write_all(&result, dir).map_err(anyhow::Error::msg)?;
-            let command = std::env::args().collect::<Vec<_>>().join(" ");
-            std::fs::write(
-                dir.join("report.md"),
-                report::markdown(&result, &command, &plots),
-            )?;
-            eprintln!(
-                "wrote {}/{{results.json,report.md,*.png,*.svg}}",
-                dir.display()
-            );
-        }
-        Ok(())
+        result.command = std::env::args().collect::<Vec<_>>().join(" ");
+        write_out(&result, args.out.as_deref())
     })
+}
+
+/// Prints the summary; with a directory, writes results.json, report.md and plots.
+fn write_out(result: &inferd_bench::BenchResult, out: Option<&std::path::Path>) -> Result<()> {
+    print!("{}", report::terminal(result));
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let json = serde_json::to_string(result)?;
+        std::fs::write(dir.join("results.json"), json)?;
+        let plots = plot::write_all(result, dir).map_err(anyhow::Error::msg)?;
+        std::fs::write(dir.join("report.md"), report::markdown(result, &plots))?;
+        eprintln!(
+            "wrote {}/{{results.json,report.md,*.png,*.svg}}",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn load_tokenizer(path: &std::path::Path) -> Result<inferd_tokenizer::Tokenizer> {

@@ -51,6 +51,11 @@ pub struct PerfArgs {
     /// Activation precision in the matmuls.
     #[arg(long, value_enum, default_value = "f32")]
     activations: ActivationsArg,
+    /// Batched decode: for each size B, B sequences decode `--gen-tokens` tokens each
+    /// in lockstep, one forward pass per step; reports aggregate tokens/s as
+    /// `tgN xB` (comma-separated, e.g. 1,4,8,16,32; empty: skip).
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
 }
 
 pub fn run(args: PerfArgs) -> Result<()> {
@@ -69,7 +74,10 @@ pub fn run(args: PerfArgs) -> Result<()> {
         .max(args.gen_tokens)
         + 16;
     let block = 16;
-    let blocks = max_len.div_ceil(block);
+    let widest = args.batch.iter().copied().max().unwrap_or(1).max(1);
+    let blocks = max_len
+        .div_ceil(block)
+        .max(widest * (args.gen_tokens + block).div_ceil(block));
     let mut pool = BlockPool::new(blocks, block);
     let mut kv = model.new_kv_store(blocks, block);
     let vocab = model.config.vocab_size as u32;
@@ -121,6 +129,44 @@ pub fn run(args: PerfArgs) -> Result<()> {
         Ok(args.gen_tokens)
     })?;
     report(format!("tg{}", args.gen_tokens), rates);
+
+    for &b in args.batch.iter().filter(|&&b| b > 0) {
+        let mut rates = Vec::new();
+        for rep in 0..=args.repetitions {
+            let mut tables: Vec<BlockTable> = (0..b).map(|_| BlockTable::new()).collect();
+            let t0 = Instant::now();
+            let mut result = Ok(());
+            for pos in 0..args.gen_tokens {
+                for t in tables.iter_mut() {
+                    t.append(&mut pool, 1)?;
+                }
+                // Each sequence its own token stream.
+                let batch: Vec<SeqBatch> = tables
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| SeqBatch {
+                        tokens: std::slice::from_ref(&tokens[(pos + 7 * i) % tokens.len()]),
+                        start_pos: pos,
+                        block_table: t.blocks(),
+                        logits: LogitsRequest::Last,
+                    })
+                    .collect();
+                if let Err(e) = model.forward(&batch, &mut kv) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            for t in tables.iter_mut() {
+                t.release(&mut pool);
+            }
+            result?;
+            if rep > 0 {
+                rates.push((b * args.gen_tokens) as f64 / secs);
+            }
+        }
+        report(format!("tg{} x{b}", args.gen_tokens), rates);
+    }
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use crate::stats::RequestRecord;
 use crate::workload::RequestSpec;
 
 /// A server under test.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     /// The label in reports (`inferd`, `llama.cpp`).
     pub name: String,

@@ -109,6 +109,7 @@ fn cdf_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     x_desc: &str,
+    y_desc: &str,
     sub: &str,
     series: Vec<(String, Vec<f64>, usize)>,
 ) -> Res<DB> {
@@ -133,7 +134,7 @@ fn cdf_chart<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(x_desc)
-        .y_desc("fraction of requests ≤ x")
+        .y_desc(y_desc)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .draw()?;
@@ -173,6 +174,7 @@ fn ttft_cdf<DB: DrawingBackend>(r: &BenchResult, area: &DrawingArea<DB, Shift>) 
         area,
         "Time to first token (CDF)",
         "TTFT (ms)",
+        "fraction of requests ≤ x",
         &subtitle(r),
         series,
     )
@@ -200,6 +202,7 @@ fn itl_cdf<DB: DrawingBackend>(r: &BenchResult, area: &DrawingArea<DB, Shift>) -
         area,
         "Inter-token latency (CDF)",
         "gap between streamed tokens (ms)",
+        "fraction of gaps ≤ x",
         &subtitle(r),
         series,
     )
@@ -284,7 +287,11 @@ fn level_chart<DB: DrawingBackend>(
 }
 
 /// One line per target: (label suffix, the value, dashed).
-type Line = (&'static str, fn(&crate::stats::Summary) -> Option<f64>, bool);
+type Line = (
+    &'static str,
+    fn(&crate::stats::Summary) -> Option<f64>,
+    bool,
+);
 
 fn throughput<DB: DrawingBackend>(r: &BenchResult, area: &DrawingArea<DB, Shift>) -> Res<DB> {
     level_chart(

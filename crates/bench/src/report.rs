@@ -181,12 +181,14 @@ fn slo_text(r: &BenchResult) -> String {
 }
 
 /// The Markdown report (`report.md`).
-pub fn markdown(r: &BenchResult, command: &str, plots: &[String]) -> String {
+pub fn markdown(r: &BenchResult, plots: &[String]) -> String {
     let header: Vec<String> = HEADER.iter().map(|s| s.to_string()).collect();
     let rows: Vec<Vec<String>> = r.levels.iter().map(row).collect();
     let mut out = String::new();
     let _ = writeln!(out, "# inferd bench: {}\n", r.workload);
-    let _ = writeln!(out, "```sh\n{command}\n```\n");
+    if !r.command.is_empty() {
+        let _ = writeln!(out, "```sh\n{}\n```\n", r.command);
+    }
     let targets: Vec<String> = r
         .targets
         .iter()

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use inferd_tokenizer::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::client::{self, Target};
@@ -23,7 +23,7 @@ use crate::stats::{RequestRecord, Slo, Summary};
 use crate::workload::{self, RequestOptions, Requests, Workload};
 
 /// How load is offered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Closed loop at each of these concurrencies.
@@ -74,7 +74,7 @@ pub struct BenchConfig {
 }
 
 /// One level against one target.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LevelResult {
     pub target: String,
     pub level: f64,
@@ -83,8 +83,11 @@ pub struct LevelResult {
     pub records: Vec<RequestRecord>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
+    /// The command line that produced it (set by the CLI).
+    #[serde(default)]
+    pub command: String,
     pub workload: String,
     pub mode: Mode,
     pub slo: Slo,
@@ -202,6 +205,7 @@ pub async fn run(config: &BenchConfig, tokenizer: &Tokenizer) -> Result<BenchRes
     }
     bar.finish_and_clear();
     Ok(BenchResult {
+        command: String::new(),
         workload: describe(&config.workload, &config.options),
         mode: config.mode.clone(),
         slo: config.slo,

@@ -164,7 +164,14 @@ async fn tiny_bench_against_a_real_server() {
             "the SVG has its titles and labels"
         );
     }
-    let md = report::markdown(&r, "inferd bench ...", &plots);
+    let mut r = r;
+    r.command = "inferd bench ...".into();
+    let md = report::markdown(&r, &plots);
+    assert!(md.contains("```sh\ninferd bench ...\n```"));
+    // A saved run reads back and renders the same report.
+    let back: inferd_bench::BenchResult =
+        serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(report::markdown(&back, &plots), md);
     assert!(
         md.contains("| a | c=1 |") && md.contains("![ttft_cdf.png](ttft_cdf.png)"),
         "{md}"
