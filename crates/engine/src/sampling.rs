@@ -359,7 +359,11 @@ mod tests {
                 nucleus(&mut fast, top_p);
                 nucleus_by_full_sort(&mut reference, top_p);
                 let probs = |v: &[(u32, f32)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
-                assert_eq!(probs(&fast), probs(&reference), "n={n} sharp={sharp} top_p={top_p}");
+                assert_eq!(
+                    probs(&fast),
+                    probs(&reference),
+                    "n={n} sharp={sharp} top_p={top_p}"
+                );
             }
         }
     }
