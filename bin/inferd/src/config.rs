@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub max_batch_tokens: Option<usize>,
     pub max_running: Option<usize>,
     pub max_waiting: Option<usize>,
+    pub max_prefill_tokens_while_decoding: Option<usize>,
     pub kv_cache_mib: Option<usize>,
     pub prefix_caching: Option<bool>,
     pub shutdown_timeout_secs: Option<u64>,

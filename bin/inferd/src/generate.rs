@@ -84,6 +84,11 @@ pub struct EngineArgs {
     /// Disable reuse of cached prompt prefixes.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// Prefill tokens allowed in a step that also decodes (bounds inter-token
+    /// latency while new prompts prefill, at their TTFT's cost) [default: no cap
+    /// beyond --max-batch-tokens].
+    #[arg(long, env = "INFERD_MAX_PREFILL_TOKENS_WHILE_DECODING")]
+    pub max_prefill_tokens_while_decoding: Option<usize>,
 }
 
 impl EngineArgs {
@@ -105,6 +110,9 @@ impl EngineArgs {
                     .max_waiting
                     .or(file.max_waiting)
                     .unwrap_or(d.scheduler.max_waiting),
+                max_prefill_tokens_while_decoding: self
+                    .max_prefill_tokens_while_decoding
+                    .or(file.max_prefill_tokens_while_decoding),
             },
             kv_cache_mib: self
                 .kv_cache_mib

@@ -39,6 +39,10 @@ pub struct SchedulerConfig {
     /// Sequences waiting for admission; beyond this, new requests are refused.
     /// Default 256.
     pub max_waiting: usize,
+    /// Prefill tokens allowed in a step that also decodes: bounds the inter-token
+    /// latency running streams see while new prompts are prefilled, at the cost of
+    /// those prompts' TTFT. `None`: up to the rest of `max_batch_tokens`.
+    pub max_prefill_tokens_while_decoding: Option<usize>,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +51,7 @@ impl Default for SchedulerConfig {
             max_batch_tokens: 256,
             max_running: 64,
             max_waiting: 256,
+            max_prefill_tokens_while_decoding: None,
         }
     }
 }
@@ -57,6 +62,10 @@ impl SchedulerConfig {
             ("max_batch_tokens", self.max_batch_tokens),
             ("max_running", self.max_running),
             ("max_waiting", self.max_waiting),
+            (
+                "max_prefill_tokens_while_decoding",
+                self.max_prefill_tokens_while_decoding.unwrap_or(1),
+            ),
         ] {
             if v == 0 {
                 return Err(format!("`{name}` must be at least 1, got 0"));
@@ -245,6 +254,8 @@ impl Scheduler {
             let s = &self.seqs[id];
             (s.pending() > 1, Reverse(s.priority), s.arrival)
         });
+        // Prefill tokens left for this step; capped once a decode is scheduled.
+        let mut prefill_left = usize::MAX;
         for id in order {
             if budget == 0 {
                 break;
@@ -253,15 +264,28 @@ impl Scheduler {
             if !self.seqs[&id].running {
                 continue;
             }
-            let n = self.seqs[&id].pending().min(budget);
+            let pending = self.seqs[&id].pending();
+            let n = if pending > 1 {
+                pending.min(budget).min(prefill_left)
+            } else {
+                pending.min(budget)
+            };
+            if n == 0 {
+                continue;
+            }
             if self.reserve(id, n, &mut plan) {
                 budget -= n;
+                if pending > 1 {
+                    prefill_left -= n.min(prefill_left);
+                } else if let Some(cap) = self.config.max_prefill_tokens_while_decoding {
+                    prefill_left = prefill_left.min(cap);
+                }
                 self.push_chunk(id, n, &mut plan);
             }
         }
 
         // Admit waiting sequences while there is room.
-        while budget > 0 && self.running.len() < self.config.max_running {
+        while budget > 0 && prefill_left > 0 && self.running.len() < self.config.max_running {
             let Some(&key) = self.waiting.first() else {
                 break;
             };
@@ -287,8 +311,9 @@ impl Scheduler {
             if s.preemptions == 0 {
                 plan.first_scheduled.push(id);
             }
-            let n = s.pending().min(budget);
+            let n = s.pending().min(budget).min(prefill_left);
             budget -= n;
+            prefill_left -= n;
             self.push_chunk(id, n, &mut plan);
         }
         plan

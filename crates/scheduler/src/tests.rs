@@ -127,6 +127,51 @@ fn long_prompt_is_chunked_and_decodes_keep_running() {
 }
 
 #[test]
+fn prefill_is_capped_while_streams_decode_and_uncapped_when_alone() {
+    let mut s = scheduler(
+        1000,
+        16,
+        SchedulerConfig {
+            max_batch_tokens: 64,
+            max_prefill_tokens_while_decoding: Some(8),
+            ..Default::default()
+        },
+    );
+    let mut d = Driver::new();
+    d.add(&mut s, seq(0, vec![1, 2, 3], 30, 0)).unwrap();
+    let first = d.step(&mut s);
+    assert_eq!(first.chunks[0].len, 3, "nothing decodes yet: no cap");
+    d.add(&mut s, seq(1, (0..100).collect(), 2, 0)).unwrap();
+    d.add(&mut s, seq(2, (100..140).collect(), 2, 0)).unwrap();
+    while s.tokens(1).is_some_and(|t| t.len() == 100) {
+        let plan = d.step(&mut s);
+        let prefill: usize = plan
+            .chunks
+            .iter()
+            .filter(|c| c.id != 0)
+            .map(|c| c.len)
+            .sum();
+        assert!(
+            plan.chunks.iter().any(|c| c.id == 0),
+            "the stream decodes every step"
+        );
+        assert!(
+            prefill <= 8,
+            "at most 8 prefill tokens beside a decode, got {prefill}"
+        );
+    }
+    d.run(&mut s);
+    assert_eq!(s.kv_stats().used_blocks, 0);
+    assert!(SchedulerConfig {
+        max_prefill_tokens_while_decoding: Some(0),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap_err()
+    .contains("max_prefill_tokens_while_decoding"));
+}
+
+#[test]
 fn admission_follows_priority_then_arrival() {
     let mut s = scheduler(
         1000,
@@ -263,6 +308,7 @@ fn random_workloads_keep_every_invariant() {
             max_batch_tokens: rng.gen_range(1..64),
             max_running: rng.gen_range(1..8),
             max_waiting: rng.gen_range(1..16),
+            max_prefill_tokens_while_decoding: [None, Some(1), Some(5)][round % 3],
         };
         let mut s = scheduler(total_blocks, 4, config);
         let mut d = Driver::new();
