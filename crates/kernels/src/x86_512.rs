@@ -46,15 +46,31 @@ pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
 
 #[target_feature(enable = "avx512f,fma,f16c")]
 pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
+    let mask = _mm_set1_epi8(0x0F);
     for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
-        dequantize_nibbles(b.as_ptr().add(4), f16(b, 0), f16(b, 2), y.as_mut_ptr());
+        // d and m are adjacent f16s: one conversion gives both.
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(
+            (b.as_ptr() as *const i32).read_unaligned(),
+        ));
+        let dv = _mm512_broadcastss_ps(dm);
+        let mv = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
+        let q = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
+        store16_u8(_mm_and_si128(q, mask), dv, mv, y.as_mut_ptr());
+        store16_u8(
+            _mm_and_si128(_mm_srli_epi16(q, 4), mask),
+            dv,
+            mv,
+            y.as_mut_ptr().add(16),
+        );
     }
 }
 
 #[target_feature(enable = "avx512f,fma,f16c")]
 pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-        let d = _mm512_set1_ps(f16(b, 0));
+        let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            (b.as_ptr() as *const u16).read_unaligned() as i32,
+        )));
         for h in 0..2 {
             let q = _mm_loadu_si128(b.as_ptr().add(2 + 16 * h) as *const __m128i);
             let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
