@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -105,6 +106,68 @@ fn subtitle(r: &BenchResult) -> String {
     r.workload.clone()
 }
 
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type AreaResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// What frames a chart: title, subtitle, axis ranges and descriptions.
+struct Frame<'a> {
+    title: &'a str,
+    sub: &'a str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &'a str,
+    y_desc: &'a str,
+}
+
+/// Fills the plot, draws title and subtitle; returns the area below them.
+fn titled<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    f: &Frame<'_>,
+) -> AreaResult<DrawingArea<DB, Shift>, DB> {
+    area.fill(&WHITE)?;
+    let (top, body) = area.split_vertically(50);
+    top.titled(f.title, ("sans-serif", 24))?;
+    top.draw(&Text::new(
+        f.sub.to_string(),
+        (10, 32),
+        ("sans-serif", 13).into_font().color(&BLACK.mix(0.7)),
+    ))?;
+    Ok(body)
+}
+
+/// The axes every plot shares, on `body`.
+fn axes<'b, DB: DrawingBackend>(
+    body: &'b DrawingArea<DB, Shift>,
+    f: Frame<'_>,
+) -> AreaResult<Chart<'b, DB>, DB> {
+    let mut chart = ChartBuilder::on(body)
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(f.x, f.y)?;
+    chart
+        .configure_mesh()
+        .x_desc(f.x_desc)
+        .y_desc(f.y_desc)
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()?;
+    Ok(chart)
+}
+
+fn legend<'b, DB: DrawingBackend + 'b>(
+    chart: &mut Chart<'b, DB>,
+    at: SeriesLabelPosition,
+) -> Res<DB> {
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(at)
+        .draw()
+}
+
 fn cdf_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
@@ -113,31 +176,20 @@ fn cdf_chart<DB: DrawingBackend>(
     sub: &str,
     series: Vec<(String, Vec<f64>, usize)>,
 ) -> Res<DB> {
-    area.fill(&WHITE)?;
     let all: Vec<f64> = series
         .iter()
         .flat_map(|(_, v, _)| v.iter().copied())
         .collect();
-    let xmax = x_limit(&all);
-    let (top, body) = area.split_vertically(50);
-    top.titled(title, ("sans-serif", 24))?;
-    top.draw(&Text::new(
-        sub.to_string(),
-        (10, 32),
-        ("sans-serif", 13).into_font().color(&BLACK.mix(0.7)),
-    ))?;
-    let mut chart = ChartBuilder::on(&body)
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..xmax, 0f64..1.0f64)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()?;
+    let frame = Frame {
+        title,
+        sub,
+        x: 0.0..x_limit(&all),
+        y: 0.0..1.0,
+        x_desc,
+        y_desc,
+    };
+    let body = titled(area, &frame)?;
+    let mut chart = axes(&body, frame)?;
     for (name, values, ci) in series {
         let style = color(ci).stroke_width(2);
         chart
@@ -145,14 +197,7 @@ fn cdf_chart<DB: DrawingBackend>(
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn ttft_cdf<DB: DrawingBackend>(r: &BenchResult, area: &DrawingArea<DB, Shift>) -> Res<DB> {
@@ -215,11 +260,9 @@ fn level_chart<DB: DrawingBackend>(
     y_desc: &str,
     lines: &[Line],
 ) -> Res<DB> {
-    area.fill(&WHITE)?;
-    let levels: Vec<f64> = r.levels.iter().map(|l| l.level).collect();
-    let (xmin, xmax) = levels
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    let (xmin, xmax) = r.levels.iter().fold((f64::MAX, f64::MIN), |(a, b), l| {
+        (a.min(l.level), b.max(l.level))
+    });
     let pad = ((xmax - xmin) * 0.05).max(0.5);
     let ymax = r
         .levels
@@ -227,25 +270,17 @@ fn level_chart<DB: DrawingBackend>(
         .flat_map(|l| lines.iter().filter_map(|(_, f, _)| f(&l.summary)))
         .fold(0.0f64, f64::max)
         * 1.15;
-    let (top, body) = area.split_vertically(50);
-    top.titled(title, ("sans-serif", 24))?;
-    top.draw(&Text::new(
-        subtitle(r),
-        (10, 32),
-        ("sans-serif", 13).into_font().color(&BLACK.mix(0.7)),
-    ))?;
-    let mut chart = ChartBuilder::on(&body)
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d((xmin - pad)..(xmax + pad), 0f64..ymax.max(1e-6))?;
-    chart
-        .configure_mesh()
-        .x_desc(r.mode.axis())
-        .y_desc(y_desc)
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()?;
+    let sub = subtitle(r);
+    let frame = Frame {
+        title,
+        sub: &sub,
+        x: (xmin - pad)..(xmax + pad),
+        y: 0.0..ymax.max(1e-6),
+        x_desc: r.mode.axis(),
+        y_desc,
+    };
+    let body = titled(area, &frame)?;
+    let mut chart = axes(&body, frame)?;
     for (ti, t) in r.targets.iter().enumerate() {
         for (name, f, dashed) in lines {
             let pts: Vec<(f64, f64)> = r
@@ -276,14 +311,7 @@ fn level_chart<DB: DrawingBackend>(
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color(ti).filled())))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// One line per target: (label suffix, the value, dashed).

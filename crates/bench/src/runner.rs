@@ -156,20 +156,19 @@ pub async fn run(config: &BenchConfig, tokenizer: &Tokenizer) -> Result<BenchRes
         ProgressBar::hidden()
     };
     if config.warmup > 0 {
-        let warm = workload::build(
+        let warm = Arc::new(workload::build(
             &config.workload,
             &config.options,
             tokenizer,
             config.warmup,
             config.seed ^ 0x5eed,
-        )?;
+        )?);
         for t in &config.targets {
             bar.set_message(format!("warming up {}", t.name));
             run_level(
                 &client,
                 t,
-                &Arc::new(warm.clone()),
-                &config.options,
+                &warm,
                 &Mode::Concurrency(vec![1]),
                 1.0,
                 config,
@@ -182,17 +181,8 @@ pub async fn run(config: &BenchConfig, tokenizer: &Tokenizer) -> Result<BenchRes
     for (level, requests) in levels.iter().zip(&built) {
         for t in &config.targets {
             bar.set_message(format!("{} {}", t.name, config.mode.label(*level)));
-            let (records, took) = run_level(
-                &client,
-                t,
-                requests,
-                &config.options,
-                &config.mode,
-                *level,
-                config,
-                &bar,
-            )
-            .await;
+            let (records, took) =
+                run_level(&client, t, requests, &config.mode, *level, config, &bar).await;
             let summary = Summary::of(&records, took, &config.slo);
             results.push(LevelResult {
                 target: t.name.clone(),
@@ -266,12 +256,10 @@ fn units(requests: &Requests) -> usize {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_level(
     client: &reqwest::Client,
     target: &Target,
     requests: &Arc<Requests>,
-    opts: &RequestOptions,
     mode: &Mode,
     level: f64,
     config: &BenchConfig,
@@ -286,7 +274,7 @@ async fn run_level(
             client.clone(),
             target.clone(),
             Arc::clone(requests),
-            opts.clone(),
+            config.options.clone(),
             Arc::clone(&records),
             bar.clone(),
         );

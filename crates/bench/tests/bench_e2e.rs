@@ -28,20 +28,8 @@ fn server() -> (String, Arc<Tokenizer>) {
         tpl,
         options,
     )));
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{}", rx.recv().unwrap()), tok)
+    let addr = inferd_testutil::serve_in_background(app);
+    (format!("http://{addr}"), tok)
 }
 
 fn config(

@@ -621,6 +621,30 @@ fn chunk(s: &ServerState, p: &Prepared, index: usize, delta: Value, finish: Opti
     }
 }
 
+/// The content chunk for a choice's new text — held back by the tool-call gate when
+/// tools are on — with its log-probabilities from `from` on; `None` when there is
+/// nothing to send yet.
+fn content_chunk(
+    s: &ServerState,
+    p: &Prepared,
+    index: usize,
+    c: &mut Choice,
+    delta: Option<String>,
+    from: usize,
+) -> Option<Value> {
+    let delta = if p.tools {
+        delta.map(|d| c.gate(d))
+    } else {
+        delta
+    };
+    let d = delta.filter(|d| !d.is_empty())?;
+    let mut ch = chunk(s, p, index, json!({"content": d}), None);
+    if p.logprobs.is_some() {
+        ch["choices"][0]["logprobs"] = json!({"content": c.logprobs[from..]});
+    }
+    Some(ch)
+}
+
 /// At the end of a streamed choice with tools: the held-back text, or the parsed
 /// tool calls as one delta (and `finish_reason` becomes `tool_calls`).
 fn finish_tools(c: &mut Choice, request_id: &str) -> Option<Value> {
@@ -663,9 +687,6 @@ fn stream_response(
             let tx = tx.clone();
             async move { tx.send(sse(&v)).await.is_ok() }
         };
-        let logprobs_delta = |c: &Choice, from: usize| -> Option<Value> {
-            p.logprobs.map(|_| json!({"content": c.logprobs[from..]}))
-        };
         // Role first (chat), then what the first events produced.
         for (i, (c, delta)) in choices.iter_mut().zip(first).enumerate() {
             if p.kind == Kind::Chat
@@ -680,16 +701,7 @@ fn stream_response(
             {
                 return;
             }
-            let delta = if p.tools {
-                delta.map(|d| c.gate(d))
-            } else {
-                delta
-            };
-            if let Some(d) = delta.filter(|d| !d.is_empty()) {
-                let mut ch = chunk(s, &p, i, json!({"content": d}), None);
-                if let Some(lp) = logprobs_delta(c, 0) {
-                    ch["choices"][0]["logprobs"] = lp;
-                }
+            if let Some(ch) = content_chunk(s, &p, i, c, delta, 0) {
                 if !send(ch).await {
                     return;
                 }
@@ -709,7 +721,7 @@ fn stream_response(
                 Err(e) => {
                     s.metrics.errors.with_label_values(&[e.label()]).inc();
                     tracing::info!(id = %p.id, status = 408, "request timed out while streaming");
-                    let _ = send(json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})).await;
+                    let _ = send(e.body()).await;
                     return;
                 }
             };
@@ -722,20 +734,11 @@ fn stream_response(
             let delta = match apply(s, c, ev) {
                 Ok(d) => d,
                 Err(e) => {
-                    let _ = send(json!({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})).await;
+                    let _ = send(e.body()).await;
                     return;
                 }
             };
-            let delta = if p.tools {
-                delta.map(|d| c.gate(d))
-            } else {
-                delta
-            };
-            if let Some(d) = delta.filter(|d| !d.is_empty()) {
-                let mut ch = chunk(s, &p, i, json!({"content": d}), None);
-                if let Some(lp) = logprobs_delta(c, seen) {
-                    ch["choices"][0]["logprobs"] = lp;
-                }
+            if let Some(ch) = content_chunk(s, &p, i, c, delta, seen) {
                 if !send(ch).await {
                     return;
                 }

@@ -15,22 +15,7 @@ use serde_json::{json, Value};
 
 /// Serves `router_when_ready(slot)` on 127.0.0.1:0 from its own runtime thread.
 fn serve(slot: Arc<OnceLock<Router>>) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router_when_ready(slot))
-                .await
-                .unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    inferd_testutil::serve_in_background(router_when_ready(slot))
 }
 
 fn loaded_router(request_timeout: Option<Duration>) -> (Router, EngineHandle) {
@@ -166,6 +151,22 @@ impl Exchange {
     }
 }
 
+fn used_blocks(engine: &EngineHandle) -> usize {
+    engine
+        .gauges
+        .kv_used_blocks
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Used KV blocks once they reach 0, or after 30 s.
+fn used_blocks_after_settling(engine: &EngineHandle) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while used_blocks(engine) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    used_blocks(engine)
+}
+
 fn chat_body(content: &str, max_tokens: usize, stream: bool) -> Value {
     json!({"messages": [{"role": "user", "content": content}], "temperature": 0,
            "max_tokens": max_tokens, "stream": stream})
@@ -252,20 +253,13 @@ fn a_client_that_hangs_up_mid_stream_frees_its_blocks() {
     let body = chat_body("Write a very long story about a dragon.", 2000, true);
     let mut s = Exchange::send(addr, "POST", "/v1/chat/completions", Some(&body));
     assert_eq!(s.events(6).len(), 6);
-    let used = || {
-        engine
-            .gauges
-            .kv_used_blocks
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    assert!(used() > 0, "the request holds KV blocks while it streams");
+    assert!(
+        used_blocks(&engine) > 0,
+        "the request holds KV blocks while it streams"
+    );
     drop(s);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while used() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert_eq!(
-        used(),
+        used_blocks_after_settling(&engine),
         0,
         "hanging up cancelled the request and freed its blocks"
     );
@@ -298,15 +292,9 @@ fn requests_past_the_timeout_are_cancelled() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "request_timeout", "{events:?}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let used = || {
-        engine
-            .gauges
-            .kv_used_blocks
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    while used() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(used(), 0, "timed-out requests give their blocks back");
+    assert_eq!(
+        used_blocks_after_settling(&engine),
+        0,
+        "timed-out requests give their blocks back"
+    );
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the tests that run real models (dev-dependency only).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// The SmolLM2-135M GGUF: `$INFERD_TEST_MODEL_SMOLLM2`, else the models folder
@@ -25,4 +26,28 @@ pub fn smollm2_path() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// Serves `app` on 127.0.0.1 at a free port from its own runtime thread, for tests
+/// that talk to a real server over TCP; returns the address once it listens.
+pub fn serve_in_background(app: axum::Router) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a test runtime starts");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a free local port");
+            tx.send(listener.local_addr().expect("bound address"))
+                .expect("the test waits for the address");
+            axum::serve(listener, app)
+                .await
+                .expect("the test server runs");
+        });
+    });
+    rx.recv().expect("the test server starts")
 }
