@@ -16,17 +16,20 @@ use crate::registry;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ActivationsArg {
-    /// f32 activations against dequantized weights: exact (default).
-    F32,
-    /// 8-bit quantized activations (llama.cpp's scheme): less exact.
+    /// Two 8-bit planes, integer kernels: within f32 rounding of exact (default).
+    Q8x2,
+    /// One 8-bit plane (llama.cpp's scheme): less exact.
     Q8,
+    /// f32 activations against dequantized weights: the reference arithmetic.
+    F32,
 }
 
 impl From<ActivationsArg> for Precision {
     fn from(a: ActivationsArg) -> Precision {
         match a {
-            ActivationsArg::F32 => Precision::F32,
+            ActivationsArg::Q8x2 => Precision::Q8x2,
             ActivationsArg::Q8 => Precision::Q8,
+            ActivationsArg::F32 => Precision::F32,
         }
     }
 }
@@ -49,7 +52,7 @@ pub struct PerfArgs {
     #[arg(long, default_value_t = 3)]
     repetitions: usize,
     /// Activation precision in the matmuls.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "q8x2")]
     activations: ActivationsArg,
     /// Batched decode: for each size B, B sequences decode `--gen-tokens` tokens each
     /// in lockstep, one forward pass per step; reports aggregate tokens/s as

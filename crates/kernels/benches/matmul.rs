@@ -1,6 +1,7 @@
 //! Criterion benches of the hot kernels on every path this CPU can run: a
 //! SmolLM2-shaped Q4_1 matmul (1536 × 576, the FFN up projection) at batch 1 and 16
-//! with f32 and q8 activations, and dequantizing one row.
+//! with each activation precision (the integer ones on the packed weights), and
+//! dequantizing one row.
 //!
 //!     cargo bench -p inferd-kernels --bench matmul
 
@@ -9,7 +10,7 @@ use half::f16;
 use inferd_gguf::GgmlType;
 use inferd_kernels::dot;
 use inferd_kernels::matmul::matmul_on;
-use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
+use inferd_kernels::{Activations, Isa, PackedMatrix, Precision, WeightMatrix};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,6 +32,8 @@ fn matmul(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(0);
     let w_bytes = q4_1_weights(&mut rng, ROWS, COLS);
     let w = WeightMatrix::new(GgmlType::Q4_1, ROWS, COLS, &w_bytes).expect("valid shape");
+    let packed = PackedMatrix::pack(&w).expect("Q4_1 packs");
+    let w = w.with_packed(&packed).expect("same matrix");
     let mut group = c.benchmark_group("matmul_q4_1_1536x576");
     for isa in Isa::available() {
         for batch in [1usize, 16] {
@@ -39,7 +42,7 @@ fn matmul(c: &mut Criterion) {
                 .collect();
             let mut out = vec![0f32; batch * ROWS];
             group.throughput(Throughput::Elements((batch * ROWS * COLS) as u64));
-            for precision in [Precision::F32, Precision::Q8] {
+            for precision in [Precision::F32, Precision::Q8, Precision::Q8x2] {
                 let id = BenchmarkId::new(format!("{}/{precision:?}", isa.name()), batch);
                 group.bench_function(id, |b| {
                     b.iter(|| {

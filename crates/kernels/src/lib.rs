@@ -14,6 +14,7 @@
 pub mod dot;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
@@ -22,6 +23,7 @@ mod x86;
 mod x86_512;
 
 pub use matmul::{matmul, Activations, Precision, WeightMatrix};
+pub use packed::PackedMatrix;
 pub use quant::BlockQ8;
 
 /// Instruction-set paths a kernel can take.
@@ -30,8 +32,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// x86-64 AVX-512F (+ AVX2, FMA, F16C): 16-lane f32 paths; integer dot
-    /// products still take the AVX2 kernels.
+    /// x86-64 AVX-512F/BW/VNNI (+ AVX2, FMA, F16C): 16-lane f32 paths and
+    /// `vpdpbusd` integer kernels. CPUs with AVX-512 but no VNNI take `Avx2`.
     Avx512,
 }
 
@@ -42,7 +44,7 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                if has!("avx512f") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
                     return Isa::Avx512;
                 }
                 return Isa::Avx2;

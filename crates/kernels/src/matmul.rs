@@ -4,31 +4,41 @@
 //! step and used against all rows of `x` while it is hot in L1: this is what makes
 //! batching pay on CPU. Work is split across the worker pool (`pool`) by output rows.
 //!
-//! Two activation precisions ([`Precision`]):
-//! - `F32` (default): each weight row is dequantized once into an L1-resident f32
-//!   buffer and dotted with every activation row in f32. This is exact up to f32
-//!   rounding, the same arithmetic as the reference implementation (transformers on
-//!   the dequantized weights).
-//! - `Q8`: activations quantized on the fly to 8-bit blocks and integer dot
-//!   products, as llama.cpp does. Faster in compute-bound prefill, but the 8-bit
-//!   rounding of activations that carry large outliers (SmolLM2 has residual values
-//!   near 25,000 on its attention-sink token) changes greedy outputs measurably:
-//!   see the model crate's reference test.
+//! Three activation precisions ([`Precision`]):
+//! - `Q8x2` (default): activations quantized on the fly to two 8-bit planes
+//!   (`quant::BlockQ8`, about 16 bits) and integer dot products against weights
+//!   repacked at load ([`PackedMatrix`]), 16 rows per `vpdpbusd`. Within f32
+//!   rounding distance of the exact result: the reference test holds it to the
+//!   same tolerance as `F32`.
+//! - `Q8`: one 8-bit plane, as llama.cpp does: half the integer work, but the
+//!   8-bit rounding of activations that carry large outliers (SmolLM2 has residual
+//!   values near 25,000 on its attention-sink token) changes greedy outputs
+//!   measurably: see the model crate's reference test.
+//! - `F32`: each weight row is dequantized once into an L1-resident f32 buffer and
+//!   dotted with every activation row in f32: the same arithmetic as the
+//!   reference implementation (transformers on the dequantized weights).
+//!
+//! Types without a packed layout (Q6_K, F16, F32, BF16) always take the f32 path.
+//! The scalar path computes the integer precisions from the original bytes
+//! (`dot::scalar::dot_q8`), which is what the packed kernels are tested against.
 
 use inferd_gguf::GgmlType;
 
 use crate::dot::{self, uses_q8_activations};
+use crate::packed::{group_dots, PackedMatrix, GROUP};
 use crate::quant::{quantize_row_q8, BlockQ8, QK};
 use crate::{default_isa, Isa, KernelError, Result};
 
 /// A weight matrix viewed in place: `rows` rows of `cols` weights, each row a whole
-/// number of blocks of `ty` (GGUF dims `[cols, rows]`).
+/// number of blocks of `ty` (GGUF dims `[cols, rows]`), with its packed copy when
+/// one was made.
 #[derive(Clone, Copy)]
 pub struct WeightMatrix<'a> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub packed: Option<&'a PackedMatrix>,
 }
 
 impl<'a> WeightMatrix<'a> {
@@ -56,6 +66,22 @@ impl<'a> WeightMatrix<'a> {
             rows,
             cols,
             data,
+            packed: None,
+        })
+    }
+
+    /// The same matrix with its packed copy, which the integer precisions use on
+    /// SIMD paths (without one they fall back to the scalar kernel).
+    pub fn with_packed(self, packed: &'a PackedMatrix) -> Result<Self> {
+        if (packed.ty, packed.rows, packed.cols) != (self.ty, self.rows, self.cols) {
+            return Err(KernelError::Shape(format!(
+                "packed {} {}x{} does not match {} {}x{}",
+                packed.ty, packed.rows, packed.cols, self.ty, self.rows, self.cols
+            )));
+        }
+        Ok(WeightMatrix {
+            packed: Some(packed),
+            ..self
         })
     }
 
@@ -72,11 +98,20 @@ impl<'a> WeightMatrix<'a> {
 /// How activations enter the dot products of quantized weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// f32 activations against dequantized weight rows (exact).
+    /// Two 8-bit planes (about 16 bits), integer dot products: fast and within
+    /// f32 rounding distance of exact.
     #[default]
-    F32,
-    /// 8-bit quantized activations, integer dot products (llama.cpp's scheme).
+    Q8x2,
+    /// One 8-bit plane, integer dot products (llama.cpp's scheme).
     Q8,
+    /// f32 activations against dequantized weight rows (the reference arithmetic).
+    F32,
+}
+
+impl Precision {
+    fn is_integer(self) -> bool {
+        self != Precision::F32
+    }
 }
 
 /// A batch of activation rows in f32, with their 8-bit quantization (when the
@@ -110,8 +145,9 @@ impl<'a> Activations<'a> {
         if self.q8.is_empty() && self.cols.is_multiple_of(QK) {
             let mut q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
             let (bpr, cols, x) = (self.cols / QK, self.cols, self.x);
+            let two = self.precision == Precision::Q8x2;
             for (q, x) in q8.chunks_mut(bpr).zip(x.chunks(cols)) {
-                quantize_row_q8(x, q);
+                quantize_row_q8(x, q, two);
             }
             self.q8 = q8;
         }
@@ -142,7 +178,7 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
             out.len()
         )));
     }
-    let q8 = x.precision == Precision::Q8 && uses_q8_activations(w.ty);
+    let q8 = x.precision.is_integer() && uses_q8_activations(w.ty);
     if q8 {
         x.ensure_q8();
     }
@@ -150,6 +186,20 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
     let bpr = cols / QK;
     let (xq, xf) = (&x.q8, x.x);
     let out_ptr = SendPtr(out.as_mut_ptr());
+    if let (true, Some(p), false) = (q8, w.packed, isa == Isa::Scalar) {
+        let two = x.precision == Precision::Q8x2;
+        let per_task = ROWS_PER_TASK / GROUP;
+        crate::pool::global().for_each(p.groups().div_ceil(per_task), |t| {
+            for g in t * per_task..((t + 1) * per_task).min(p.groups()) {
+                // SAFETY: task t alone writes the rows of its groups; indices are
+                // in bounds because out.len() == n * rows was checked above.
+                group_dots(isa, p, g, xq, n, two, |i, r, v| unsafe {
+                    out_ptr.write(i * rows + r, v)
+                });
+            }
+        });
+        return Ok(());
+    }
     let tasks = rows.div_ceil(ROWS_PER_TASK);
     thread_local! {
         /// Dequantized weight rows of the task at hand.
@@ -170,7 +220,7 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
                         write(
                             i,
                             r,
-                            dot::dot_q8(isa, w.ty, w.row(r), &xq[i * bpr..(i + 1) * bpr]),
+                            dot::scalar::dot_q8(w.ty, w.row(r), &xq[i * bpr..(i + 1) * bpr]),
                         );
                     }
                 }

@@ -1,11 +1,13 @@
-//! AVX2 + FMA dot products for the 32-weight block formats. Each block's integer
-//! sum is formed with `maddubs` (u8 × i8 → i16 pairs) and `madd` (→ i32), then
-//! scaled in f32 and accumulated with FMA; one horizontal sum per row.
+//! AVX2 + FMA paths: dequantization, f32 dot products, and the packed integer
+//! kernel for CPUs without AVX-512 VNNI. There each block's integer sums come from
+//! `maddubs` (u8 × i8 → i16 pairs, on 4-bit codes so no pair can saturate) and
+//! `madd` (→ i32); 8-bit codes are split into two 4-bit halves.
 //!
 //! Callers must have detected AVX2, FMA and F16C (see `Isa::detect`).
 
 use std::arch::x86_64::*;
 
+use crate::packed::{TileCfg, MAX_TILE};
 use crate::quant::BlockQ8;
 
 #[inline]
@@ -29,62 +31,12 @@ unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
-/// Σ u·s over 32 pairs, as eight i32 lanes converted to f32 (`u` unsigned, `s` signed).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mul_sum_us8(u: __m256i, s: __m256i) -> __m256 {
-    let pairs = _mm256_maddubs_epi16(u, s);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-}
-
 /// f16 → f32 with the F16C instruction (part of every AVX2 CPU we dispatch to).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16(b: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (b, a) in w.chunks_exact(18).zip(a) {
-        let d = f16(b, 0);
-        let q = unpack_nibbles(b.as_ptr().add(2));
-        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        // Σ (q − 8)·x = Σ q·x − 8·Σ x; the second term comes from the cached sum.
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), mul_sum_us8(q, x), acc);
-        offset += 8.0 * d * a.sum;
-    }
-    hsum(acc) - offset
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    for (b, a) in w.chunks_exact(20).zip(a) {
-        let q = unpack_nibbles(b.as_ptr().add(4));
-        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * a.d), mul_sum_us8(q, x), acc);
-        offset += f16(b, 2) * a.sum;
-    }
-    hsum(acc) + offset
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in w.chunks_exact(34).zip(a) {
-        let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
-        let x = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        // maddubs needs one unsigned operand: move q's sign onto x.
-        let qa = _mm256_sign_epi8(q, q);
-        let xs = _mm256_sign_epi8(x, q);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * a.d), mul_sum_us8(qa, xs), acc);
-    }
-    hsum(acc)
 }
 
 /// Converts 32 bytes (as u8 when `signed` is false, i8 otherwise) to f32, computes
@@ -168,4 +120,115 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// The packed kernel for one group of 16 weight rows against `acts.len()` (at most
+/// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group. Each half
+/// of the group (8 rows) runs as its own 256-bit pass.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn packed_tile(
+    cfg: TileCfg,
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: &[*const BlockQ8],
+    out: &mut [[f32; 16]; MAX_TILE],
+) {
+    for half in 0..2 {
+        crate::packed::dispatch_tile!(
+            packed_half,
+            cfg,
+            acts.len(),
+            (codes, scales, blocks, acts, half, out)
+        );
+    }
+}
+
+/// Σ over 8 four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane, for 4-bit
+/// codes: eight `maddubs` summed in i16 (at most 8 · 2 · 15 · 127 = 30480).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_u4(w: &[__m256i; 8], act: *const i8) -> __m256i {
+    let a = act as *const i32;
+    let mut s = _mm256_setzero_si256();
+    for (j, w) in w.iter().enumerate() {
+        let x = _mm256_set1_epi32(a.add(j).read_unaligned());
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*w, x));
+    }
+    _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+}
+
+/// One activation plane against a block's codes: `lo` holds 4-bit codes, or the
+/// low nibbles of 8-bit codes whose high nibbles are in `hi`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum_plane<const U4: bool>(
+    lo: &[__m256i; 8],
+    hi: &[__m256i; 8],
+    act: *const i8,
+) -> __m256i {
+    let s = sum_u4(lo, act);
+    if U4 {
+        s
+    } else {
+        _mm256_add_epi32(_mm256_slli_epi32(sum_u4(hi, act), 4), s)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT: usize>(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: &[*const BlockQ8],
+    half: usize,
+    out: &mut [[f32; 16]; MAX_TILE],
+) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); NT];
+    let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
+    for b in 0..blocks {
+        let p = codes.add(b * cb + 32 * half);
+        let mut lo = [_mm256_setzero_si256(); 8];
+        let mut hi = [_mm256_setzero_si256(); 8];
+        if U4 {
+            for j in 0..4 {
+                let v = _mm256_loadu_si256(p.add(64 * j) as *const __m256i);
+                lo[j] = _mm256_and_si256(v, mask);
+                lo[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            }
+        } else {
+            for j in 0..8 {
+                let v = _mm256_loadu_si256(p.add(64 * j) as *const __m256i);
+                lo[j] = _mm256_and_si256(v, mask);
+                hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+            }
+        }
+        let s = scales.add(b * sb);
+        let (wd, wm) = if F16 {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(s.add(16 * half) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(s.add(32 + 16 * half) as *const __m128i)),
+            )
+        } else {
+            (
+                _mm256_loadu_ps(s.add(32 * half) as *const f32),
+                _mm256_loadu_ps(s.add(64 + 32 * half) as *const f32),
+            )
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = &*acts[t].add(b);
+            let mut isum = _mm256_slli_epi32(sum_plane::<U4>(&lo, &hi, a.hi.as_ptr()), 8);
+            if TWO {
+                isum = _mm256_add_epi32(isum, sum_plane::<U4>(&lo, &hi, a.lo.as_ptr()));
+            }
+            let f = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(a.d));
+            *acc = _mm256_fmadd_ps(f, wd, *acc);
+            *acc = _mm256_fmadd_ps(wm, _mm256_set1_ps(a.sum), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm256_storeu_ps(o.as_mut_ptr().add(8 * half), acc);
+    }
 }

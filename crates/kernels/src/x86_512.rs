@@ -2,12 +2,19 @@
 //! block of 4-bit weights is two 16-byte halves widened straight to 16 f32 lanes,
 //! so dequantizing costs about a quarter of an instruction per weight.
 //!
-//! Callers must have detected AVX-512F, FMA and F16C (see `Isa::detect`).
+//! The packed integer kernel (`packed_tile`) multiplies 16 weight rows at once with
+//! `vpdpbusd` (AVX-512 VNNI): one instruction does 64 multiply-adds of 4-bit or
+//! 8-bit codes by 8-bit activations.
+//!
+//! Callers must have detected AVX-512F/BW/VNNI, FMA and F16C (see `Isa::detect`).
 
 use std::arch::x86_64::*;
 
+use crate::packed::{TileCfg, MAX_TILE};
+use crate::quant::BlockQ8;
+
 #[inline]
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 unsafe fn f16(b: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([b[at], b[at + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
@@ -15,14 +22,14 @@ unsafe fn f16(b: &[u8], at: usize) -> f32 {
 
 /// 16 unsigned nibbles-or-bytes (already masked) → `q·d + m` stored as 16 floats.
 #[inline]
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 unsafe fn store16_u8(q: __m128i, d: __m512, m: __m512, out: *mut f32) {
     let v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q));
     _mm512_storeu_ps(out, _mm512_fmadd_ps(v, d, m));
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 unsafe fn dequantize_nibbles(qs: *const u8, d: f32, m: f32, out: *mut f32) {
     let b = _mm_loadu_si128(qs as *const __m128i);
     let mask = _mm_set1_epi8(0x0F);
@@ -36,7 +43,7 @@ unsafe fn dequantize_nibbles(qs: *const u8, d: f32, m: f32, out: *mut f32) {
     );
 }
 
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
         let d = f16(b, 0);
@@ -44,7 +51,7 @@ pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     }
 }
 
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     let mask = _mm_set1_epi8(0x0F);
     for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
@@ -65,7 +72,7 @@ pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     }
 }
 
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
         let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
@@ -80,7 +87,7 @@ pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
 }
 
 /// Σ a·b in f32 with four independent 16-lane FMA chains.
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -114,7 +121,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// weight vector is used against four activation rows and each activation vector
 /// against four weight rows, so the loop issues 16 FMAs per 8 loads instead of one
 /// FMA per two loads. All slices must have the same length.
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
     let n = w[0].len();
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
@@ -145,4 +152,95 @@ pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
         }
     }
     out
+}
+
+/// The packed kernel for one group of 16 weight rows against `acts.len()` (at most
+/// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub unsafe fn packed_tile(
+    cfg: TileCfg,
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: &[*const BlockQ8],
+    out: &mut [[f32; 16]; MAX_TILE],
+) {
+    crate::packed::dispatch_tile!(
+        packed_group,
+        cfg,
+        acts.len(),
+        (codes, scales, blocks, acts, out)
+    );
+}
+
+/// Σ over 8 four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn sum_plane(w: &[__m512i; 8], act: *const i8) -> __m512i {
+    let a = act as *const i32;
+    // Two chains so the adds of one block overlap.
+    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for j in (0..8).step_by(2) {
+        s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(a.add(j).read_unaligned()));
+        s1 = _mm512_dpbusd_epi32(
+            s1,
+            w[j + 1],
+            _mm512_set1_epi32(a.add(j + 1).read_unaligned()),
+        );
+    }
+    _mm512_add_epi32(s0, s1)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const NT: usize>(
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: &[*const BlockQ8],
+    out: &mut [[f32; 16]; MAX_TILE],
+) {
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); NT];
+    let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
+    for b in 0..blocks {
+        let p = codes.add(b * cb);
+        let mut w = [_mm512_setzero_si512(); 8];
+        if U4 {
+            for j in 0..4 {
+                let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
+                w[j] = _mm512_and_si512(v, mask);
+                w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+            }
+        } else {
+            for (j, w) in w.iter_mut().enumerate() {
+                *w = _mm512_loadu_si512(p.add(64 * j) as *const _);
+            }
+        }
+        let s = scales.add(b * sb);
+        let (wd, wm) = if F16 {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i)),
+            )
+        } else {
+            (
+                _mm512_loadu_ps(s as *const f32),
+                _mm512_loadu_ps(s.add(64) as *const f32),
+            )
+        };
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = &*acts[t].add(b);
+            let mut isum = _mm512_slli_epi32(sum_plane(&w, a.hi.as_ptr()), 8);
+            if TWO {
+                isum = _mm512_add_epi32(isum, sum_plane(&w, a.lo.as_ptr()));
+            }
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
+            *acc = _mm512_fmadd_ps(f, wd, *acc);
+            *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
 }

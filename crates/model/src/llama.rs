@@ -9,26 +9,29 @@
 
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use inferd_gguf::{GgmlType, GgufFile};
 use inferd_kernels::dot::{dot_f32_f32, dot_tile_4x4};
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
-use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
+use inferd_kernels::{Activations, Isa, PackedMatrix, Precision, WeightMatrix};
 
 use crate::batch::{Logits, LogitsRequest, SeqBatch};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvStore;
 
-/// A weight matrix's location in the mapped file.
+/// A weight matrix's location in the mapped file, and its copy repacked for the
+/// integer kernels when its type has one.
 #[derive(Debug, Clone)]
 struct Linear {
     ty: GgmlType,
     rows: usize,
     cols: usize,
     bytes: Range<usize>,
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 struct Layer {
@@ -50,7 +53,8 @@ struct Layer {
 /// Numeric choices of the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardOptions {
-    /// Activation precision in the matmuls. Default `F32` (exact).
+    /// Activation precision in the matmuls. Default `Q8x2` (integer kernels,
+    /// within f32 rounding distance of exact).
     pub precision: Precision,
     /// Kernel instruction set. Default: the best this CPU supports.
     pub isa: Isa,
@@ -110,7 +114,26 @@ impl Loader<'_> {
             rows,
             cols,
             bytes: start..start + t.size_bytes as usize,
+            packed: None,
         })
+    }
+
+    /// `lin` with its packed copy made (when its type has a packed layout).
+    fn packed(&self, mut lin: Linear) -> Linear {
+        let w = WeightMatrix::new(
+            lin.ty,
+            lin.rows,
+            lin.cols,
+            &self.file.bytes()[lin.bytes.clone()],
+        )
+        .expect("weight shapes were checked when located: this is a bug");
+        lin.packed = PackedMatrix::pack(&w).map(Arc::new);
+        lin
+    }
+
+    /// A matrix used in matmuls: located, checked and packed.
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Linear> {
+        Ok(self.packed(self.linear(name, rows, cols)?))
     }
 
     /// A vector, dequantized to f32.
@@ -155,25 +178,25 @@ impl Llama {
                 let n = |s: &str| format!("blk.{i}.{s}");
                 Ok(Layer {
                     attn_norm: l.vector(&n("attn_norm.weight"), c.dim)?,
-                    wq: l.linear(&n("attn_q.weight"), c.dim, c.dim)?,
-                    wk: l.linear(&n("attn_k.weight"), kv_dim, c.dim)?,
-                    wv: l.linear(&n("attn_v.weight"), kv_dim, c.dim)?,
-                    wo: l.linear(&n("attn_output.weight"), c.dim, c.dim)?,
+                    wq: l.matrix(&n("attn_q.weight"), c.dim, c.dim)?,
+                    wk: l.matrix(&n("attn_k.weight"), kv_dim, c.dim)?,
+                    wv: l.matrix(&n("attn_v.weight"), kv_dim, c.dim)?,
+                    wo: l.matrix(&n("attn_output.weight"), c.dim, c.dim)?,
                     bq: l.opt_vector(&n("attn_q.bias"), c.dim)?,
                     bk: l.opt_vector(&n("attn_k.bias"), kv_dim)?,
                     bv: l.opt_vector(&n("attn_v.bias"), kv_dim)?,
                     ffn_norm: l.vector(&n("ffn_norm.weight"), c.dim)?,
-                    gate: l.linear(&n("ffn_gate.weight"), c.ffn_dim, c.dim)?,
-                    up: l.linear(&n("ffn_up.weight"), c.ffn_dim, c.dim)?,
-                    down: l.linear(&n("ffn_down.weight"), c.dim, c.ffn_dim)?,
+                    gate: l.matrix(&n("ffn_gate.weight"), c.ffn_dim, c.dim)?,
+                    up: l.matrix(&n("ffn_up.weight"), c.ffn_dim, c.dim)?,
+                    down: l.matrix(&n("ffn_down.weight"), c.dim, c.ffn_dim)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let out_norm = l.vector("output_norm.weight", c.dim)?;
         // Tied embeddings: no `output.weight`, the embedding matrix is the head.
         let output = match file.info.tensor("output.weight") {
-            Some(_) => l.linear("output.weight", c.vocab_size, c.dim)?,
-            None => embed.clone(),
+            Some(_) => l.matrix("output.weight", c.vocab_size, c.dim)?,
+            None => l.packed(embed.clone()),
         };
         let inv_freq = rope_inv_freq(c.rope_base, c.rope_dim);
         Ok(Llama {
@@ -192,9 +215,15 @@ impl Llama {
         &self.file.info
     }
 
-    fn w(&self, l: &Linear) -> WeightMatrix<'_> {
-        WeightMatrix::new(l.ty, l.rows, l.cols, &self.file.bytes()[l.bytes.clone()])
-            .expect("weight shapes were checked at load: this is a bug")
+    fn w<'a>(&'a self, l: &'a Linear) -> WeightMatrix<'a> {
+        let w = WeightMatrix::new(l.ty, l.rows, l.cols, &self.file.bytes()[l.bytes.clone()])
+            .expect("weight shapes were checked at load: this is a bug");
+        match &l.packed {
+            Some(p) => w
+                .with_packed(p)
+                .expect("packed from the same matrix: this is a bug"),
+            None => w,
+        }
     }
 
     fn mm(&self, l: &Linear, x: &mut Activations, out: &mut [f32]) {
