@@ -50,6 +50,21 @@ pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// `y += a·x` over two f32 slices of equal length.
+#[inline]
+pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy over slices of different lengths");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
+        Isa::Avx2 => unsafe { crate::x86::axpy(a, x, y) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when its features were detected.
+        Isa::Avx512 => unsafe { crate::x86_512::axpy(a, x, y) },
+        _ => y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x),
+    }
+}
+
 /// A 4×4 tile of f32 dot products, `out[i][j] = x[i] · w[j]`: the register-tiled
 /// inner kernel of batched matmul. Paths without a tiled kernel fall back to 16
 /// separate dots.

@@ -26,7 +26,7 @@ use inferd_gguf::GgmlType;
 
 use crate::dot::{self, uses_q8_activations};
 use crate::packed::{group_dots, PackedMatrix, GROUP};
-use crate::quant::{quantize_row_q8, BlockQ8, QK};
+use crate::quant::{quantize_row_q8_on, BlockQ8, QK};
 use crate::{default_isa, Isa, KernelError, Result};
 
 /// A weight matrix viewed in place: `rows` rows of `cols` weights, each row a whole
@@ -141,13 +141,19 @@ impl<'a> Activations<'a> {
         }
     }
 
-    fn ensure_q8(&mut self) {
+    fn ensure_q8(&mut self, isa: Isa) {
         if self.q8.is_empty() && self.cols.is_multiple_of(QK) {
             let mut q8 = vec![BlockQ8::ZERO; self.x.len() / QK];
             let (bpr, cols, x) = (self.cols / QK, self.cols, self.x);
             let two = self.precision == Precision::Q8x2;
-            for (q, x) in q8.chunks_mut(bpr).zip(x.chunks(cols)) {
-                quantize_row_q8(x, q, two);
+            let rows_per_task = 8;
+            if self.rows <= rows_per_task {
+                quantize_row_q8_on(isa, x, &mut q8, two);
+            } else {
+                crate::pool::global().for_each_chunk_mut(&mut q8, bpr * rows_per_task, |i, q| {
+                    let x0 = i * rows_per_task * cols;
+                    quantize_row_q8_on(isa, &x[x0..x0 + q.len() * QK], q, two);
+                });
             }
             self.q8 = q8;
         }
@@ -180,7 +186,7 @@ pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32
     }
     let q8 = x.precision.is_integer() && uses_q8_activations(w.ty);
     if q8 {
-        x.ensure_q8();
+        x.ensure_q8(isa);
     }
     let (n, rows, cols) = (x.rows, w.rows, w.cols);
     let bpr = cols / QK;

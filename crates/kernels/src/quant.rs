@@ -61,22 +61,32 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d1 = amax / 127.0;
         let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
+        let mut isum = 0i32;
         for ((h, l), &v) in b.hi.iter_mut().zip(b.lo.iter_mut()).zip(chunk) {
-            let q = (v * id1).round().clamp(-127.0, 127.0);
+            let q = (v * id1).round_ties_even().clamp(-127.0, 127.0);
             *h = q as i8;
             *l = if two_planes {
-                ((v - q * d1) * (256.0 * id1)).round().clamp(-127.0, 127.0) as i8
+                ((v - q * d1) * (256.0 * id1))
+                    .round_ties_even()
+                    .clamp(-127.0, 127.0) as i8
             } else {
                 0
             };
+            isum += 256 * *h as i32 + *l as i32;
         }
         b.d = d1 / 256.0;
-        let isum: i32 =
-            b.hi.iter()
-                .zip(&b.lo)
-                .map(|(&h, &l)| 256 * h as i32 + l as i32)
-                .sum();
         b.sum = b.d * isum as f32;
+    }
+}
+
+/// [`quantize_row_q8`] on `isa` (bit-identical results).
+pub fn quantize_row_q8_on(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+    assert_eq!(x.len(), out.len() * QK, "{} values for {} blocks", x.len(), out.len());
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when its features were detected.
+        crate::Isa::Avx512 => unsafe { crate::x86_512::quantize_row_q8(x, out, two_planes) },
+        _ => quantize_row_q8(x, out, two_planes),
     }
 }
 

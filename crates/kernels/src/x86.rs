@@ -232,3 +232,19 @@ unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT
         _mm256_storeu_ps(o.as_mut_ptr().add(8 * half), acc);
     }
 }
+
+/// `y += a·x` (8 lanes at a time, fused multiply-add; the tail in scalar).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    for j in i..n {
+        y[j] += a * x[j];
+    }
+}

@@ -244,3 +244,59 @@ unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const N
         _mm512_storeu_ps(o.as_mut_ptr(), acc);
     }
 }
+
+/// [`crate::quant::quantize_row_q8`] in 16-lane steps, with the same float
+/// operations in the same order, so the blocks are bit-identical.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let (lo_lim, hi_lim) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for (chunk, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let v = [
+            _mm512_loadu_ps(chunk.as_ptr()),
+            _mm512_loadu_ps(chunk.as_ptr().add(16)),
+        ];
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+        let d1 = amax / 127.0;
+        let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
+        let (dv, idv, id256) = (
+            _mm512_set1_ps(d1),
+            _mm512_set1_ps(id1),
+            _mm512_set1_ps(256.0 * id1),
+        );
+        let mut isum = _mm512_setzero_si512();
+        for (h, v) in v.into_iter().enumerate() {
+            let q = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v, idv));
+            let q = _mm512_min_ps(_mm512_max_ps(q, lo_lim), hi_lim);
+            let qi = _mm512_cvtps_epi32(q);
+            _mm_storeu_si128(b.hi.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(qi));
+            let li = if two_planes {
+                let r = _mm512_sub_ps(v, _mm512_mul_ps(q, dv));
+                let l = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(r, id256));
+                _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(l, lo_lim), hi_lim))
+            } else {
+                _mm512_setzero_si512()
+            };
+            _mm_storeu_si128(b.lo.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(li));
+            isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_slli_epi32(qi, 8), li));
+        }
+        b.d = d1 / 256.0;
+        b.sum = b.d * _mm512_reduce_add_epi32(isum) as f32;
+    }
+}
+
+/// `y += a·x` (16 lanes at a time, fused multiply-add; the tail in scalar).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm512_set1_ps(a);
+    let mut i = 0;
+    while i + 16 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm512_storeu_ps(p, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)));
+        i += 16;
+    }
+    for j in i..n {
+        y[j] += a * x[j];
+    }
+}

@@ -278,3 +278,44 @@ fn tiled_dot_matches_pairwise_dots() {
         }
     }
 }
+
+#[test]
+fn simd_quantization_is_bit_identical_to_scalar() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for isa in Isa::available() {
+        for two_planes in [false, true] {
+            for case in 0..40 {
+                let mut x = random_x(&mut rng, 32 * 5);
+                match case % 4 {
+                    0 => x[..32].fill(0.0),
+                    1 => x[7] = 3e4,
+                    // Exact halves, where rounding modes differ.
+                    2 => x.iter_mut().for_each(|v| *v = (*v * 4.0).round() / 8.0),
+                    _ => {}
+                }
+                let mut want = vec![BlockQ8::ZERO; 5];
+                let mut got = vec![BlockQ8::ZERO; 5];
+                quantize_row_q8(&x, &mut want, two_planes);
+                inferd_kernels::quant::quantize_row_q8_on(isa, &x, &mut got, two_planes);
+                assert_eq!(got, want, "{} case {case}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_axpy_matches_scalar() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for isa in Isa::available() {
+        for len in [1, 15, 16, 17, 64, 100] {
+            let (x, y0) = (random_x(&mut rng, len), random_x(&mut rng, len));
+            let a = rng.gen_range(-2.0..2.0);
+            let mut y = y0.clone();
+            dot::axpy(isa, a, &x, &mut y);
+            for i in 0..len {
+                let want = y0[i] + a * x[i];
+                assert!((y[i] - want).abs() <= 1e-5 * (1.0 + want.abs()), "{} len {len}", isa.name());
+            }
+        }
+    }
+}

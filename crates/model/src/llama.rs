@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use inferd_gguf::{GgmlType, GgufFile};
-use inferd_kernels::dot::{dot_f32_f32, dot_tile_4x4};
+use inferd_kernels::dot::{axpy, dot_f32_f32, dot_tile_4x4};
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
@@ -478,10 +478,7 @@ impl Llama {
                     for i in 0..n {
                         let v = &vs[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
                         for h in 0..group {
-                            let w = scores[h * len + p + i];
-                            for (acc, &vv) in o[h * hd..(h + 1) * hd].iter_mut().zip(v) {
-                                *acc += w * vv;
-                            }
+                            axpy(isa, scores[h * len + p + i], v, &mut o[h * hd..(h + 1) * hd]);
                         }
                     }
                     p += n;
