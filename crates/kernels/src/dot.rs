@@ -65,6 +65,48 @@ pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `o[h] += Σ_i w[h][i] · V_i` for each of the `w.len()` (at most 4) weight
+/// rows: row `i < n` of V is `v[i·stride .. i·stride + hd]` and `o[h]` is
+/// `o[h·hd .. (h+1)·hd]`. Attention's weighted sum of values, with the query
+/// heads that share a KV head sharing each load of V.
+pub fn weighted_rows(
+    isa: Isa,
+    w: &[&[f32]],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    o: &mut [f32],
+) {
+    if n == 0 {
+        return;
+    }
+    assert!(
+        (1..=4).contains(&w.len())
+            && w.iter().all(|w| w.len() >= n)
+            && (n - 1) * stride + hd <= v.len()
+            && o.len() >= w.len() * hd,
+        "weighted_rows: {} weight rows of {n} over {}-wide rows of stride {stride} in {} values",
+        w.len(),
+        hd,
+        v.len()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only produced when its features were detected;
+        // the bounds were checked above.
+        Isa::Avx512 => unsafe { crate::x86_512::weighted_rows(w, v, stride, n, hd, o) },
+        _ => {
+            for i in 0..n {
+                let row = &v[i * stride..i * stride + hd];
+                for (h, w) in w.iter().enumerate() {
+                    axpy(isa, w[i], row, &mut o[h * hd..(h + 1) * hd]);
+                }
+            }
+        }
+    }
+}
+
 /// A 4×4 tile of f32 dot products, `out[i][j] = x[i] · w[j]`: the register-tiled
 /// inner kernel of batched matmul. Paths without a tiled kernel fall back to 16
 /// separate dots.

@@ -300,3 +300,82 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         y[j] += a * x[j];
     }
 }
+
+/// See [`crate::dot::weighted_rows`] (bounds checked there).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub unsafe fn weighted_rows(
+    w: &[&[f32]],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    o: &mut [f32],
+) {
+    match w.len() {
+        1 => weighted_rows_g::<1>(w, v, stride, n, hd, o),
+        2 => weighted_rows_g::<2>(w, v, stride, n, hd, o),
+        3 => weighted_rows_g::<3>(w, v, stride, n, hd, o),
+        _ => weighted_rows_g::<4>(w, v, stride, n, hd, o),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn weighted_rows_g<const G: usize>(
+    w: &[&[f32]],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    o: &mut [f32],
+) {
+    let mut c = 0;
+    while c + 64 <= hd {
+        weighted_cols::<G, 4>(w, v, stride, n, hd, o, c);
+        c += 64;
+    }
+    while c + 16 <= hd {
+        weighted_cols::<G, 1>(w, v, stride, n, hd, o, c);
+        c += 16;
+    }
+    for i in 0..n {
+        for (h, w) in w.iter().enumerate() {
+            for j in c..hd {
+                o[h * hd + j] += w[i] * v[i * stride + j];
+            }
+        }
+    }
+}
+
+/// Columns `c .. c + 16K` of every output row, accumulated in registers over all
+/// `n` rows of V.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn weighted_cols<const G: usize, const K: usize>(
+    w: &[&[f32]],
+    v: &[f32],
+    stride: usize,
+    n: usize,
+    hd: usize,
+    o: &mut [f32],
+    c: usize,
+) {
+    let op = o.as_mut_ptr();
+    let mut acc: [[__m512; K]; G] =
+        std::array::from_fn(|h| std::array::from_fn(|k| _mm512_loadu_ps(op.add(h * hd + c + 16 * k))));
+    for i in 0..n {
+        let vp = v.as_ptr().add(i * stride + c);
+        let vv: [__m512; K] = std::array::from_fn(|k| _mm512_loadu_ps(vp.add(16 * k)));
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let s = _mm512_set1_ps(*w.get_unchecked(h).get_unchecked(i));
+            for (a, &vk) in acc.iter_mut().zip(&vv) {
+                *a = _mm512_fmadd_ps(s, vk, *a);
+            }
+        }
+    }
+    for (h, acc) in acc.iter().enumerate() {
+        for (k, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(op.add(h * hd + c + 16 * k), a);
+        }
+    }
+}

@@ -319,3 +319,30 @@ fn simd_axpy_matches_scalar() {
         }
     }
 }
+
+#[test]
+fn simd_weighted_rows_match_scalar() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for isa in Isa::available() {
+        for &(g, n, hd, stride) in &[(1, 1, 16, 16), (3, 16, 64, 192), (4, 5, 80, 100), (2, 7, 7, 9)] {
+            let v = random_x(&mut rng, (n - 1) * stride + hd);
+            let w: Vec<Vec<f32>> = (0..g).map(|_| random_x(&mut rng, n)).collect();
+            let o0 = random_x(&mut rng, g * hd);
+            let mut o = o0.clone();
+            let ws: Vec<&[f32]> = w.iter().map(|w| w.as_slice()).collect();
+            dot::weighted_rows(isa, &ws, &v, stride, n, hd, &mut o);
+            for h in 0..g {
+                for j in 0..hd {
+                    let want = o0[h * hd + j]
+                        + (0..n).map(|i| w[h][i] * v[i * stride + j]).sum::<f32>();
+                    let got = o[h * hd + j];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{} g={g} n={n} hd={hd} [{h}][{j}]: {got} vs {want}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use inferd_gguf::{GgmlType, GgufFile};
-use inferd_kernels::dot::{axpy, dot_f32_f32, dot_tile_4x4};
+use inferd_kernels::dot::{dot_f32_f32, dot_tile_4x4, weighted_rows};
 use inferd_kernels::matmul::matmul_on;
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
@@ -475,11 +475,14 @@ impl Llama {
                 let mut p = 0;
                 while p < len {
                     let (base, n) = rows(p);
-                    for i in 0..n {
-                        let v = &vs[base + i * kv.kv_dim..base + i * kv.kv_dim + hd];
-                        for h in 0..group {
-                            axpy(isa, scores[h * len + p + i], v, &mut o[h * hd..(h + 1) * hd]);
-                        }
+                    for h0 in (0..group).step_by(4) {
+                        let hs = (group - h0).min(4);
+                        let w: [&[f32]; 4] = std::array::from_fn(|j| {
+                            let h = h0 + j.min(hs - 1);
+                            &scores[h * len + p..h * len + p + n]
+                        });
+                        let o = &mut o[h0 * hd..(h0 + hs) * hd];
+                        weighted_rows(isa, &w[..hs], &vs[base..], kv.kv_dim, n, hd, o);
                     }
                     p += n;
                 }
