@@ -201,7 +201,8 @@ unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const N
     out: &mut [[f32; 16]; MAX_TILE],
 ) {
     let mask = _mm512_set1_epi8(0x0F);
-    let mut acc = [_mm512_setzero_ps(); NT];
+    const { assert!(NT <= MAX_TILE) };
+    let mut acc = [_mm512_setzero_ps(); MAX_TILE];
     let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
     for b in 0..blocks {
         let p = codes.add(b * cb);
@@ -229,18 +230,32 @@ unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const N
                 _mm512_loadu_ps(s.add(64) as *const f32),
             )
         };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let a = &*acts[t].add(b);
-            let mut isum = _mm512_slli_epi32(sum_plane(&w, a.hi.as_ptr()), 8);
-            if TWO {
-                isum = _mm512_add_epi32(isum, sum_plane(&w, a.lo.as_ptr()));
-            }
-            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
-            *acc = _mm512_fmadd_ps(f, wd, *acc);
-            *acc = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), *acc);
+        // Unrolled by hand with constant indices so the accumulators stay in
+        // registers (a loop over `t` was left rolled, with `acc` on the stack).
+        macro_rules! row {
+            ($t:literal) => {
+                if $t < NT {
+                    let a = &*acts[$t].add(b);
+                    let mut isum = _mm512_slli_epi32(sum_plane(&w, a.hi.as_ptr()), 8);
+                    if TWO {
+                        isum = _mm512_add_epi32(isum, sum_plane(&w, a.lo.as_ptr()));
+                    }
+                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
+                    acc[$t] = _mm512_fmadd_ps(f, wd, acc[$t]);
+                    acc[$t] = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc[$t]);
+                }
+            };
         }
+        row!(0);
+        row!(1);
+        row!(2);
+        row!(3);
+        row!(4);
+        row!(5);
+        row!(6);
+        row!(7);
     }
-    for (o, acc) in out.iter_mut().zip(acc) {
+    for (o, acc) in out.iter_mut().zip(acc).take(NT) {
         _mm512_storeu_ps(o.as_mut_ptr(), acc);
     }
 }
