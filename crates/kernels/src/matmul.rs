@@ -160,7 +160,7 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Output rows handed to one task.
+/// Output rows handed to one task on the f32 and scalar paths.
 const ROWS_PER_TASK: usize = 32;
 /// Side of the register tile (weight rows × activation rows).
 const TILE: usize = 4;
@@ -174,104 +174,170 @@ pub fn matmul(w: &WeightMatrix, x: &mut Activations, out: &mut [f32]) -> Result<
 
 /// [`matmul`] on an explicit instruction-set path (for tests and benchmarks).
 pub fn matmul_on(isa: Isa, w: &WeightMatrix, x: &mut Activations, out: &mut [f32]) -> Result<()> {
-    if x.cols != w.cols || out.len() != x.rows * w.rows {
+    matmul_many_on(isa, &[*w], x, &mut [out])
+}
+
+/// Several matrices against the same activations (Q, K and V; gate and up) as one
+/// parallel job: one start and one finish for the worker pool instead of one per
+/// matrix, and a finer balance of work between the threads.
+pub fn matmul_many_on(
+    isa: Isa,
+    ws: &[WeightMatrix],
+    x: &mut Activations,
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
+    if ws.len() != outs.len() {
         return Err(KernelError::Shape(format!(
-            "x is {}x{}, W is {}x{}, out has {} values",
-            x.rows,
-            x.cols,
-            w.rows,
-            w.cols,
-            out.len()
+            "{} matrices for {} outputs",
+            ws.len(),
+            outs.len()
         )));
     }
-    let q8 = x.precision.is_integer() && uses_q8_activations(w.ty);
-    if q8 {
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        if x.cols != w.cols || out.len() != x.rows * w.rows {
+            return Err(KernelError::Shape(format!(
+                "x is {}x{}, W is {}x{}, out has {} values",
+                x.rows,
+                x.cols,
+                w.rows,
+                w.cols,
+                out.len()
+            )));
+        }
+    }
+    let paths: Vec<Path> = ws.iter().map(|w| Path::of(isa, w, x.precision)).collect();
+    if paths.iter().any(|p| *p != Path::F32) {
         x.ensure_q8(isa);
     }
-    let (n, rows, cols) = (x.rows, w.rows, w.cols);
+    // Tasks are row ranges of one matrix; packed ranges are whole groups, more
+    // of them per task when the batch is small so a task is never trivial.
+    let mut tasks = Vec::new();
+    for (m, (w, path)) in ws.iter().zip(&paths).enumerate() {
+        let step = match path {
+            Path::Packed => 2 * GROUP,
+            _ => ROWS_PER_TASK,
+        };
+        tasks.extend((0..w.rows).step_by(step).map(|r0| (m, r0, (r0 + step).min(w.rows))));
+    }
+    let outs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let x = &*x;
+    crate::pool::global().for_each(tasks.len(), |t| {
+        let (m, r0, r1) = tasks[t];
+        run_rows(isa, &ws[m], paths[m], x, r0, r1, &outs[m]);
+    });
+    Ok(())
+}
+
+/// Which kernel computes a matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Integer kernel on the packed copy.
+    Packed,
+    /// Integer scalar twin on the original bytes.
+    ScalarQ8,
+    /// Dequantized rows against f32 activations.
+    F32,
+}
+
+impl Path {
+    fn of(isa: Isa, w: &WeightMatrix, precision: Precision) -> Path {
+        if !precision.is_integer() || !uses_q8_activations(w.ty) {
+            Path::F32
+        } else if w.packed.is_some() && isa != Isa::Scalar {
+            Path::Packed
+        } else {
+            Path::ScalarQ8
+        }
+    }
+}
+
+/// Rows `[r0, r1)` of `x · Wᵀ` into `out`, laid out `[x.rows, w.rows]`.
+fn run_rows(
+    isa: Isa,
+    w: &WeightMatrix,
+    path: Path,
+    x: &Activations,
+    r0: usize,
+    r1: usize,
+    out: &SendPtr,
+) {
+    let (n, cols, rows) = (x.rows, w.cols, w.rows);
     let bpr = cols / QK;
-    let (xq, xf) = (&x.q8, x.x);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    if let (true, Some(p), false) = (q8, w.packed, isa == Isa::Scalar) {
-        let two = x.precision == Precision::Q8x2;
-        let per_task = ROWS_PER_TASK / GROUP;
-        crate::pool::global().for_each(p.groups().div_ceil(per_task), |t| {
-            for g in t * per_task..((t + 1) * per_task).min(p.groups()) {
-                // SAFETY: task t alone writes the rows of its groups; indices are
-                // in bounds because out.len() == n * rows was checked above.
-                group_dots(isa, p, g, xq, n, two, |i, r, v| unsafe {
-                    out_ptr.write(i * rows + r, v)
+    // SAFETY: the task running this alone writes rows [r0, r1) of this output,
+    // and every write is at `i * rows + r` with i < n and r < rows, inside the
+    // output whose length (n * rows) the caller checked.
+    let write = |i: usize, r: usize, v: f32| unsafe { out.write(i * rows + r, v) };
+    match (path, w.packed) {
+        (Path::Packed, Some(p)) => {
+            let two = x.precision == Precision::Q8x2;
+            for g in r0 / GROUP..r1.div_ceil(GROUP) {
+                group_dots(isa, p, g, &x.q8, n, two, |i, r, v: &[f32]| {
+                    debug_assert!(i < n && r + v.len() <= rows);
+                    // SAFETY: as for `write`, for the run of rows [r, r + v.len()).
+                    unsafe { out.write_run(i * rows + r, v) }
                 });
             }
-        });
-        return Ok(());
+        }
+        (Path::ScalarQ8, _) | (Path::Packed, None) => {
+            for r in r0..r1 {
+                for i in 0..n {
+                    let a = &x.q8[i * bpr..(i + 1) * bpr];
+                    write(i, r, dot::scalar::dot_q8(w.ty, w.row(r), a));
+                }
+            }
+        }
+        (Path::F32, _) => f32_rows(isa, w, x, r0, r1, write),
     }
-    let tasks = rows.div_ceil(ROWS_PER_TASK);
+}
+
+/// The f32 path: dequantize TILE weight rows once, then use them against every
+/// activation row, in 4×4 register tiles when the batch is big enough.
+fn f32_rows(
+    isa: Isa,
+    w: &WeightMatrix,
+    x: &Activations,
+    r0: usize,
+    r1: usize,
+    write: impl Fn(usize, usize, f32),
+) {
     thread_local! {
         /// Dequantized weight rows of the task at hand.
         static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    crate::pool::global().for_each(tasks, |t| {
-        SCRATCH.with_borrow_mut(|wf| {
-            let r0 = t * ROWS_PER_TASK;
-            let r1 = (r0 + ROWS_PER_TASK).min(rows);
-            // SAFETY: task t alone writes column range [r0, r1) of every output
-            // row, so writes are disjoint; the index is in bounds because
-            // out.len() == n * rows was checked above.
-            let write = |i: usize, r: usize, v: f32| unsafe { out_ptr.write(i * rows + r, v) };
-            let x_row = |i: usize| &xf[i * cols..(i + 1) * cols];
-            if q8 {
-                for r in r0..r1 {
-                    for i in 0..n {
-                        write(
-                            i,
-                            r,
-                            dot::scalar::dot_q8(w.ty, w.row(r), &xq[i * bpr..(i + 1) * bpr]),
-                        );
-                    }
-                }
-                return;
+    let (n, cols, xf) = (x.rows, w.cols, x.x);
+    SCRATCH.with_borrow_mut(|wf| {
+        let x_row = |i: usize| &xf[i * cols..(i + 1) * cols];
+        wf.resize(TILE * cols, 0.0);
+        for rt in (r0..r1).step_by(TILE) {
+            let nr = (r1 - rt).min(TILE);
+            for j in 0..nr {
+                dot::dequantize_row(isa, w.ty, w.row(rt + j), &mut wf[j * cols..(j + 1) * cols]);
             }
-            // Dequantize TILE weight rows once, then use them against every
-            // activation row: in 4×4 register tiles when the batch is big enough.
-            wf.resize(TILE * cols, 0.0);
-            for rt in (r0..r1).step_by(TILE) {
-                let nr = (r1 - rt).min(TILE);
-                for j in 0..nr {
-                    dot::dequantize_row(
-                        isa,
-                        w.ty,
-                        w.row(rt + j),
-                        &mut wf[j * cols..(j + 1) * cols],
-                    );
-                }
-                let w_row = |j: usize| &wf[j * cols..(j + 1) * cols];
-                if n < MIN_TILED_BATCH {
-                    for i in 0..n {
-                        for j in 0..nr {
-                            write(i, rt + j, dot::dot_f32_f32(isa, w_row(j), x_row(i)));
-                        }
+            let w_row = |j: usize| &wf[j * cols..(j + 1) * cols];
+            if n < MIN_TILED_BATCH {
+                for i in 0..n {
+                    for j in 0..nr {
+                        write(i, rt + j, dot::dot_f32_f32(isa, w_row(j), x_row(i)));
                     }
-                    continue;
                 }
-                for it in (0..n).step_by(TILE) {
-                    let ni = (n - it).min(TILE);
-                    // Short edges repeat their last row; the extra results are dropped.
-                    let tile = dot::dot_tile_4x4(
-                        isa,
-                        std::array::from_fn(|j| w_row(j.min(nr - 1))),
-                        std::array::from_fn(|i| x_row(it + i.min(ni - 1))),
-                    );
-                    for (i, row) in tile.iter().enumerate().take(ni) {
-                        for (j, &v) in row.iter().enumerate().take(nr) {
-                            write(it + i, rt + j, v);
-                        }
+                continue;
+            }
+            for it in (0..n).step_by(TILE) {
+                let ni = (n - it).min(TILE);
+                // Short edges repeat their last row; the extra results are dropped.
+                let tile = dot::dot_tile_4x4(
+                    isa,
+                    std::array::from_fn(|j| w_row(j.min(nr - 1))),
+                    std::array::from_fn(|i| x_row(it + i.min(ni - 1))),
+                );
+                for (i, row) in tile.iter().enumerate().take(ni) {
+                    for (j, &v) in row.iter().enumerate().take(nr) {
+                        write(it + i, rt + j, v);
                     }
                 }
             }
-        })
-    });
-    Ok(())
+        }
+    })
 }
 
 struct SendPtr(*mut f32);
@@ -281,6 +347,12 @@ impl SendPtr {
     /// `idx` is in bounds and no other thread writes the same index.
     unsafe fn write(&self, idx: usize, v: f32) {
         *self.0.add(idx) = v;
+    }
+
+    /// # Safety
+    /// `idx..idx + v.len()` is in bounds and no other thread writes it.
+    unsafe fn write_run(&self, idx: usize, v: &[f32]) {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(idx), v.len());
     }
 }
 // SAFETY: used only for the disjoint writes described in `matmul_on`.

@@ -270,8 +270,9 @@ macro_rules! dispatch_nt {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 pub(crate) use {dispatch_nt, dispatch_tile};
 
-/// `write(i, r, x_i · W_r)` for every activation row `i < n` and every row `r` of
-/// group `g`, on a SIMD path. `acts` holds `n` rows of `blocks()` blocks each.
+/// `write(i, r0, [x_i · W_r for r in r0..])` for every activation row `i < n`
+/// over the rows of group `g` (`r0` its first row), on a SIMD path. `acts` holds
+/// `n` rows of `blocks()` blocks each.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
 pub(crate) fn group_dots(
     isa: Isa,
@@ -280,7 +281,7 @@ pub(crate) fn group_dots(
     acts: &[BlockQ8],
     n: usize,
     two_planes: bool,
-    mut write: impl FnMut(usize, usize, f32),
+    mut write: impl FnMut(usize, usize, &[f32]),
 ) {
     let blocks = p.blocks();
     assert!(g < p.groups() && acts.len() >= n * blocks);
@@ -317,9 +318,7 @@ pub(crate) fn group_dots(
             _ => unreachable!("packed kernels run on SIMD paths only: this is a bug"),
         }
         for (t, row) in out.iter().enumerate().take(nt) {
-            for (l, &v) in row.iter().enumerate().take(lanes) {
-                write(t0 + t, g * GROUP + l, v);
-            }
+            write(t0 + t, g * GROUP, &row[..lanes]);
         }
     }
 }

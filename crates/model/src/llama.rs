@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use inferd_gguf::{GgmlType, GgufFile};
 use inferd_kernels::dot::{dot_f32_f32, dot_tile_4x4, weighted_rows};
-use inferd_kernels::matmul::matmul_on;
+use inferd_kernels::matmul::{matmul_many_on, matmul_on};
 use inferd_kernels::ops::{rms_norm, rope, rope_inv_freq, silu_mul, softmax};
 use inferd_kernels::quant::dequantize_row;
 use inferd_kernels::{Activations, Isa, PackedMatrix, Precision, WeightMatrix};
@@ -231,6 +231,13 @@ impl Llama {
             .expect("matmul shapes are fixed by the model: this is a bug");
     }
 
+    /// Several matrices against the same activations, as one parallel job.
+    fn mm_many(&self, ls: &[&Linear], x: &mut Activations, outs: &mut [&mut [f32]]) {
+        let ws: Vec<WeightMatrix> = ls.iter().map(|l| self.w(l)).collect();
+        matmul_many_on(self.options.isa, &ws, x, outs)
+            .expect("matmul shapes are fixed by the model: this is a bug");
+    }
+
     fn acts<'a>(&self, x: &'a [f32], rows: usize, cols: usize) -> Activations<'a> {
         Activations::with_precision(x, rows, cols, self.options.precision)
     }
@@ -317,10 +324,11 @@ impl Llama {
 
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
-            let mut acts = self.acts(&h, n, dim);
-            self.mm(&layer.wq, &mut acts, &mut q);
-            self.mm(&layer.wk, &mut acts, &mut k);
-            self.mm(&layer.wv, &mut acts, &mut v);
+            self.mm_many(
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &mut self.acts(&h, n, dim),
+                &mut [&mut q, &mut k, &mut v],
+            );
             add_bias(&mut q, layer.bq.as_deref());
             add_bias(&mut k, layer.bk.as_deref());
             add_bias(&mut v, layer.bv.as_deref());
@@ -353,9 +361,11 @@ impl Llama {
             add_into(&mut x, &proj);
 
             rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h);
-            let mut acts = self.acts(&h, n, dim);
-            self.mm(&layer.gate, &mut acts, &mut gate);
-            self.mm(&layer.up, &mut acts, &mut up);
+            self.mm_many(
+                &[&layer.gate, &layer.up],
+                &mut self.acts(&h, n, dim),
+                &mut [&mut gate, &mut up],
+            );
             silu_mul(&mut gate, &up);
             self.mm(&layer.down, &mut self.acts(&gate, n, c.ffn_dim), &mut proj);
             add_into(&mut x, &proj);
