@@ -44,8 +44,8 @@ pub fn dot_f32_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
         Isa::Avx2 => unsafe { crate::x86::dot_f32(a, b) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when AVX-512F, FMA and F16C were detected.
-        Isa::Avx512 => unsafe { crate::x86_512::dot_f32(a, b) },
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when AVX-512F, FMA and F16C were detected.
+        Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::dot_f32(a, b) },
         _ => a.iter().zip(b).map(|(x, y)| x * y).sum(),
     }
 }
@@ -59,8 +59,8 @@ pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
         Isa::Avx2 => unsafe { crate::x86::axpy(a, x, y) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when its features were detected.
-        Isa::Avx512 => unsafe { crate::x86_512::axpy(a, x, y) },
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected.
+        Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::axpy(a, x, y) },
         _ => y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x),
     }
 }
@@ -93,9 +93,9 @@ pub fn weighted_rows(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when its features were detected;
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected;
         // the bounds were checked above.
-        Isa::Avx512 => unsafe { crate::x86_512::weighted_rows(w, v, stride, n, hd, o) },
+        Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::weighted_rows(w, v, stride, n, hd, o) },
         _ => {
             for i in 0..n {
                 let row = &v[i * stride..i * stride + hd];
@@ -114,8 +114,8 @@ pub fn weighted_rows(
 pub fn dot_tile_4x4(isa: Isa, w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when AVX-512F, FMA and F16C were detected.
-        Isa::Avx512 => unsafe { crate::x86_512::dot_tile_4x4(w, x) },
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when AVX-512F, FMA and F16C were detected.
+        Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::dot_tile_4x4(w, x) },
         _ => std::array::from_fn(|i| std::array::from_fn(|j| dot_f32_f32(isa, w[j], x[i]))),
     }
 }
@@ -132,13 +132,19 @@ pub fn dequantize_row(isa: Isa, ty: GgmlType, w: &[u8], out: &mut [f32]) {
         (Isa::Avx2, GgmlType::Q4_1) => unsafe { crate::x86::dequantize_q4_1(w, out) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, GgmlType::Q8_0) => unsafe { crate::x86::dequantize_q8_0(w, out) },
-        // SAFETY (all three): `Isa::Avx512` implies AVX-512F, FMA and F16C were detected.
+        // SAFETY (all three): `Isa::Avx512` and `Isa::Amx` imply AVX-512F, FMA and F16C were detected.
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, GgmlType::Q4_0) => unsafe { crate::x86_512::dequantize_q4_0(w, out) },
+        (Isa::Avx512 | Isa::Amx, GgmlType::Q4_0) => unsafe {
+            crate::x86_512::dequantize_q4_0(w, out)
+        },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, GgmlType::Q4_1) => unsafe { crate::x86_512::dequantize_q4_1(w, out) },
+        (Isa::Avx512 | Isa::Amx, GgmlType::Q4_1) => unsafe {
+            crate::x86_512::dequantize_q4_1(w, out)
+        },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, GgmlType::Q8_0) => unsafe { crate::x86_512::dequantize_q8_0(w, out) },
+        (Isa::Avx512 | Isa::Amx, GgmlType::Q8_0) => unsafe {
+            crate::x86_512::dequantize_q8_0(w, out)
+        },
         _ => crate::quant::dequantize_row(ty, w, out),
     }
 }

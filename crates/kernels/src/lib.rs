@@ -11,6 +11,8 @@
 //! Layout follows ggml's block formats exactly (`quant`), so GGUF tensors are used
 //! in place from the memory map with no conversion at load.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod dot;
 pub mod matmul;
 pub mod ops;
@@ -35,6 +37,14 @@ pub enum Isa {
     /// x86-64 AVX-512F/BW/VNNI (+ AVX2, FMA, F16C): 16-lane f32 paths and
     /// `vpdpbusd` integer kernels. CPUs with AVX-512 but no VNNI take `Avx2`.
     Avx512,
+    /// `Avx512` plus AMX int8 tiles, which the packed kernel uses for each full
+    /// 16-row tile of activations (batched decode, prefill). Runnable only when
+    /// the CPU has AMX-TILE and AMX-INT8, the OS enables tile state (XCR0) and
+    /// grants this process its use (`arch_prctl`). Not the default: with the
+    /// formats' 32-weight blocks each tile multiply is followed by a store and a
+    /// per-block rescale, and it measures slower than `Avx512` (RESULTS.md);
+    /// `INFERD_AMX=1` opts in.
+    Amx,
 }
 
 impl Isa {
@@ -45,6 +55,10 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                    let opted_in = std::env::var("INFERD_AMX").is_ok_and(|v| v == "1");
+                    if opted_in && amx::available() {
+                        return Isa::Amx;
+                    }
                     return Isa::Avx512;
                 }
                 return Isa::Avx2;
@@ -55,11 +69,16 @@ impl Isa {
 
     /// Every path this CPU can run, for tests that compare each with the reference.
     pub fn available() -> Vec<Isa> {
-        match Isa::detect() {
+        let mut paths = match Isa::detect() {
             Isa::Scalar => vec![Isa::Scalar],
             Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
-            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
+            Isa::Avx512 | Isa::Amx => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
+        };
+        #[cfg(target_arch = "x86_64")]
+        if paths.contains(&Isa::Avx512) && amx::available() {
+            paths.push(Isa::Amx);
         }
+        paths
     }
 
     pub fn name(self) -> &'static str {
@@ -67,6 +86,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 }

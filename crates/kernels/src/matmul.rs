@@ -25,7 +25,7 @@
 use inferd_gguf::GgmlType;
 
 use crate::dot::{self, uses_q8_activations};
-use crate::packed::{group_dots, PackedMatrix, GROUP};
+use crate::packed::{group_dots, PackedMatrix, QuantRows, GROUP};
 use crate::quant::{quantize_row_q8_on, BlockQ8, QK};
 use crate::{default_isa, Isa, KernelError, Result};
 
@@ -123,6 +123,8 @@ pub struct Activations<'a> {
     pub cols: usize,
     pub precision: Precision,
     q8: Vec<BlockQ8>,
+    /// The AMX path's copy of `q8`'s planes (`amx::tile_layout`).
+    planes: Vec<i8>,
 }
 
 impl<'a> Activations<'a> {
@@ -138,6 +140,7 @@ impl<'a> Activations<'a> {
             cols,
             precision,
             q8: Vec::new(),
+            planes: Vec::new(),
         }
     }
 
@@ -156,6 +159,10 @@ impl<'a> Activations<'a> {
                 });
             }
             self.q8 = q8;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Amx && self.planes.is_empty() && !self.q8.is_empty() {
+            self.planes = crate::amx::tile_layout(&self.q8, self.rows, self.cols / QK);
         }
     }
 }
@@ -217,7 +224,11 @@ pub fn matmul_many_on(
             Path::Packed => 2 * GROUP,
             _ => ROWS_PER_TASK,
         };
-        tasks.extend((0..w.rows).step_by(step).map(|r0| (m, r0, (r0 + step).min(w.rows))));
+        tasks.extend(
+            (0..w.rows)
+                .step_by(step)
+                .map(|r0| (m, r0, (r0 + step).min(w.rows))),
+        );
     }
     let outs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     let x = &*x;
@@ -269,9 +280,14 @@ fn run_rows(
     let write = |i: usize, r: usize, v: f32| unsafe { out.write(i * rows + r, v) };
     match (path, w.packed) {
         (Path::Packed, Some(p)) => {
-            let two = x.precision == Precision::Q8x2;
+            let rows_q = QuantRows {
+                blocks: &x.q8,
+                planes: &x.planes,
+                n,
+                two_planes: x.precision == Precision::Q8x2,
+            };
             for g in r0 / GROUP..r1.div_ceil(GROUP) {
-                group_dots(isa, p, g, &x.q8, n, two, |i, r, v: &[f32]| {
+                group_dots(isa, p, g, &rows_q, |i, r, v: &[f32]| {
                     debug_assert!(i < n && r + v.len() <= rows);
                     // SAFETY: as for `write`, for the run of rows [r, r + v.len()).
                     unsafe { out.write_run(i * rows + r, v) }

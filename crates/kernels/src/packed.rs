@@ -270,19 +270,34 @@ macro_rules! dispatch_nt {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_imports))]
 pub(crate) use {dispatch_nt, dispatch_tile};
 
+/// Quantized activation rows as the packed kernels read them.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantRows<'a> {
+    /// `n` rows of `cols / 32` blocks.
+    pub blocks: &'a [BlockQ8],
+    /// On the AMX path, the planes of their whole 16-row tiles (`amx::tile_layout`).
+    pub planes: &'a [i8],
+    pub n: usize,
+    pub two_planes: bool,
+}
+
 /// `write(i, r0, [x_i · W_r for r in r0..])` for every activation row `i < n`
-/// over the rows of group `g` (`r0` its first row), on a SIMD path. `acts` holds
-/// `n` rows of `blocks()` blocks each.
+/// over the rows of group `g` (`r0` its first row), on a SIMD path. On the AMX
+/// path, rows past the last whole tile of `x.planes` take the vector kernel.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
 pub(crate) fn group_dots(
     isa: Isa,
     p: &PackedMatrix,
     g: usize,
-    acts: &[BlockQ8],
-    n: usize,
-    two_planes: bool,
+    x: &QuantRows,
     mut write: impl FnMut(usize, usize, &[f32]),
 ) {
+    let QuantRows {
+        blocks: acts,
+        planes,
+        n,
+        two_planes,
+    } = *x;
     let blocks = p.blocks();
     assert!(g < p.groups() && acts.len() >= n * blocks);
     let scale_at = g * blocks * 2 * GROUP;
@@ -297,8 +312,39 @@ pub(crate) fn group_dots(
     };
     let codes = p.group_codes(g).as_ptr();
     let lanes = (p.rows - g * GROUP).min(GROUP);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Amx {
+        // Whole tiles of 16 activation rows on the AMX tiles; the rest below.
+        let mut out = [[0f32; GROUP]; crate::amx::ROWS];
+        let tile_bytes = blocks * 2 * crate::amx::PLANE_BYTES;
+        while n - done >= crate::amx::ROWS
+            && planes.len() >= (done / crate::amx::ROWS + 1) * tile_bytes
+        {
+            // SAFETY: `Isa::Amx` is only produced when `amx::available()` and the
+            // AVX-512 features hold; the pointers cover `blocks` blocks of group g,
+            // of activation rows done..done + 16 and of their tile's planes
+            // (checked above and in the loop condition).
+            unsafe {
+                crate::amx::packed_tile16(
+                    cfg,
+                    codes,
+                    scales,
+                    blocks,
+                    acts[done * blocks..].as_ptr(),
+                    blocks,
+                    planes[done / crate::amx::ROWS * tile_bytes..].as_ptr(),
+                    &mut out,
+                )
+            };
+            for (t, row) in out.iter().enumerate() {
+                write(done + t, g * GROUP, &row[..lanes]);
+            }
+            done += crate::amx::ROWS;
+        }
+    }
     let mut out = [[0f32; GROUP]; MAX_TILE];
-    for t0 in (0..n).step_by(MAX_TILE) {
+    for t0 in (done..n).step_by(MAX_TILE) {
         let nt = (n - t0).min(MAX_TILE);
         let ptrs: [*const BlockQ8; MAX_TILE] =
             std::array::from_fn(|t| acts[(t0 + t.min(nt - 1)) * blocks..].as_ptr());
@@ -308,7 +354,7 @@ pub(crate) fn group_dots(
             // every pointer in `ptrs` starts `blocks` activation blocks (checked
             // above).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe {
+            Isa::Avx512 | Isa::Amx => unsafe {
                 crate::x86_512::packed_tile(cfg, codes, scales, blocks, &ptrs[..nt], &mut out)
             },
             #[cfg(target_arch = "x86_64")]

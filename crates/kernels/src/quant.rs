@@ -81,11 +81,19 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
 
 /// [`quantize_row_q8`] on `isa` (bit-identical results).
 pub fn quantize_row_q8_on(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
-    assert_eq!(x.len(), out.len() * QK, "{} values for {} blocks", x.len(), out.len());
+    assert_eq!(
+        x.len(),
+        out.len() * QK,
+        "{} values for {} blocks",
+        x.len(),
+        out.len()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only produced when its features were detected.
-        crate::Isa::Avx512 => unsafe { crate::x86_512::quantize_row_q8(x, out, two_planes) },
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected.
+        crate::Isa::Avx512 | crate::Isa::Amx => unsafe {
+            crate::x86_512::quantize_row_q8(x, out, two_planes)
+        },
         _ => quantize_row_q8(x, out, two_planes),
     }
 }

@@ -241,7 +241,10 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + 8 <= n {
         let p = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        _mm256_storeu_ps(
+            p,
+            _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)),
+        );
         i += 8;
     }
     for j in i..n {

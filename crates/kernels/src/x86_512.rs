@@ -284,7 +284,10 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
             let q = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v, idv));
             let q = _mm512_min_ps(_mm512_max_ps(q, lo_lim), hi_lim);
             let qi = _mm512_cvtps_epi32(q);
-            _mm_storeu_si128(b.hi.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(qi));
+            _mm_storeu_si128(
+                b.hi.as_mut_ptr().add(16 * h) as *mut __m128i,
+                _mm512_cvtsepi32_epi8(qi),
+            );
             let li = if two_planes {
                 let r = _mm512_sub_ps(v, _mm512_mul_ps(q, dv));
                 let l = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(r, id256));
@@ -292,7 +295,10 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
             } else {
                 _mm512_setzero_si512()
             };
-            _mm_storeu_si128(b.lo.as_mut_ptr().add(16 * h) as *mut __m128i, _mm512_cvtsepi32_epi8(li));
+            _mm_storeu_si128(
+                b.lo.as_mut_ptr().add(16 * h) as *mut __m128i,
+                _mm512_cvtsepi32_epi8(li),
+            );
             isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_slli_epi32(qi, 8), li));
         }
         b.d = d1 / 256.0;
@@ -308,7 +314,10 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + 16 <= n {
         let p = y.as_mut_ptr().add(i);
-        _mm512_storeu_ps(p, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)));
+        _mm512_storeu_ps(
+            p,
+            _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)),
+        );
         i += 16;
     }
     for j in i..n {
@@ -376,8 +385,9 @@ unsafe fn weighted_cols<const G: usize, const K: usize>(
     c: usize,
 ) {
     let op = o.as_mut_ptr();
-    let mut acc: [[__m512; K]; G] =
-        std::array::from_fn(|h| std::array::from_fn(|k| _mm512_loadu_ps(op.add(h * hd + c + 16 * k))));
+    let mut acc: [[__m512; K]; G] = std::array::from_fn(|h| {
+        std::array::from_fn(|k| _mm512_loadu_ps(op.add(h * hd + c + 16 * k)))
+    });
     for i in 0..n {
         let vp = v.as_ptr().add(i * stride + c);
         let vv: [__m512; K] = std::array::from_fn(|k| _mm512_loadu_ps(vp.add(16 * k)));

@@ -128,7 +128,17 @@ fn packed_kernels_match_scalar_twin_on_odd_shapes() {
         for ty in PACKED_TYPES {
             for precision in [Precision::Q8, Precision::Q8x2] {
                 // Rows not a multiple of the 16-row group, batches across the 8-row tile.
-                for &(n, rows) in &[(1, 16), (1, 37), (3, 5), (8, 33), (9, 48), (20, 17)] {
+                // Batches of 16 and 33 cover whole AMX tiles with and without a rest.
+                for &(n, rows) in &[
+                    (1, 16),
+                    (1, 37),
+                    (3, 5),
+                    (8, 33),
+                    (9, 48),
+                    (16, 16),
+                    (20, 17),
+                    (33, 20),
+                ] {
                     let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
                     let data = random_matrix(&mut rng, ty, rows, cols);
                     let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
@@ -314,7 +324,11 @@ fn simd_axpy_matches_scalar() {
             dot::axpy(isa, a, &x, &mut y);
             for i in 0..len {
                 let want = y0[i] + a * x[i];
-                assert!((y[i] - want).abs() <= 1e-5 * (1.0 + want.abs()), "{} len {len}", isa.name());
+                assert!(
+                    (y[i] - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{} len {len}",
+                    isa.name()
+                );
             }
         }
     }
@@ -324,7 +338,12 @@ fn simd_axpy_matches_scalar() {
 fn simd_weighted_rows_match_scalar() {
     let mut rng = StdRng::seed_from_u64(8);
     for isa in Isa::available() {
-        for &(g, n, hd, stride) in &[(1, 1, 16, 16), (3, 16, 64, 192), (4, 5, 80, 100), (2, 7, 7, 9)] {
+        for &(g, n, hd, stride) in &[
+            (1, 1, 16, 16),
+            (3, 16, 64, 192),
+            (4, 5, 80, 100),
+            (2, 7, 7, 9),
+        ] {
             let v = random_x(&mut rng, (n - 1) * stride + hd);
             let w: Vec<Vec<f32>> = (0..g).map(|_| random_x(&mut rng, n)).collect();
             let o0 = random_x(&mut rng, g * hd);
@@ -333,8 +352,8 @@ fn simd_weighted_rows_match_scalar() {
             dot::weighted_rows(isa, &ws, &v, stride, n, hd, &mut o);
             for h in 0..g {
                 for j in 0..hd {
-                    let want = o0[h * hd + j]
-                        + (0..n).map(|i| w[h][i] * v[i * stride + j]).sum::<f32>();
+                    let want =
+                        o0[h * hd + j] + (0..n).map(|i| w[h][i] * v[i * stride + j]).sum::<f32>();
                     let got = o[h * hd + j];
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),

@@ -1,0 +1,295 @@
+//! AMX int8 tiles for the packed kernel. One `tdpbsud` multiplies 16 activation
+//! rows (signed bytes, straight from their `BlockQ8`s at the activation row
+//! stride) by one 32-weight block of 16 weight rows (unsigned codes, which is
+//! exactly the packed layout's chunks: 8 rows of 64 bytes) into a 16×16 tile of
+//! i32 sums, laid out [activation row][weight row] like the output. Each block's
+//! sums are then scaled in f32 exactly as the `vpdpbusd` kernel scales them, so
+//! the two paths give the same numbers.
+//!
+//! Tiles need the OS to enable their state and to grant the process its use;
+//! [`available`] checks both before anything runs a tile instruction.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use crate::packed::TileCfg;
+use crate::quant::BlockQ8;
+
+/// Activation rows per tile.
+pub const ROWS: usize = 16;
+
+/// Whether this CPU, OS and process can run AMX int8 tiles; checked once. Asks the
+/// kernel for tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`) the first time.
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if !std::arch::is_x86_feature_detected!("xsave") {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+        if !tile || !int8 {
+            return false;
+        }
+        // SAFETY: XSAVE (and so XGETBV) was detected above.
+        let xcr0 = unsafe { xgetbv0() };
+        // Bits 17 and 18: XTILECFG and XTILEDATA state enabled by the OS.
+        if xcr0 >> 17 & 3 != 3 {
+            return false;
+        }
+        request_tile_permission()
+    })
+}
+
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    _xgetbv(0)
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: Linux hands out tile
+/// state per process on request; without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_permission() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain system call with two integer arguments; it touches no memory
+    // of ours. `syscall` clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// Bytes of one activation plane of one block for a whole tile: 16 rows × 32.
+pub const PLANE_BYTES: usize = ROWS * 32;
+
+/// The activation planes of every whole tile of 16 rows, laid out
+/// `[tile][block][plane (hi, lo)][row][32 bytes]`, so each tile operand is one
+/// contiguous 512-byte load (the blocks themselves are 72 bytes apart per block
+/// and a whole row apart per row).
+pub fn tile_layout(q8: &[BlockQ8], rows: usize, bpr: usize) -> Vec<i8> {
+    let tiles = rows / ROWS;
+    let mut out = vec![0i8; tiles * bpr * 2 * PLANE_BYTES];
+    for (chunk, i) in out.chunks_exact_mut(2 * PLANE_BYTES).zip(0..) {
+        let (tile, b) = (i / bpr, i % bpr);
+        let (hi, lo) = chunk.split_at_mut(PLANE_BYTES);
+        for t in 0..ROWS {
+            let a = &q8[(tile * ROWS + t) * bpr + b];
+            hi[32 * t..32 * (t + 1)].copy_from_slice(&a.hi);
+            lo[32 * t..32 * (t + 1)].copy_from_slice(&a.lo);
+        }
+    }
+    out
+}
+
+/// The 64-byte tile configuration (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// tmm0/tmm1: i32 sums of the high and low planes, 16 × 16.
+/// tmm2/tmm3: activation planes, 16 rows × 32 bytes.
+/// tmm4: one block of weight codes, 8 rows (four-byte groups) × 64 bytes.
+const CONFIG: TileConfig = {
+    let mut colsb = [0u16; 16];
+    let mut rows = [0u8; 16];
+    colsb[0] = 64;
+    colsb[1] = 64;
+    colsb[2] = 32;
+    colsb[3] = 32;
+    colsb[4] = 64;
+    rows[0] = 16;
+    rows[1] = 16;
+    rows[2] = 16;
+    rows[3] = 16;
+    rows[4] = 8;
+    TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb,
+        rows,
+    }
+};
+
+#[repr(C, align(64))]
+struct Aligned<T>(T);
+
+/// `out[t][r]` for 16 activation rows (`acts`, `act_stride` blocks apart, their
+/// planes also at `planes` in [`tile_layout`]) against one group of 16 weight
+/// rows with `blocks` blocks.
+///
+/// # Safety
+/// [`available`] returned true and AVX-512F/BW/VNNI, FMA and F16C were detected;
+/// `codes` and `scales` cover `blocks` blocks of one group in the packed layout;
+/// `acts.add(t * act_stride + b)` is a valid block for t < 16 and b < blocks, and
+/// `planes` covers `blocks * 2 * PLANE_BYTES` bytes.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub unsafe fn packed_tile16(
+    cfg: TileCfg,
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: *const BlockQ8,
+    act_stride: usize,
+    planes: *const i8,
+    out: &mut [[f32; 16]; ROWS],
+) {
+    let args = (codes, scales, blocks, acts, act_stride, planes, out);
+    match (cfg.u4, cfg.f16, cfg.two_planes) {
+        (false, false, false) => tile16::<false, false, false>(args),
+        (false, false, true) => tile16::<false, false, true>(args),
+        (false, true, false) => tile16::<false, true, false>(args),
+        (false, true, true) => tile16::<false, true, true>(args),
+        (true, false, false) => tile16::<true, false, false>(args),
+        (true, false, true) => tile16::<true, false, true>(args),
+        (true, true, false) => tile16::<true, true, false>(args),
+        (true, true, true) => tile16::<true, true, true>(args),
+    }
+}
+
+type TileArgs<'a> = (
+    *const u8,
+    *const u8,
+    usize,
+    *const BlockQ8,
+    usize,
+    *const i8,
+    &'a mut [[f32; 16]; ROWS],
+);
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArgs) {
+    let (codes, scales, blocks, acts, act_stride, planes, out) = args;
+    asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+    let mask = _mm512_set1_epi8(0x0F);
+    let mut unpacked = Aligned([[0u8; 512]; 2]);
+    // Two sets of sums, alternating by block, so one block's tile work does not
+    // wait for the previous block's scaling to have read its sums.
+    let mut sums = Aligned([[[[0i32; 16]; ROWS]; 2]; 2]);
+    let mut acc = [_mm512_setzero_ps(); ROWS];
+    let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
+    for b in 0..blocks {
+        let p = codes.add(b * cb);
+        let w = if U4 {
+            let dst = unpacked.0[b % 2].as_mut_ptr();
+            for j in 0..4 {
+                let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
+                _mm512_store_si512(dst.add(64 * j) as *mut _, _mm512_and_si512(v, mask));
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+                _mm512_store_si512(dst.add(64 * (j + 4)) as *mut _, hi);
+            }
+            dst as *const u8
+        } else {
+            p
+        };
+        let hi = planes.add(2 * PLANE_BYTES * b);
+        let lo = hi.add(PLANE_BYTES);
+        let sums = &mut sums.0[b % 2];
+        let (s0, s1) = (sums[0].as_mut_ptr(), sums[1].as_mut_ptr());
+        if TWO {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tileloadd tmm4, [{w} + {s64}*1]",
+                "tileloadd tmm2, [{hi} + {rs}*1]",
+                "tileloadd tmm3, [{lo} + {rs}*1]",
+                "tdpbsud tmm0, tmm2, tmm4",
+                "tdpbsud tmm1, tmm3, tmm4",
+                "tilestored [{s0} + {s64}*1], tmm0",
+                "tilestored [{s1} + {s64}*1], tmm1",
+                w = in(reg) w,
+                hi = in(reg) hi,
+                lo = in(reg) lo,
+                rs = in(reg) 32isize,
+                s0 = in(reg) s0,
+                s1 = in(reg) s1,
+                s64 = in(reg) 64isize,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm4, [{w} + {s64}*1]",
+                "tileloadd tmm2, [{hi} + {rs}*1]",
+                "tdpbsud tmm0, tmm2, tmm4",
+                "tilestored [{s0} + {s64}*1], tmm0",
+                w = in(reg) w,
+                hi = in(reg) hi,
+                rs = in(reg) 32isize,
+                s0 = in(reg) s0,
+                s64 = in(reg) 64isize,
+                options(nostack),
+            );
+        }
+        let s = scales.add(b * sb);
+        let (wd, wm) = if F16 {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i)),
+            )
+        } else {
+            (
+                _mm512_loadu_ps(s as *const f32),
+                _mm512_loadu_ps(s.add(64) as *const f32),
+            )
+        };
+        // Unrolled with constant indices so the accumulators stay in registers.
+        macro_rules! row {
+            ($t:literal) => {
+                let a = &*acts.add($t * act_stride + b);
+                let hi = _mm512_load_si512(sums[0][$t].as_ptr() as *const _);
+                let mut isum = _mm512_slli_epi32(hi, 8);
+                if TWO {
+                    let lo = _mm512_load_si512(sums[1][$t].as_ptr() as *const _);
+                    isum = _mm512_add_epi32(isum, lo);
+                }
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
+                acc[$t] = _mm512_fmadd_ps(f, wd, acc[$t]);
+                acc[$t] = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc[$t]);
+            };
+        }
+        row!(0);
+        row!(1);
+        row!(2);
+        row!(3);
+        row!(4);
+        row!(5);
+        row!(6);
+        row!(7);
+        row!(8);
+        row!(9);
+        row!(10);
+        row!(11);
+        row!(12);
+        row!(13);
+        row!(14);
+        row!(15);
+    }
+    asm!("tilerelease", options(nostack, nomem));
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+}
