@@ -107,22 +107,23 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
-/// tmm0/tmm1: i32 sums of the high and low planes, 16 × 16.
-/// tmm2/tmm3: activation planes, 16 rows × 32 bytes.
-/// tmm4: one block of weight codes, 8 rows (four-byte groups) × 64 bytes.
+/// tmm0/tmm1 (even blocks), tmm4/tmm5 (odd): i32 sums of the high and low
+/// planes, 16 × 16. tmm2/tmm3: activation planes, 16 rows × 32 bytes.
+/// tmm6 (even), tmm7 (odd): one block of weight codes, 8 rows (four-byte groups)
+/// × 64 bytes.
 const CONFIG: TileConfig = {
-    let mut colsb = [0u16; 16];
-    let mut rows = [0u8; 16];
-    colsb[0] = 64;
-    colsb[1] = 64;
+    let mut colsb = [64u16; 16];
+    let mut rows = [16u8; 16];
     colsb[2] = 32;
     colsb[3] = 32;
-    colsb[4] = 64;
-    rows[0] = 16;
-    rows[1] = 16;
-    rows[2] = 16;
-    rows[3] = 16;
-    rows[4] = 8;
+    rows[6] = 8;
+    rows[7] = 8;
+    let mut t = 8;
+    while t < 16 {
+        colsb[t] = 0;
+        rows[t] = 0;
+        t += 1;
+    }
     TileConfig {
         palette: 1,
         start_row: 0,
@@ -183,67 +184,96 @@ type TileArgs<'a> = (
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArgs) {
     let (codes, scales, blocks, acts, act_stride, planes, out) = args;
-    asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-    let mask = _mm512_set1_epi8(0x0F);
+    // Loading the configuration costs as much as several blocks of work, so each
+    // thread loads it once and keeps it (the OS saves and restores tile state
+    // with the thread; nothing else in the process configures tiles).
+    thread_local! {
+        static CONFIGURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !CONFIGURED.get() {
+        asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+        CONFIGURED.set(true);
+    }
+    // Blocks alternate between two sets of tiles, scratch and sums, and block
+    // b + 1's tile work is issued before block b's rescale: the rescale has to
+    // wait for the tile stores to reach memory, and meanwhile the next block's
+    // multiply runs.
     let mut unpacked = Aligned([[0u8; 512]; 2]);
-    // Two sets of sums, alternating by block, so one block's tile work does not
-    // wait for the previous block's scaling to have read its sums.
     let mut sums = Aligned([[[[0i32; 16]; ROWS]; 2]; 2]);
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
-    for b in 0..blocks {
-        let p = codes.add(b * cb);
-        let w = if U4 {
-            let dst = unpacked.0[b % 2].as_mut_ptr();
-            for j in 0..4 {
-                let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
-                _mm512_store_si512(dst.add(64 * j) as *mut _, _mm512_and_si512(v, mask));
-                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-                _mm512_store_si512(dst.add(64 * (j + 4)) as *mut _, hi);
-            }
-            dst as *const u8
-        } else {
-            p
-        };
-        let hi = planes.add(2 * PLANE_BYTES * b);
-        let lo = hi.add(PLANE_BYTES);
-        let sums = &mut sums.0[b % 2];
-        let (s0, s1) = (sums[0].as_mut_ptr(), sums[1].as_mut_ptr());
-        if TWO {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tileloadd tmm4, [{w} + {s64}*1]",
-                "tileloadd tmm2, [{hi} + {rs}*1]",
-                "tileloadd tmm3, [{lo} + {rs}*1]",
-                "tdpbsud tmm0, tmm2, tmm4",
-                "tdpbsud tmm1, tmm3, tmm4",
-                "tilestored [{s0} + {s64}*1], tmm0",
-                "tilestored [{s1} + {s64}*1], tmm1",
-                w = in(reg) w,
-                hi = in(reg) hi,
-                lo = in(reg) lo,
-                rs = in(reg) 32isize,
-                s0 = in(reg) s0,
-                s1 = in(reg) s1,
-                s64 = in(reg) 64isize,
-                options(nostack),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "tileloadd tmm4, [{w} + {s64}*1]",
-                "tileloadd tmm2, [{hi} + {rs}*1]",
-                "tdpbsud tmm0, tmm2, tmm4",
-                "tilestored [{s0} + {s64}*1], tmm0",
-                w = in(reg) w,
-                hi = in(reg) hi,
-                rs = in(reg) 32isize,
-                s0 = in(reg) s0,
-                s64 = in(reg) 64isize,
-                options(nostack),
-            );
+    let tiles =
+        |b: usize, unpacked: &mut [[u8; 512]; 2], sums: &mut [[[[i32; 16]; ROWS]; 2]; 2]| {
+            let p = codes.add(b * cb);
+            let w = if U4 {
+                let mask = _mm512_set1_epi8(0x0F);
+                let dst = unpacked[b % 2].as_mut_ptr();
+                for j in 0..4 {
+                    let v = _mm512_loadu_si512(p.add(64 * j) as *const _);
+                    _mm512_store_si512(dst.add(64 * j) as *mut _, _mm512_and_si512(v, mask));
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+                    _mm512_store_si512(dst.add(64 * (j + 4)) as *mut _, hi);
+                }
+                dst as *const u8
+            } else {
+                p
+            };
+            let hi = planes.add(2 * PLANE_BYTES * b);
+            let lo = hi.add(PLANE_BYTES);
+            let (s0, s1) = (sums[b % 2][0].as_mut_ptr(), sums[b % 2][1].as_mut_ptr());
+            macro_rules! ops {
+            ($c0:literal, $c1:literal, $w:literal) => {
+                if TWO {
+                    asm!(
+                        concat!("tilezero ", $c0),
+                        concat!("tilezero ", $c1),
+                        concat!("tileloadd ", $w, ", [{w} + {s64}*1]"),
+                        "tileloadd tmm2, [{hi} + {rs}*1]",
+                        "tileloadd tmm3, [{lo} + {rs}*1]",
+                        concat!("tdpbsud ", $c0, ", tmm2, ", $w),
+                        concat!("tdpbsud ", $c1, ", tmm3, ", $w),
+                        concat!("tilestored [{s0} + {s64}*1], ", $c0),
+                        concat!("tilestored [{s1} + {s64}*1], ", $c1),
+                        w = in(reg) w,
+                        hi = in(reg) hi,
+                        lo = in(reg) lo,
+                        rs = in(reg) 32isize,
+                        s0 = in(reg) s0,
+                        s1 = in(reg) s1,
+                        s64 = in(reg) 64isize,
+                        options(nostack),
+                    );
+                } else {
+                    asm!(
+                        concat!("tilezero ", $c0),
+                        concat!("tileloadd ", $w, ", [{w} + {s64}*1]"),
+                        "tileloadd tmm2, [{hi} + {rs}*1]",
+                        concat!("tdpbsud ", $c0, ", tmm2, ", $w),
+                        concat!("tilestored [{s0} + {s64}*1], ", $c0),
+                        w = in(reg) w,
+                        hi = in(reg) hi,
+                        rs = in(reg) 32isize,
+                        s0 = in(reg) s0,
+                        s64 = in(reg) 64isize,
+                        options(nostack),
+                    );
+                }
+            };
         }
+            if b % 2 == 0 {
+                ops!("tmm0", "tmm1", "tmm6");
+            } else {
+                ops!("tmm4", "tmm5", "tmm7");
+            }
+        };
+    if blocks > 0 {
+        tiles(0, &mut unpacked.0, &mut sums.0);
+    }
+    for b in 0..blocks {
+        if b + 1 < blocks {
+            tiles(b + 1, &mut unpacked.0, &mut sums.0);
+        }
+        let sums = &sums.0[b % 2];
         let s = scales.add(b * sb);
         let (wd, wm) = if F16 {
             (
@@ -288,7 +318,6 @@ unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArg
         row!(14);
         row!(15);
     }
-    asm!("tilerelease", options(nostack, nomem));
     for (o, acc) in out.iter_mut().zip(acc) {
         _mm512_storeu_ps(o.as_mut_ptr(), acc);
     }
