@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use inferd_engine::LoadedModel;
-use inferd_kernels::Precision;
+use inferd_kernels::{Isa, Precision};
 use inferd_kvcache::{BlockPool, BlockTable};
 use inferd_model::{LogitsRequest, SeqBatch};
 
@@ -54,6 +54,10 @@ pub struct PerfArgs {
     /// Activation precision in the matmuls.
     #[arg(long, value_enum, default_value = "q8x2")]
     activations: ActivationsArg,
+    /// Kernel path: auto (the fastest this CPU runs), or one of scalar, avx2,
+    /// avx512, amx to measure a fallback.
+    #[arg(long, default_value = "auto")]
+    isa: String,
     /// Batched decode: for each size B, B sequences decode `--gen-tokens` tokens each
     /// in lockstep, one forward pass per step; reports aggregate tokens/s as
     /// `tgN xB` (comma-separated, e.g. 1,4,8,16,32; empty: skip).
@@ -67,6 +71,18 @@ pub fn run(args: PerfArgs) -> Result<()> {
     let mut loaded =
         LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
     loaded.model.options.precision = args.activations.into();
+    if args.isa != "auto" {
+        let available = Isa::available();
+        loaded.model.options.isa = available
+            .iter()
+            .copied()
+            .find(|i| i.name() == args.isa)
+            .with_context(|| {
+                let names: Vec<&str> = available.iter().map(|i| i.name()).collect();
+                format!("--isa {}: this CPU runs {}", args.isa, names.join(", "))
+            })?;
+    }
+    let isa = loaded.model.options.isa.name();
     let model = &loaded.model;
     let max_len = args
         .prompt_tokens
@@ -89,8 +105,8 @@ pub fn run(args: PerfArgs) -> Result<()> {
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
         .collect();
 
-    println!("| model | activations | threads | test | t/s |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| model | activations | isa | threads | test | t/s |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model");
     let report = |test: String, rates: Vec<f64>| {
         let mean = rates.iter().sum::<f64>() / rates.len() as f64;
@@ -98,7 +114,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
             / rates.len().max(2).saturating_sub(1) as f64)
             .sqrt();
         println!(
-            "| {name} | {:?} | {} | {test} | {mean:.2} ± {sd:.2} |",
+            "| {name} | {:?} | {isa} | {} | {test} | {mean:.2} ± {sd:.2} |",
             args.activations, args.threads
         );
     };
