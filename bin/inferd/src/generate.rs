@@ -57,7 +57,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     ignore_eos: bool,
     /// Activation precision in the matmuls.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "q8x2")]
     activations: crate::perf::ActivationsArg,
     /// Download the model if it is a known alias that is not present.
     #[arg(long)]
