@@ -59,7 +59,7 @@ pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
         // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
         Isa::Avx2 => unsafe { crate::x86::axpy(a, x, y) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected.
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when their features were detected.
         Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::axpy(a, x, y) },
         _ => y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x),
     }
@@ -93,7 +93,7 @@ pub fn weighted_rows(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected;
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when their features were detected;
         // the bounds were checked above.
         Isa::Avx512 | Isa::Amx => unsafe { crate::x86_512::weighted_rows(w, v, stride, n, hd, o) },
         _ => {

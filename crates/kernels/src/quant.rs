@@ -90,10 +90,13 @@ pub fn quantize_row_q8_on(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8], two_p
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when its features were detected.
+        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when their features were detected.
         crate::Isa::Avx512 | crate::Isa::Amx => unsafe {
             crate::x86_512::quantize_row_q8(x, out, two_planes)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
+        crate::Isa::Avx2 => unsafe { crate::x86::quantize_row_q8(x, out, two_planes) },
         _ => quantize_row_q8(x, out, two_planes),
     }
 }

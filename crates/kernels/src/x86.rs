@@ -185,8 +185,9 @@ unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT
     half: usize,
     out: &mut [[f32; 16]; MAX_TILE],
 ) {
+    const { assert!(NT <= MAX_TILE) };
     let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); NT];
+    let mut acc = [_mm256_setzero_ps(); MAX_TILE];
     let (cb, sb) = (if U4 { 256 } else { 512 }, if F16 { 64 } else { 128 });
     for b in 0..blocks {
         let p = codes.add(b * cb + 32 * half);
@@ -217,18 +218,31 @@ unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT
                 _mm256_loadu_ps(s.add(64 + 32 * half) as *const f32),
             )
         };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let a = &*acts[t].add(b);
-            let mut isum = _mm256_slli_epi32(sum_plane::<U4>(&lo, &hi, a.hi.as_ptr()), 8);
-            if TWO {
-                isum = _mm256_add_epi32(isum, sum_plane::<U4>(&lo, &hi, a.lo.as_ptr()));
-            }
-            let f = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(a.d));
-            *acc = _mm256_fmadd_ps(f, wd, *acc);
-            *acc = _mm256_fmadd_ps(wm, _mm256_set1_ps(a.sum), *acc);
+        // Unrolled with constant indices so the accumulators stay in registers.
+        macro_rules! row {
+            ($t:literal) => {
+                if $t < NT {
+                    let a = &*acts[$t].add(b);
+                    let mut isum = _mm256_slli_epi32(sum_plane::<U4>(&lo, &hi, a.hi.as_ptr()), 8);
+                    if TWO {
+                        isum = _mm256_add_epi32(isum, sum_plane::<U4>(&lo, &hi, a.lo.as_ptr()));
+                    }
+                    let f = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(a.d));
+                    acc[$t] = _mm256_fmadd_ps(f, wd, acc[$t]);
+                    acc[$t] = _mm256_fmadd_ps(wm, _mm256_set1_ps(a.sum), acc[$t]);
+                }
+            };
         }
+        row!(0);
+        row!(1);
+        row!(2);
+        row!(3);
+        row!(4);
+        row!(5);
+        row!(6);
+        row!(7);
     }
-    for (o, acc) in out.iter_mut().zip(acc) {
+    for (o, acc) in out.iter_mut().zip(acc).take(NT) {
         _mm256_storeu_ps(o.as_mut_ptr().add(8 * half), acc);
     }
 }
@@ -249,5 +263,62 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
     for j in i..n {
         y[j] += a * x[j];
+    }
+}
+
+/// [`crate::quant::quantize_row_q8`] in 8-lane steps, with the same float
+/// operations in the same order, so the blocks are bit-identical.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+    const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    let (lo_lim, hi_lim) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    // packs interleave the 128-bit lanes; this puts the 32 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let to_bytes = |v: [__m256i; 4]| {
+        let w01 = _mm256_packs_epi32(v[0], v[1]);
+        let w23 = _mm256_packs_epi32(v[2], v[3]);
+        _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w01, w23), order)
+    };
+    for (chunk, b) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(chunk.as_ptr().add(8 * k)));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)),
+        );
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d1 = amax / 127.0;
+        let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
+        let (dv, idv, id256) = (
+            _mm256_set1_ps(d1),
+            _mm256_set1_ps(id1),
+            _mm256_set1_ps(256.0 * id1),
+        );
+        let mut qs = [_mm256_setzero_si256(); 4];
+        let mut ls = [_mm256_setzero_si256(); 4];
+        let mut isum = _mm256_setzero_si256();
+        for k in 0..4 {
+            let q = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(v[k], idv));
+            let q = _mm256_min_ps(_mm256_max_ps(q, lo_lim), hi_lim);
+            qs[k] = _mm256_cvtps_epi32(q);
+            if two_planes {
+                let r = _mm256_sub_ps(v[k], _mm256_mul_ps(q, dv));
+                let l = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(r, id256));
+                ls[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(l, lo_lim), hi_lim));
+            }
+            isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_slli_epi32(qs[k], 8), ls[k]));
+        }
+        _mm256_storeu_si256(b.hi.as_mut_ptr() as *mut __m256i, to_bytes(qs));
+        _mm256_storeu_si256(b.lo.as_mut_ptr() as *mut __m256i, to_bytes(ls));
+        let s = _mm_add_epi32(
+            _mm256_castsi256_si128(isum),
+            _mm256_extracti128_si256(isum, 1),
+        );
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        b.d = d1 / 256.0;
+        b.sum = b.d * _mm_cvtsi128_si32(s) as f32;
     }
 }
