@@ -260,7 +260,7 @@ unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArg
                 }
             };
         }
-            if b % 2 == 0 {
+            if b.is_multiple_of(2) {
                 ops!("tmm0", "tmm1", "tmm6");
             } else {
                 ops!("tmm4", "tmm5", "tmm7");
