@@ -5,16 +5,19 @@
 //! Every kernel has a scalar reference twin (`dot::scalar`) that defines what the
 //! fast paths must compute; property tests compare each SIMD path against it. The
 //! instruction set is chosen at run time ([`Isa::detect`]), never by compile-time
-//! `target-cpu` flags, so one binary runs on any x86-64 (AVX2 when present, scalar
-//! otherwise) and on aarch64 (scalar for now).
+//! `target-cpu` flags, so one binary runs on any x86-64 (AVX-512 VNNI, else AVX2,
+//! else scalar) and on aarch64 (NEON with the dot-product extension, else scalar).
 //!
-//! Layout follows ggml's block formats exactly (`quant`), so GGUF tensors are used
-//! in place from the memory map with no conversion at load.
+//! The reference paths read ggml's block formats exactly (`quant`), in place from
+//! the memory map; the integer kernels read a copy repacked at load, 16 rows side
+//! by side (`packed`).
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod dot;
 pub mod matmul;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod ops;
 pub mod packed;
 pub mod pool;
@@ -45,6 +48,9 @@ pub enum Isa {
     /// per-block rescale, and it measures slower than `Avx512` (RESULTS.md);
     /// `INFERD_AMX=1` opts in.
     Amx,
+    /// aarch64 NEON with the dot-product extension (`sdot`): the packed integer
+    /// kernel; the other kernels take their scalar form.
+    Neon,
 }
 
 impl Isa {
@@ -64,15 +70,21 @@ impl Isa {
                 return Isa::Avx2;
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            return Isa::Neon;
+        }
         Isa::Scalar
     }
 
     /// Every path this CPU can run, for tests that compare each with the reference.
     pub fn available() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut paths = match Isa::detect() {
             Isa::Scalar => vec![Isa::Scalar],
             Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
             Isa::Avx512 | Isa::Amx => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
+            Isa::Neon => vec![Isa::Scalar, Isa::Neon],
         };
         #[cfg(target_arch = "x86_64")]
         if paths.contains(&Isa::Avx512) && amx::available() {
@@ -87,6 +99,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Amx => "amx",
+            Isa::Neon => "neon",
         }
     }
 }

@@ -229,6 +229,7 @@ pub struct TileCfg {
 
 /// Calls `$f::<U4, F16, TWO, NT>(args…)` with the constants picked from a
 /// [`TileCfg`] and a tile height in `1..=MAX_TILE`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! dispatch_tile {
     ($f:ident, $cfg:expr, $nt:expr, $args:tt) => {
         match ($cfg.u4, $cfg.f16, $cfg.two_planes) {
@@ -252,6 +253,7 @@ macro_rules! dispatch_tile {
     };
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! dispatch_nt {
     ($f:ident, $u4:literal, $f16:literal, $two:literal, $nt:expr, ($($arg:expr),*)) => {
         match $nt {
@@ -284,7 +286,10 @@ pub(crate) struct QuantRows<'a> {
 /// `write(i, r0, [x_i · W_r for r in r0..])` for every activation row `i < n`
 /// over the rows of group `g` (`r0` its first row), on a SIMD path. On the AMX
 /// path, rows past the last whole tile of `x.planes` take the vector kernel.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, unused_mut))]
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(unused_variables, unused_mut, unreachable_code)
+)]
 pub(crate) fn group_dots(
     isa: Isa,
     p: &PackedMatrix,
@@ -360,6 +365,11 @@ pub(crate) fn group_dots(
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe {
                 crate::x86::packed_tile(cfg, codes, scales, blocks, &ptrs[..nt], &mut out)
+            },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above; `Isa::Neon` implies NEON and the dot product.
+            Isa::Neon => unsafe {
+                crate::neon::packed_tile(cfg, codes, scales, blocks, &ptrs[..nt], &mut out)
             },
             _ => unreachable!("packed kernels run on SIMD paths only: this is a bug"),
         }

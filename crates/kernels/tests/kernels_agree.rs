@@ -124,7 +124,12 @@ fn random_matrix(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Ve
 #[test]
 fn packed_kernels_match_scalar_twin_on_odd_shapes() {
     let mut rng = StdRng::seed_from_u64(2);
-    for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+    let paths: Vec<Isa> = Isa::available()
+        .into_iter()
+        .filter(|&i| i != Isa::Scalar)
+        .collect();
+    eprintln!("packed kernels on: {:?}", paths);
+    for isa in paths {
         for ty in PACKED_TYPES {
             for precision in [Precision::Q8, Precision::Q8x2] {
                 // Rows not a multiple of the 16-row group, batches across the 8-row tile.

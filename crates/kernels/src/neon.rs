@@ -1,0 +1,153 @@
+//! aarch64 NEON path: the packed integer kernel with `sdot` (the ARMv8.2 dot
+//! product, detected at run time). A 16-byte register holds four weight rows'
+//! four-byte groups of one packed chunk, and `sdot` by element multiplies each of
+//! them with the same four activation bytes, so a chunk is four `sdot`s per plane.
+//! (`sdot` is written in inline assembly: its intrinsics are not stable in Rust.)
+//!
+//! Callers must have detected NEON and the dot-product extension (see
+//! `Isa::detect`).
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use half::f16;
+
+use crate::packed::{TileCfg, MAX_TILE};
+use crate::quant::BlockQ8;
+
+/// `acc.4s += w.16b · x.4b[lane]`: four signed 4-byte dot products.
+macro_rules! sdot {
+    ($acc:expr, $w:expr, $x:expr, $lane:literal) => {{
+        let mut acc: int32x4_t = $acc;
+        asm!(
+            "sdot {acc:v}.4s, {w:v}.16b, {x:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            w = in(vreg) $w,
+            x = in(vreg) $x,
+            lane = const $lane,
+            options(pure, nomem, nostack),
+        );
+        acc
+    }};
+}
+
+/// The packed kernel for one group of 16 weight rows against `acts.len()` (at most
+/// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group.
+///
+/// 8-bit codes (0..=255) do not fit `sdot`'s signed bytes, so they enter as
+/// `c − 128` and the kernel adds back `128 · Σ q` per block.
+#[target_feature(enable = "neon,dotprod")]
+pub unsafe fn packed_tile(
+    cfg: TileCfg,
+    codes: *const u8,
+    scales: *const u8,
+    blocks: usize,
+    acts: &[*const BlockQ8],
+    out: &mut [[f32; 16]; MAX_TILE],
+) {
+    thread_local! {
+        /// The group's scales and offsets as f32, `[block][d × 16, m × 16]`.
+        static SCALES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCALES.with_borrow_mut(|sc| {
+        sc.clear();
+        for i in 0..blocks * 32 {
+            sc.push(if cfg.f16 {
+                f16::from_bits((scales as *const u16).add(i).read_unaligned()).to_f32()
+            } else {
+                (scales as *const f32).add(i).read_unaligned()
+            });
+        }
+        for (t, &a) in acts.iter().enumerate() {
+            let acc = row(cfg, codes, sc, blocks, a);
+            for (k, acc) in acc.into_iter().enumerate() {
+                vst1q_f32(out[t].as_mut_ptr().add(4 * k), acc);
+            }
+        }
+    })
+}
+
+/// One activation row against the group: 16 sums in four registers.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn row(
+    cfg: TileCfg,
+    codes: *const u8,
+    sc: &[f32],
+    blocks: usize,
+    acts: *const BlockQ8,
+) -> [float32x4_t; 4] {
+    let mask = vdupq_n_u8(0x0F);
+    let flip = vdupq_n_u8(0x80);
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    let cb = if cfg.u4 { 256 } else { 512 };
+    for b in 0..blocks {
+        let a = &*acts.add(b);
+        let p = codes.add(b * cb);
+        let (h0, h1) = (vld1q_s8(a.hi.as_ptr()), vld1q_s8(a.hi.as_ptr().add(16)));
+        let (l0, l1) = (vld1q_s8(a.lo.as_ptr()), vld1q_s8(a.lo.as_ptr().add(16)));
+        let mut s = [vdupq_n_s32(0); 4];
+        let mut l = [vdupq_n_s32(0); 4];
+        // Chunk `j` of 4-bit codes: low nibbles are group j (first half of the
+        // activations), high nibbles group j + 4 (second half), both at lane j.
+        macro_rules! chunk_u4 {
+            ($j:literal) => {
+                for k in 0..4 {
+                    let v = vld1q_u8(p.add(64 * $j + 16 * k));
+                    let lo = vreinterpretq_s8_u8(vandq_u8(v, mask));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                    s[k] = sdot!(s[k], lo, h0, $j);
+                    s[k] = sdot!(s[k], hi, h1, $j);
+                    if cfg.two_planes {
+                        l[k] = sdot!(l[k], lo, l0, $j);
+                        l[k] = sdot!(l[k], hi, l1, $j);
+                    }
+                }
+            };
+        }
+        // Chunk `j` of 8-bit codes: group j, shifted to signed.
+        macro_rules! chunk_u8 {
+            ($j:literal, $h:ident, $l:ident, $lane:literal) => {
+                for k in 0..4 {
+                    let w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p.add(64 * $j + 16 * k)), flip));
+                    s[k] = sdot!(s[k], w, $h, $lane);
+                    if cfg.two_planes {
+                        l[k] = sdot!(l[k], w, $l, $lane);
+                    }
+                }
+            };
+        }
+        let mut correction = 0i32;
+        if cfg.u4 {
+            chunk_u4!(0);
+            chunk_u4!(1);
+            chunk_u4!(2);
+            chunk_u4!(3);
+        } else {
+            chunk_u8!(0, h0, l0, 0);
+            chunk_u8!(1, h0, l0, 1);
+            chunk_u8!(2, h0, l0, 2);
+            chunk_u8!(3, h0, l0, 3);
+            chunk_u8!(4, h1, l1, 0);
+            chunk_u8!(5, h1, l1, 1);
+            chunk_u8!(6, h1, l1, 2);
+            chunk_u8!(7, h1, l1, 3);
+            // Σ (c − 128)·q + 128·Σ q, with q = 256·hi + lo.
+            let sum_hi = vaddlvq_s8(h0) as i32 + vaddlvq_s8(h1) as i32;
+            let sum_lo = vaddlvq_s8(l0) as i32 + vaddlvq_s8(l1) as i32;
+            correction = 128 * (256 * sum_hi + sum_lo);
+        }
+        let (ad, asum) = (vdupq_n_f32(a.d), vdupq_n_f32(a.sum));
+        let corr = vdupq_n_s32(correction);
+        let scale = &sc[32 * b..32 * b + 32];
+        for k in 0..4 {
+            let isum = vaddq_s32(vaddq_s32(vshlq_n_s32::<8>(s[k]), l[k]), corr);
+            let f = vmulq_f32(vcvtq_f32_s32(isum), ad);
+            let wd = vld1q_f32(scale.as_ptr().add(4 * k));
+            let wm = vld1q_f32(scale.as_ptr().add(16 + 4 * k));
+            acc[k] = vfmaq_f32(acc[k], f, wd);
+            acc[k] = vfmaq_f32(acc[k], wm, asum);
+        }
+    }
+    acc
+}
