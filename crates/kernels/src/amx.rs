@@ -158,6 +158,7 @@ pub unsafe fn packed_tile16(
     out: &mut [[f32; 16]; ROWS],
 ) {
     let args = (codes, scales, blocks, acts, act_stride, planes, out);
+    debug_assert!(!cfg.halves, "per-half scales take the vector kernels");
     match (cfg.u4, cfg.f16, cfg.two_planes) {
         (false, false, false) => tile16::<false, false, false>(args),
         (false, false, true) => tile16::<false, false, true>(args),

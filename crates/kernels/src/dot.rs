@@ -152,24 +152,38 @@ pub fn dequantize_row(isa: Isa, ty: GgmlType, w: &[u8], out: &mut [f32]) {
 pub mod scalar {
     //! Reference implementations: plain loops, no `unsafe`, no SIMD.
     use super::*;
-    use crate::packed::block_codes;
+    use crate::packed::{block_codes, HALVES_ZERO};
     use crate::quant::f16_at;
 
     /// One weight row of a packed type against 8-bit activation blocks: per block,
     /// the integer sum `Σ c·(256·hi + lo)` scaled by the weight's and the
-    /// activations' scales, plus the offset times the activations' sum. This is
-    /// what the packed SIMD kernels compute, read from the original bytes.
+    /// activations' scales, plus the offset times the activations' sum; for
+    /// Q6_K's halves, each half's sum less `32·Σ q` scaled by its own scale. This
+    /// is what the packed SIMD kernels compute, read from the original bytes.
     pub fn dot_q8(ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f32 {
         a.iter()
             .enumerate()
             .map(|(b, a)| {
-                let (c, d, m) = block_codes(ty, w, b);
-                let (mut hi, mut lo) = (0i32, 0i32);
-                for ((&c, &h), &l) in c.iter().zip(&a.hi).zip(&a.lo) {
-                    hi += c as i32 * h as i32;
-                    lo += c as i32 * l as i32;
+                let bc = block_codes(ty, w, b);
+                let half_sum = |h: usize| {
+                    let (mut hi, mut lo) = (0i32, 0i32);
+                    for l in 16 * h..16 * h + 16 {
+                        hi += bc.codes[l] as i32 * a.hi[l] as i32;
+                        lo += bc.codes[l] as i32 * a.lo[l] as i32;
+                    }
+                    (hi << 8) + lo
+                };
+                if bc.halves {
+                    (0..2)
+                        .map(|h| {
+                            let isum = half_sum(h) - HALVES_ZERO * a.qsum[h];
+                            bc.d[h] * (isum as f32 * a.d)
+                        })
+                        .sum()
+                } else {
+                    let isum = half_sum(0) + half_sum(1);
+                    bc.d[0] * (isum as f32 * a.d) + bc.m * a.sum
                 }
-                d * (((hi << 8) + lo) as f32 * a.d) + m * a.sum
             })
             .sum()
     }

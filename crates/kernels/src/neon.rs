@@ -35,7 +35,8 @@ macro_rules! sdot {
 /// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group.
 ///
 /// 8-bit codes (0..=255) do not fit `sdot`'s signed bytes, so they enter as
-/// `c − 128` and the kernel adds back `128 · Σ q` per block.
+/// `c − 128` and the kernel adds back `128 · Σ q` per block (per half for Q6_K,
+/// less its zero code).
 #[target_feature(enable = "neon,dotprod")]
 pub unsafe fn packed_tile(
     cfg: TileCfg,
@@ -105,46 +106,61 @@ unsafe fn row(
                 }
             };
         }
-        // Chunk `j` of 8-bit codes: group j, shifted to signed.
+        // Chunk `j` of 8-bit codes: group j, shifted to signed; each half of the
+        // block in its own sums (`s`/`l` for groups 0..4, `s2`/`l2` for 4..8).
+        let mut s2 = [vdupq_n_s32(0); 4];
+        let mut l2 = [vdupq_n_s32(0); 4];
         macro_rules! chunk_u8 {
-            ($j:literal, $h:ident, $l:ident, $lane:literal) => {
+            ($j:literal, $s:ident, $l:ident, $h:ident, $lp:ident, $lane:literal) => {
                 for k in 0..4 {
                     let w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(p.add(64 * $j + 16 * k)), flip));
-                    s[k] = sdot!(s[k], w, $h, $lane);
+                    $s[k] = sdot!($s[k], w, $h, $lane);
                     if cfg.two_planes {
-                        l[k] = sdot!(l[k], w, $l, $lane);
+                        $l[k] = sdot!($l[k], w, $lp, $lane);
                     }
                 }
             };
         }
-        let mut correction = 0i32;
         if cfg.u4 {
             chunk_u4!(0);
             chunk_u4!(1);
             chunk_u4!(2);
             chunk_u4!(3);
         } else {
-            chunk_u8!(0, h0, l0, 0);
-            chunk_u8!(1, h0, l0, 1);
-            chunk_u8!(2, h0, l0, 2);
-            chunk_u8!(3, h0, l0, 3);
-            chunk_u8!(4, h1, l1, 0);
-            chunk_u8!(5, h1, l1, 1);
-            chunk_u8!(6, h1, l1, 2);
-            chunk_u8!(7, h1, l1, 3);
-            // Σ (c − 128)·q + 128·Σ q, with q = 256·hi + lo.
-            let sum_hi = vaddlvq_s8(h0) as i32 + vaddlvq_s8(h1) as i32;
-            let sum_lo = vaddlvq_s8(l0) as i32 + vaddlvq_s8(l1) as i32;
-            correction = 128 * (256 * sum_hi + sum_lo);
+            chunk_u8!(0, s, l, h0, l0, 0);
+            chunk_u8!(1, s, l, h0, l0, 1);
+            chunk_u8!(2, s, l, h0, l0, 2);
+            chunk_u8!(3, s, l, h0, l0, 3);
+            chunk_u8!(4, s2, l2, h1, l1, 0);
+            chunk_u8!(5, s2, l2, h1, l1, 1);
+            chunk_u8!(6, s2, l2, h1, l1, 2);
+            chunk_u8!(7, s2, l2, h1, l1, 3);
         }
         let (ad, asum) = (vdupq_n_f32(a.d), vdupq_n_f32(a.sum));
-        let corr = vdupq_n_s32(correction);
         let scale = &sc[32 * b..32 * b + 32];
+        // Codes entered as c − 128: Σ c·q = Σ (c − 128)·q + 128·Σ q; Q6_K's
+        // halves want Σ (c − 32)·q, i.e. + 96·Σ q of their half.
+        let isum = |s: int32x4_t, l: int32x4_t, corr: i32| {
+            vaddq_s32(vaddq_s32(vshlq_n_s32::<8>(s), l), vdupq_n_s32(corr))
+        };
         for k in 0..4 {
-            let isum = vaddq_s32(vaddq_s32(vshlq_n_s32::<8>(s[k]), l[k]), corr);
-            let f = vmulq_f32(vcvtq_f32_s32(isum), ad);
             let wd = vld1q_f32(scale.as_ptr().add(4 * k));
             let wm = vld1q_f32(scale.as_ptr().add(16 + 4 * k));
+            if cfg.halves {
+                let zero = crate::packed::HALVES_ZERO;
+                let i0 = isum(s[k], l[k], (128 - zero) * a.qsum[0]);
+                let i1 = isum(s2[k], l2[k], (128 - zero) * a.qsum[1]);
+                acc[k] = vfmaq_f32(acc[k], vmulq_f32(vcvtq_f32_s32(i0), ad), wd);
+                acc[k] = vfmaq_f32(acc[k], vmulq_f32(vcvtq_f32_s32(i1), ad), wm);
+                continue;
+            }
+            let i = if cfg.u4 {
+                isum(s[k], l[k], 0)
+            } else {
+                let both = vaddq_s32(isum(s[k], l[k], 0), isum(s2[k], l2[k], 0));
+                vaddq_s32(both, vdupq_n_s32(128 * (a.qsum[0] + a.qsum[1])))
+            };
+            let f = vmulq_f32(vcvtq_f32_s32(i), ad);
             acc[k] = vfmaq_f32(acc[k], f, wd);
             acc[k] = vfmaq_f32(acc[k], wm, asum);
         }

@@ -3,8 +3,10 @@
 //! Every supported block format is, per 32 weights, unsigned integer codes with a
 //! scale and an offset: `w = d·c + m` (Q4_0: 4-bit c, m = −8d; Q4_1: 4-bit c and its
 //! min; Q4_K: 4-bit c with d = d·scale and m = −dmin·min of its sub-block; Q5_0:
-//! 5-bit c, m = −16d; Q8_0: c = q + 128, m = −128d). So one dot product serves
-//! them all:
+//! 5-bit c, m = −16d; Q8_0: c = q + 128, m = −128d). Q6_K has a scale per 16
+//! weights instead: each half of a block is `d_h·(c − 32)` with 6-bit c, and its
+//! kernels keep the two halves' integer sums apart and subtract `32·Σ q` in
+//! integers. So one dot product serves them all:
 //!
 //! ```text
 //! Σ w·x = Σ_blocks d·(Σ c·q)·d_x + m·Σ x
@@ -27,7 +29,7 @@
 use half::f16;
 use inferd_gguf::GgmlType;
 
-use crate::quant::{f16_at, scale_min_k4, BlockQ8, QK};
+use crate::quant::{f16_at, q6k_value, scale_min_k4, BlockQ8, QK};
 use crate::Isa;
 
 /// Weight rows packed side by side.
@@ -37,9 +39,17 @@ pub const GROUP: usize = 16;
 pub fn is_packable(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4K
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q6K
     )
 }
+
+/// The zero code of Q6_K, whose halves are `d_h·(c − HALVES_ZERO)`.
+pub const HALVES_ZERO: i32 = 32;
 
 /// Width of the codes of a packed type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +63,7 @@ pub enum Codes {
 impl Codes {
     pub fn of(ty: GgmlType) -> Codes {
         match ty {
-            GgmlType::Q5_0 | GgmlType::Q8_0 => Codes::U8,
+            GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q6K => Codes::U8,
             _ => Codes::U4,
         }
     }
@@ -67,10 +77,25 @@ impl Codes {
     }
 }
 
-/// Block `b` (32 weights) of one row of type `ty` as codes, scale and offset:
-/// weight `i` is `d·codes[i] + m`, the same value [`crate::quant::dequantize_row`]
-/// gives.
-pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> ([u8; QK], f32, f32) {
+/// One 32-weight block as unsigned integer codes. Weight `i` is `d[0]·codes[i] + m`,
+/// or with `halves` (Q6_K) `d[i / 16]·(codes[i] − HALVES_ZERO)` — the same value
+/// [`crate::quant::dequantize_row`] gives.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockCodes {
+    pub codes: [u8; QK],
+    pub d: [f32; 2],
+    pub m: f32,
+    pub halves: bool,
+}
+
+/// Block `b` (32 weights) of one row of type `ty` as codes, scales and offset.
+pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> BlockCodes {
+    let affine = |codes, d: f32, m| BlockCodes {
+        codes,
+        d: [d, d],
+        m,
+        halves: false,
+    };
     let mut c = [0u8; QK];
     let nibbles = |c: &mut [u8; QK], qs: &[u8]| {
         for j in 0..16 {
@@ -83,12 +108,12 @@ pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> ([u8; QK], f32, f32) {
             let blk = &row[18 * b..18 * (b + 1)];
             nibbles(&mut c, &blk[2..]);
             let d = f16_at(blk, 0);
-            (c, d, -8.0 * d)
+            affine(c, d, -8.0 * d)
         }
         GgmlType::Q4_1 => {
             let blk = &row[20 * b..20 * (b + 1)];
             nibbles(&mut c, &blk[4..]);
-            (c, f16_at(blk, 0), f16_at(blk, 2))
+            affine(c, f16_at(blk, 0), f16_at(blk, 2))
         }
         GgmlType::Q5_0 => {
             let blk = &row[22 * b..22 * (b + 1)];
@@ -98,7 +123,7 @@ pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> ([u8; QK], f32, f32) {
                 c[j + 16] = ((blk[6 + j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as u8;
             }
             let d = f16_at(blk, 0);
-            (c, d, -16.0 * d)
+            affine(c, d, -16.0 * d)
         }
         GgmlType::Q8_0 => {
             let blk = &row[34 * b..34 * (b + 1)];
@@ -106,7 +131,7 @@ pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> ([u8; QK], f32, f32) {
                 *c = (q as i8 as i32 + 128) as u8;
             }
             let d = f16_at(blk, 0);
-            (c, d, -128.0 * d)
+            affine(c, d, -128.0 * d)
         }
         GgmlType::Q4K => {
             let blk = &row[144 * (b / 8)..144 * (b / 8 + 1)];
@@ -116,7 +141,22 @@ pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> ([u8; QK], f32, f32) {
             for (c, &q) in c.iter_mut().zip(q) {
                 *c = (q >> (4 * (j % 2))) & 0xF;
             }
-            (c, f16_at(blk, 0) * sc as f32, -(f16_at(blk, 2) * mn as f32))
+            affine(c, f16_at(blk, 0) * sc as f32, -(f16_at(blk, 2) * mn as f32))
+        }
+        GgmlType::Q6K => {
+            let blk = &row[210 * (b / 8)..210 * (b / 8 + 1)];
+            let j = b % 8;
+            for (l, c) in c.iter_mut().enumerate() {
+                *c = (q6k_value(blk, 32 * j + l) + HALVES_ZERO) as u8;
+            }
+            let d = f16_at(blk, 208);
+            let sc = |h: usize| blk[192 + 2 * j + h] as i8 as f32;
+            BlockCodes {
+                codes: c,
+                d: [d * sc(0), d * sc(1)],
+                m: 0.0,
+                halves: true,
+            }
         }
         other => panic!("block_codes called for {other}: this is a bug"),
     }
@@ -137,6 +177,8 @@ pub struct PackedMatrix {
     pub rows: usize,
     pub cols: usize,
     pub codes_kind: Codes,
+    /// Q6_K: per-half scales instead of a scale and an offset.
+    pub halves: bool,
     codes: Vec<u8>,
     scales: Scales,
 }
@@ -150,14 +192,17 @@ impl PackedMatrix {
         let kind = Codes::of(w.ty);
         let (groups, blocks) = (w.rows.div_ceil(GROUP), w.cols / QK);
         let mut codes = vec![0u8; groups * blocks * kind.block_bytes()];
-        // Per (group, block): GROUP scales then GROUP offsets.
+        // Per (group, block): GROUP scales then GROUP offsets (with halves: the
+        // first half's scales, then the second's).
         let mut dm = vec![0f32; groups * blocks * 2 * GROUP];
+        let mut halves = false;
         for r in 0..w.rows {
             let (g, lane) = (r / GROUP, r % GROUP);
             let row = w.row(r);
             for b in 0..blocks {
-                let (c, d, m) = block_codes(w.ty, row, b);
-                let gb = g * blocks + b;
+                let bc = block_codes(w.ty, row, b);
+                halves = bc.halves;
+                let (c, gb) = (bc.codes, g * blocks + b);
                 let out = &mut codes[gb * kind.block_bytes()..(gb + 1) * kind.block_bytes()];
                 for (i, &c) in c.iter().enumerate() {
                     match kind {
@@ -168,8 +213,8 @@ impl PackedMatrix {
                         }
                     }
                 }
-                dm[gb * 2 * GROUP + lane] = d;
-                dm[gb * 2 * GROUP + GROUP + lane] = m;
+                dm[gb * 2 * GROUP + lane] = bc.d[0];
+                dm[gb * 2 * GROUP + GROUP + lane] = if halves { bc.d[1] } else { bc.m };
             }
         }
         let exact_f16 = dm.iter().all(|&v| f16::from_f32(v).to_f32() == v);
@@ -183,6 +228,7 @@ impl PackedMatrix {
             rows: w.rows,
             cols: w.cols,
             codes_kind: kind,
+            halves,
             codes,
             scales,
         })
@@ -225,46 +271,71 @@ pub struct TileCfg {
     pub u4: bool,
     pub f16: bool,
     pub two_planes: bool,
+    /// Q6_K's per-half scales (8-bit codes only).
+    pub halves: bool,
 }
 
-/// Calls `$f::<U4, F16, TWO, NT>(args…)` with the constants picked from a
-/// [`TileCfg`] and a tile height in `1..=MAX_TILE`.
+/// Calls `$f::<U4, F16, TWO, HALVES, NT>(args…)` with the constants picked from
+/// a [`TileCfg`] and a tile height in `1..=MAX_TILE`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! dispatch_tile {
     ($f:ident, $cfg:expr, $nt:expr, $args:tt) => {
-        match ($cfg.u4, $cfg.f16, $cfg.two_planes) {
-            (false, false, false) => {
-                $crate::packed::dispatch_nt!($f, false, false, false, $nt, $args)
+        match ($cfg.u4, $cfg.f16, $cfg.two_planes, $cfg.halves) {
+            (false, false, false, false) => {
+                $crate::packed::dispatch_nt!($f, false, false, false, false, $nt, $args)
             }
-            (false, false, true) => {
-                $crate::packed::dispatch_nt!($f, false, false, true, $nt, $args)
+            (false, false, true, false) => {
+                $crate::packed::dispatch_nt!($f, false, false, true, false, $nt, $args)
             }
-            (false, true, false) => {
-                $crate::packed::dispatch_nt!($f, false, true, false, $nt, $args)
+            (false, true, false, false) => {
+                $crate::packed::dispatch_nt!($f, false, true, false, false, $nt, $args)
             }
-            (false, true, true) => $crate::packed::dispatch_nt!($f, false, true, true, $nt, $args),
-            (true, false, false) => {
-                $crate::packed::dispatch_nt!($f, true, false, false, $nt, $args)
+            (false, true, true, false) => {
+                $crate::packed::dispatch_nt!($f, false, true, true, false, $nt, $args)
             }
-            (true, false, true) => $crate::packed::dispatch_nt!($f, true, false, true, $nt, $args),
-            (true, true, false) => $crate::packed::dispatch_nt!($f, true, true, false, $nt, $args),
-            (true, true, true) => $crate::packed::dispatch_nt!($f, true, true, true, $nt, $args),
+            (true, false, false, false) => {
+                $crate::packed::dispatch_nt!($f, true, false, false, false, $nt, $args)
+            }
+            (true, false, true, false) => {
+                $crate::packed::dispatch_nt!($f, true, false, true, false, $nt, $args)
+            }
+            (true, true, false, false) => {
+                $crate::packed::dispatch_nt!($f, true, true, false, false, $nt, $args)
+            }
+            (true, true, true, false) => {
+                $crate::packed::dispatch_nt!($f, true, true, true, false, $nt, $args)
+            }
+            (false, false, false, true) => {
+                $crate::packed::dispatch_nt!($f, false, false, false, true, $nt, $args)
+            }
+            (false, false, true, true) => {
+                $crate::packed::dispatch_nt!($f, false, false, true, true, $nt, $args)
+            }
+            (false, true, false, true) => {
+                $crate::packed::dispatch_nt!($f, false, true, false, true, $nt, $args)
+            }
+            (false, true, true, true) => {
+                $crate::packed::dispatch_nt!($f, false, true, true, true, $nt, $args)
+            }
+            (true, _, _, true) => {
+                unreachable!("per-half scales come with 8-bit codes only: this is a bug")
+            }
         }
     };
 }
 
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! dispatch_nt {
-    ($f:ident, $u4:literal, $f16:literal, $two:literal, $nt:expr, ($($arg:expr),*)) => {
+    ($f:ident, $u4:literal, $f16:literal, $two:literal, $halves:literal, $nt:expr, ($($arg:expr),*)) => {
         match $nt {
-            1 => $f::<$u4, $f16, $two, 1>($($arg),*),
-            2 => $f::<$u4, $f16, $two, 2>($($arg),*),
-            3 => $f::<$u4, $f16, $two, 3>($($arg),*),
-            4 => $f::<$u4, $f16, $two, 4>($($arg),*),
-            5 => $f::<$u4, $f16, $two, 5>($($arg),*),
-            6 => $f::<$u4, $f16, $two, 6>($($arg),*),
-            7 => $f::<$u4, $f16, $two, 7>($($arg),*),
-            8 => $f::<$u4, $f16, $two, 8>($($arg),*),
+            1 => $f::<$u4, $f16, $two, $halves, 1>($($arg),*),
+            2 => $f::<$u4, $f16, $two, $halves, 2>($($arg),*),
+            3 => $f::<$u4, $f16, $two, $halves, 3>($($arg),*),
+            4 => $f::<$u4, $f16, $two, $halves, 4>($($arg),*),
+            5 => $f::<$u4, $f16, $two, $halves, 5>($($arg),*),
+            6 => $f::<$u4, $f16, $two, $halves, 6>($($arg),*),
+            7 => $f::<$u4, $f16, $two, $halves, 7>($($arg),*),
+            8 => $f::<$u4, $f16, $two, $halves, 8>($($arg),*),
             n => unreachable!("a tile of {n} activation rows: this is a bug"),
         }
     };
@@ -314,12 +385,13 @@ pub(crate) fn group_dots(
         u4: p.codes_kind == Codes::U4,
         f16,
         two_planes,
+        halves: p.halves,
     };
     let codes = p.group_codes(g).as_ptr();
     let lanes = (p.rows - g * GROUP).min(GROUP);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Amx {
+    if isa == Isa::Amx && !cfg.halves {
         // Whole tiles of 16 activation rows on the AMX tiles; the rest below.
         let mut out = [[0f32; GROUP]; crate::amx::ROWS];
         let tile_bytes = blocks * 2 * crate::amx::PLANE_BYTES;

@@ -34,6 +34,9 @@ pub const QK_K: usize = 256;
 pub struct BlockQ8 {
     pub d: f32,
     pub sum: f32,
+    /// `Σ (256·hi + lo)` over each half (values 0..16 and 16..32): the integer
+    /// sums that Q6_K's per-half offsets multiply.
+    pub qsum: [i32; 2],
     pub hi: [i8; QK],
     pub lo: [i8; QK],
 }
@@ -42,6 +45,7 @@ impl BlockQ8 {
     pub const ZERO: BlockQ8 = BlockQ8 {
         d: 0.0,
         sum: 0.0,
+        qsum: [0; 2],
         hi: [0; QK],
         lo: [0; QK],
     };
@@ -61,8 +65,8 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d1 = amax / 127.0;
         let id1 = if d1 > 0.0 { 1.0 / d1 } else { 0.0 };
-        let mut isum = 0i32;
-        for ((h, l), &v) in b.hi.iter_mut().zip(b.lo.iter_mut()).zip(chunk) {
+        let mut qsum = [0i32; 2];
+        for (i, ((h, l), &v)) in b.hi.iter_mut().zip(b.lo.iter_mut()).zip(chunk).enumerate() {
             let q = (v * id1).round_ties_even().clamp(-127.0, 127.0);
             *h = q as i8;
             *l = if two_planes {
@@ -72,10 +76,11 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
             } else {
                 0
             };
-            isum += 256 * *h as i32 + *l as i32;
+            qsum[i / 16] += 256 * *h as i32 + *l as i32;
         }
         b.d = d1 / 256.0;
-        b.sum = b.d * isum as f32;
+        b.qsum = qsum;
+        b.sum = b.d * (qsum[0] + qsum[1]) as f32;
     }
 }
 

@@ -144,11 +144,11 @@ pub unsafe fn packed_tile(
     }
 }
 
-/// Σ over 8 four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane, for 4-bit
-/// codes: eight `maddubs` summed in i16 (at most 8 · 2 · 15 · 127 = 30480).
+/// Σ over (at most 8) four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane,
+/// for 4-bit codes: `maddubs` summed in i16 (at most 8 · 2 · 15 · 127 = 30480).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_u4(w: &[__m256i; 8], act: *const i8) -> __m256i {
+unsafe fn sum_u4(w: &[__m256i], act: *const i8) -> __m256i {
     let a = act as *const i32;
     let mut s = _mm256_setzero_si256();
     for (j, w) in w.iter().enumerate() {
@@ -162,11 +162,7 @@ unsafe fn sum_u4(w: &[__m256i; 8], act: *const i8) -> __m256i {
 /// low nibbles of 8-bit codes whose high nibbles are in `hi`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_plane<const U4: bool>(
-    lo: &[__m256i; 8],
-    hi: &[__m256i; 8],
-    act: *const i8,
-) -> __m256i {
+unsafe fn sum_plane<const U4: bool>(lo: &[__m256i], hi: &[__m256i], act: *const i8) -> __m256i {
     let s = sum_u4(lo, act);
     if U4 {
         s
@@ -175,9 +171,25 @@ unsafe fn sum_plane<const U4: bool>(
     }
 }
 
+/// [`sum_plane`] of 8-bit codes over each half of the block (groups 0..4, 4..8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT: usize>(
+unsafe fn sum_halves(lo: &[__m256i; 8], hi: &[__m256i; 8], act: *const i8) -> [__m256i; 2] {
+    [
+        sum_plane::<false>(&lo[..4], &hi[..4], act),
+        sum_plane::<false>(&lo[4..], &hi[4..], act.add(16)),
+    ]
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn packed_half<
+    const U4: bool,
+    const F16: bool,
+    const TWO: bool,
+    const HALVES: bool,
+    const NT: usize,
+>(
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -221,7 +233,26 @@ unsafe fn packed_half<const U4: bool, const F16: bool, const TWO: bool, const NT
         // Unrolled with constant indices so the accumulators stay in registers.
         macro_rules! row {
             ($t:literal) => {
-                if $t < NT {
+                if $t < NT && HALVES {
+                    // Q6_K: each half its own scale (`wd`, then `wm`), and
+                    // 32·Σq subtracted in integers.
+                    let a = &*acts[$t].add(b);
+                    let [h0, h1] = sum_halves(&lo, &hi, a.hi.as_ptr());
+                    let (mut i0, mut i1) = (_mm256_slli_epi32(h0, 8), _mm256_slli_epi32(h1, 8));
+                    if TWO {
+                        let [l0, l1] = sum_halves(&lo, &hi, a.lo.as_ptr());
+                        i0 = _mm256_add_epi32(i0, l0);
+                        i1 = _mm256_add_epi32(i1, l1);
+                    }
+                    let zero = crate::packed::HALVES_ZERO;
+                    i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(zero * a.qsum[0]));
+                    i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(zero * a.qsum[1]));
+                    let ad = _mm256_set1_ps(a.d);
+                    let f0 = _mm256_mul_ps(_mm256_cvtepi32_ps(i0), ad);
+                    acc[$t] = _mm256_fmadd_ps(f0, wd, acc[$t]);
+                    let f1 = _mm256_mul_ps(_mm256_cvtepi32_ps(i1), ad);
+                    acc[$t] = _mm256_fmadd_ps(f1, wm, acc[$t]);
+                } else if $t < NT {
                     let a = &*acts[$t].add(b);
                     let mut isum = _mm256_slli_epi32(sum_plane::<U4>(&lo, &hi, a.hi.as_ptr()), 8);
                     if TWO {
@@ -298,7 +329,8 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
         );
         let mut qs = [_mm256_setzero_si256(); 4];
         let mut ls = [_mm256_setzero_si256(); 4];
-        let mut isum = _mm256_setzero_si256();
+        // Lanes of values 0..16 and 16..32.
+        let mut isum = [_mm256_setzero_si256(); 2];
         for k in 0..4 {
             let q = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(v[k], idv));
             let q = _mm256_min_ps(_mm256_max_ps(q, lo_lim), hi_lim);
@@ -308,17 +340,21 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
                 let l = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(r, id256));
                 ls[k] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(l, lo_lim), hi_lim));
             }
-            isum = _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_slli_epi32(qs[k], 8), ls[k]));
+            let q = _mm256_add_epi32(_mm256_slli_epi32(qs[k], 8), ls[k]);
+            isum[k / 2] = _mm256_add_epi32(isum[k / 2], q);
         }
         _mm256_storeu_si256(b.hi.as_mut_ptr() as *mut __m256i, to_bytes(qs));
         _mm256_storeu_si256(b.lo.as_mut_ptr() as *mut __m256i, to_bytes(ls));
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(isum),
-            _mm256_extracti128_si256(isum, 1),
-        );
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         b.d = d1 / 256.0;
-        b.sum = b.d * _mm_cvtsi128_si32(s) as f32;
+        b.qsum = [hsum_i32(isum[0]), hsum_i32(isum[1])];
+        b.sum = b.d * (b.qsum[0] + b.qsum[1]) as f32;
     }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
 }

@@ -173,6 +173,24 @@ pub unsafe fn packed_tile(
     );
 }
 
+/// Σ over 8 four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane, as the
+/// sums over groups 0..4 (values 0..16) and 4..8 (16..32).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn sum_halves(w: &[__m512i; 8], act: *const i8) -> (__m512i, __m512i) {
+    let a = act as *const i32;
+    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for j in 0..4 {
+        s0 = _mm512_dpbusd_epi32(s0, w[j], _mm512_set1_epi32(a.add(j).read_unaligned()));
+        s1 = _mm512_dpbusd_epi32(
+            s1,
+            w[j + 4],
+            _mm512_set1_epi32(a.add(j + 4).read_unaligned()),
+        );
+    }
+    (s0, s1)
+}
+
 /// Σ over 8 four-byte groups of `w[j] · act[4j..4j+4]` per 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
@@ -193,7 +211,13 @@ unsafe fn sum_plane(w: &[__m512i; 8], act: *const i8) -> __m512i {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const NT: usize>(
+unsafe fn packed_group<
+    const U4: bool,
+    const F16: bool,
+    const TWO: bool,
+    const HALVES: bool,
+    const NT: usize,
+>(
     codes: *const u8,
     scales: *const u8,
     blocks: usize,
@@ -234,7 +258,26 @@ unsafe fn packed_group<const U4: bool, const F16: bool, const TWO: bool, const N
         // registers (a loop over `t` was left rolled, with `acc` on the stack).
         macro_rules! row {
             ($t:literal) => {
-                if $t < NT {
+                if $t < NT && HALVES {
+                    // Q6_K: each half its own scale (`wd`, then `wm`), and
+                    // 32·Σq subtracted in integers.
+                    let a = &*acts[$t].add(b);
+                    let (h0, h1) = sum_halves(&w, a.hi.as_ptr());
+                    let (mut i0, mut i1) = (_mm512_slli_epi32(h0, 8), _mm512_slli_epi32(h1, 8));
+                    if TWO {
+                        let (l0, l1) = sum_halves(&w, a.lo.as_ptr());
+                        i0 = _mm512_add_epi32(i0, l0);
+                        i1 = _mm512_add_epi32(i1, l1);
+                    }
+                    let zero = crate::packed::HALVES_ZERO;
+                    i0 = _mm512_sub_epi32(i0, _mm512_set1_epi32(zero * a.qsum[0]));
+                    i1 = _mm512_sub_epi32(i1, _mm512_set1_epi32(zero * a.qsum[1]));
+                    let ad = _mm512_set1_ps(a.d);
+                    let f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), ad);
+                    acc[$t] = _mm512_fmadd_ps(f0, wd, acc[$t]);
+                    let f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(i1), ad);
+                    acc[$t] = _mm512_fmadd_ps(f1, wm, acc[$t]);
+                } else if $t < NT {
                     let a = &*acts[$t].add(b);
                     let mut isum = _mm512_slli_epi32(sum_plane(&w, a.hi.as_ptr()), 8);
                     if TWO {
@@ -279,7 +322,7 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
             _mm512_set1_ps(id1),
             _mm512_set1_ps(256.0 * id1),
         );
-        let mut isum = _mm512_setzero_si512();
+        let mut qsum = [0i32; 2];
         for (h, v) in v.into_iter().enumerate() {
             let q = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(v, idv));
             let q = _mm512_min_ps(_mm512_max_ps(q, lo_lim), hi_lim);
@@ -299,10 +342,11 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
                 b.lo.as_mut_ptr().add(16 * h) as *mut __m128i,
                 _mm512_cvtsepi32_epi8(li),
             );
-            isum = _mm512_add_epi32(isum, _mm512_add_epi32(_mm512_slli_epi32(qi, 8), li));
+            qsum[h] = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(qi, 8), li));
         }
         b.d = d1 / 256.0;
-        b.sum = b.d * _mm512_reduce_add_epi32(isum) as f32;
+        b.qsum = qsum;
+        b.sum = b.d * (qsum[0] + qsum[1]) as f32;
     }
 }
 

@@ -55,12 +55,13 @@ fn random_x(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 /// The types with an integer (packed) path.
-const PACKED_TYPES: [GgmlType; 5] = [
+const PACKED_TYPES: [GgmlType; 6] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q8_0,
     GgmlType::Q4K,
+    GgmlType::Q6K,
 ];
 
 fn quantized(x: &[f32], two_planes: bool) -> Vec<BlockQ8> {
