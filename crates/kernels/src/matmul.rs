@@ -18,7 +18,8 @@
 //!   dotted with every activation row in f32: the same arithmetic as the
 //!   reference implementation (transformers on the dequantized weights).
 //!
-//! Types without a packed layout (Q6_K, F16, F32, BF16) always take the f32 path.
+//! Float weights (F16, F32, BF16) have no packed layout and always take the f32
+//! path.
 //! The scalar path computes the integer precisions from the original bytes
 //! (`dot::scalar::dot_q8`), which is what the packed kernels are tested against.
 
