@@ -1,10 +1,12 @@
 //! AMX int8 tiles for the packed kernel. One `tdpbsud` multiplies 16 activation
-//! rows (signed bytes, straight from their `BlockQ8`s at the activation row
-//! stride) by one 32-weight block of 16 weight rows (unsigned codes, which is
-//! exactly the packed layout's chunks: 8 rows of 64 bytes) into a 16×16 tile of
-//! i32 sums, laid out [activation row][weight row] like the output. Each block's
-//! sums are then scaled in f32 exactly as the `vpdpbusd` kernel scales them, so
-//! the two paths give the same numbers.
+//! rows (signed bytes, copied per tile into contiguous planes by [`tile_layout`])
+//! by one 32-weight block of 16 weight rows (unsigned codes, which is exactly the
+//! packed layout's chunks: 8 rows of 64 bytes; 4-bit codes are unpacked first)
+//! into a 16×16 tile of i32 sums, laid out [activation row][weight row] like the
+//! output. Each block's sums then leave the tile through memory and are scaled in
+//! f32 exactly as the `vpdpbusd` kernel scales them, so the two paths give the
+//! same numbers. That round trip per block is why this path is slower than VNNI
+//! here and not the default (see `Isa::Amx`).
 //!
 //! Tiles need the OS to enable their state and to grant the process its use;
 //! [`available`] checks both before anything runs a tile instruction.
