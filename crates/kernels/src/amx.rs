@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use crate::packed::TileCfg;
 use crate::quant::BlockQ8;
+use crate::x86_512::{load_scales, rescale};
 
 /// Activation rows per tile.
 pub const ROWS: usize = 16;
@@ -277,18 +278,7 @@ unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArg
             tiles(b + 1, &mut unpacked.0, &mut sums.0);
         }
         let sums = &sums.0[b % 2];
-        let s = scales.add(b * sb);
-        let (wd, wm) = if F16 {
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i)),
-            )
-        } else {
-            (
-                _mm512_loadu_ps(s as *const f32),
-                _mm512_loadu_ps(s.add(64) as *const f32),
-            )
-        };
+        let (wd, wm) = load_scales::<F16>(scales.add(b * sb));
         // Unrolled with constant indices so the accumulators stay in registers.
         macro_rules! row {
             ($t:literal) => {
@@ -299,9 +289,7 @@ unsafe fn tile16<const U4: bool, const F16: bool, const TWO: bool>(args: TileArg
                     let lo = _mm512_load_si512(sums[1][$t].as_ptr() as *const _);
                     isum = _mm512_add_epi32(isum, lo);
                 }
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
-                acc[$t] = _mm512_fmadd_ps(f, wd, acc[$t]);
-                acc[$t] = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc[$t]);
+                acc[$t] = rescale(acc[$t], isum, a, wd, wm);
             };
         }
         row!(0);

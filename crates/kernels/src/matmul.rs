@@ -168,8 +168,8 @@ impl<'a> Activations<'a> {
     }
 }
 
-/// Output rows handed to one task on the f32 and scalar paths.
-const ROWS_PER_TASK: usize = 32;
+/// Output rows handed to one task: two packed groups.
+const ROWS_PER_TASK: usize = 2 * GROUP;
 /// Side of the register tile (weight rows × activation rows).
 const TILE: usize = 4;
 /// Batches smaller than this use one dot product per (row, token) pair.
@@ -217,24 +217,18 @@ pub fn matmul_many_on(
     if paths.iter().any(|p| *p != Path::F32) {
         x.ensure_q8(isa);
     }
-    // Tasks are row ranges of one matrix; packed ranges are whole groups, more
-    // of them per task when the batch is small so a task is never trivial.
-    let mut tasks = Vec::new();
-    for (m, (w, path)) in ws.iter().zip(&paths).enumerate() {
-        let step = match path {
-            Path::Packed => 2 * GROUP,
-            _ => ROWS_PER_TASK,
-        };
-        tasks.extend(
-            (0..w.rows)
-                .step_by(step)
-                .map(|r0| (m, r0, (r0 + step).min(w.rows))),
-        );
+    // Tasks are ROWS_PER_TASK-row ranges of one matrix (whole groups on the
+    // packed path); matrix m owns tasks first[m]..first[m + 1].
+    let mut first = vec![0];
+    for w in ws {
+        first.push(first.last().unwrap_or(&0) + w.rows.div_ceil(ROWS_PER_TASK));
     }
     let outs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     let x = &*x;
-    crate::pool::global().for_each(tasks.len(), |t| {
-        let (m, r0, r1) = tasks[t];
+    crate::pool::global().for_each(first[ws.len()], |t| {
+        let m = first.partition_point(|&f| f <= t) - 1;
+        let r0 = (t - first[m]) * ROWS_PER_TASK;
+        let r1 = (r0 + ROWS_PER_TASK).min(ws[m].rows);
         run_rows(isa, &ws[m], paths[m], x, r0, r1, &outs[m]);
     });
     Ok(())

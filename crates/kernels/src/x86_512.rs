@@ -154,6 +154,40 @@ pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
     out
 }
 
+/// A block's 16 weight scales and 16 offsets (or, for Q6_K, the two halves'
+/// scales) from the packed scale array, as f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub(crate) unsafe fn load_scales<const F16: bool>(s: *const u8) -> (__m512, __m512) {
+    if F16 {
+        (
+            _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
+            _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i)),
+        )
+    } else {
+        (
+            _mm512_loadu_ps(s as *const f32),
+            _mm512_loadu_ps(s.add(64) as *const f32),
+        )
+    }
+}
+
+/// `acc + wd·(isum·d_x) + wm·Σx`: one block's integer sums for 16 weight rows,
+/// scaled by the weights' and the activations' scales, plus the offsets' share.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+pub(crate) unsafe fn rescale(
+    acc: __m512,
+    isum: __m512i,
+    a: &BlockQ8,
+    wd: __m512,
+    wm: __m512,
+) -> __m512 {
+    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
+    let acc = _mm512_fmadd_ps(f, wd, acc);
+    _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc)
+}
+
 /// The packed kernel for one group of 16 weight rows against `acts.len()` (at most
 /// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
@@ -242,18 +276,7 @@ unsafe fn packed_group<
                 *w = _mm512_loadu_si512(p.add(64 * j) as *const _);
             }
         }
-        let s = scales.add(b * sb);
-        let (wd, wm) = if F16 {
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(s.add(32) as *const __m256i)),
-            )
-        } else {
-            (
-                _mm512_loadu_ps(s as *const f32),
-                _mm512_loadu_ps(s.add(64) as *const f32),
-            )
-        };
+        let (wd, wm) = load_scales::<F16>(scales.add(b * sb));
         // Unrolled by hand with constant indices so the accumulators stay in
         // registers (a loop over `t` was left rolled, with `acc` on the stack).
         macro_rules! row {
@@ -283,9 +306,7 @@ unsafe fn packed_group<
                     if TWO {
                         isum = _mm512_add_epi32(isum, sum_plane(&w, a.lo.as_ptr()));
                     }
-                    let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
-                    acc[$t] = _mm512_fmadd_ps(f, wd, acc[$t]);
-                    acc[$t] = _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc[$t]);
+                    acc[$t] = rescale(acc[$t], isum, a, wd, wm);
                 }
             };
         }
@@ -347,25 +368,6 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
         b.d = d1 / 256.0;
         b.qsum = qsum;
         b.sum = b.d * (qsum[0] + qsum[1]) as f32;
-    }
-}
-
-/// `y += a·x` (16 lanes at a time, fused multiply-add; the tail in scalar).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let av = _mm512_set1_ps(a);
-    let mut i = 0;
-    while i + 16 <= n {
-        let p = y.as_mut_ptr().add(i);
-        _mm512_storeu_ps(
-            p,
-            _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)),
-        );
-        i += 16;
-    }
-    for j in i..n {
-        y[j] += a * x[j];
     }
 }
 

@@ -117,9 +117,34 @@ fn two_planes_keep_outlier_blocks_close() {
     );
 }
 
-/// A random matrix of `ty`, its packed copy made.
+/// A random matrix of `ty`.
 fn random_matrix(rng: &mut StdRng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     (0..rows).flat_map(|_| random_row(rng, ty, cols)).collect()
+}
+
+/// `x · Wᵀ` (`n` rows of `x`) on `isa`, with `W` packed when its type has a
+/// packed layout.
+fn matmul_packing(
+    isa: Isa,
+    w: WeightMatrix,
+    x: &[f32],
+    n: usize,
+    precision: Precision,
+) -> Vec<f32> {
+    let packed = PackedMatrix::pack(&w);
+    let w = match &packed {
+        Some(p) => w.with_packed(p).unwrap(),
+        None => w,
+    };
+    let mut out = vec![f32::NAN; n * w.rows];
+    let mut acts = Activations::with_precision(x, n, w.cols, precision);
+    matmul_on(isa, &w, &mut acts, &mut out).unwrap();
+    out
+}
+
+/// Within `rel` of `want`, relative to `1 + |want|`.
+fn close(got: f32, want: f32, rel: f32) -> bool {
+    (got - want).abs() <= rel * (1.0 + want.abs())
 }
 
 #[test]
@@ -148,12 +173,9 @@ fn packed_kernels_match_scalar_twin_on_odd_shapes() {
                     let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
                     let data = random_matrix(&mut rng, ty, rows, cols);
                     let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
-                    let packed = PackedMatrix::pack(&w).expect("packable");
-                    let w = w.with_packed(&packed).unwrap();
+                    assert!(PackedMatrix::pack(&w).is_some(), "{ty} packs");
                     let x = random_x(&mut rng, n * cols);
-                    let mut out = vec![f32::NAN; n * rows];
-                    let mut acts = Activations::with_precision(&x, n, cols, precision);
-                    matmul_on(isa, &w, &mut acts, &mut out).unwrap();
+                    let out = matmul_packing(isa, w, &x, n, precision);
                     for i in 0..n {
                         let a =
                             quantized(&x[i * cols..(i + 1) * cols], precision == Precision::Q8x2);
@@ -161,7 +183,7 @@ fn packed_kernels_match_scalar_twin_on_odd_shapes() {
                             let want = scalar::dot_q8(ty, w.row(r), &a);
                             let got = out[i * rows + r];
                             assert!(
-                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                close(got, want, 1e-4),
                                 "{} {precision:?} {ty} n={n} rows={rows} [{i},{r}]: {got} vs {want}",
                                 isa.name()
                             );
@@ -184,20 +206,8 @@ fn matmul_matches_reference_on_odd_shapes_for_every_isa() {
                     let cols = ty.block_elems().max(32) * rng.gen_range(1..4);
                     let data = random_matrix(&mut rng, ty, rows, cols);
                     let w = WeightMatrix::new(ty, rows, cols, &data).unwrap();
-                    let packed = PackedMatrix::pack(&w);
-                    let w = match &packed {
-                        Some(p) => w.with_packed(p).unwrap(),
-                        None => w,
-                    };
                     let x = random_x(&mut rng, n * cols);
-                    let mut out = vec![0f32; n * rows];
-                    matmul_on(
-                        isa,
-                        &w,
-                        &mut Activations::with_precision(&x, n, cols, precision),
-                        &mut out,
-                    )
-                    .unwrap();
+                    let out = matmul_packing(isa, w, &x, n, precision);
                     let integer = precision != Precision::F32 && dot::uses_q8_activations(ty);
                     for i in 0..n {
                         let xr = &x[i * cols..(i + 1) * cols];
@@ -249,22 +259,14 @@ fn simd_dequantize_and_f32_dot_match_scalar() {
             dequantize_row(ty, &w, &mut a);
             dot::dequantize_row(isa, ty, &w, &mut b);
             for (x, y) in a.iter().zip(&b) {
-                assert!(
-                    (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
-                    "{} {ty}: {x} vs {y}",
-                    isa.name()
-                );
+                assert!(close(*y, *x, 1e-5), "{} {ty}: {x} vs {y}", isa.name());
             }
         }
         for len in [1, 7, 32, 33, 100, 576] {
             let (x, y) = (random_x(&mut rng, len), random_x(&mut rng, len));
             let want: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
             let got = dot::dot_f32_f32(isa, &x, &y);
-            assert!(
-                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                "{} len {len}",
-                isa.name()
-            );
+            assert!(close(got, want, 1e-4), "{} len {len}", isa.name());
         }
     }
 }
@@ -285,7 +287,7 @@ fn tiled_dot_matches_pairwise_dots() {
                 for j in 0..4 {
                     let want: f32 = w[j].iter().zip(&x[i]).map(|(a, b)| a * b).sum();
                     assert!(
-                        (tile[i][j] - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        close(tile[i][j], want, 1e-4),
                         "{} len {len} [{i}][{j}]",
                         isa.name()
                     );
@@ -330,11 +332,7 @@ fn simd_axpy_matches_scalar() {
             dot::axpy(isa, a, &x, &mut y);
             for i in 0..len {
                 let want = y0[i] + a * x[i];
-                assert!(
-                    (y[i] - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "{} len {len}",
-                    isa.name()
-                );
+                assert!(close(y[i], want, 1e-5), "{} len {len}", isa.name());
             }
         }
     }
@@ -362,7 +360,7 @@ fn simd_weighted_rows_match_scalar() {
                         o0[h * hd + j] + (0..n).map(|i| w[h][i] * v[i * stride + j]).sum::<f32>();
                     let got = o[h * hd + j];
                     assert!(
-                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        close(got, want, 1e-4),
                         "{} g={g} n={n} hd={hd} [{h}][{j}]: {got} vs {want}",
                         isa.name()
                     );
