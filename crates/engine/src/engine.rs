@@ -8,21 +8,35 @@
 //! weights) → sample for the sequences that reached their last token → emit →
 //! retire finished sequences. The handle follows the actor pattern (TGI's queue):
 //! commands over a channel, the state owned by one thread.
+//!
+//! **Panic boundary.** Forward, sampling and emitting run under `catch_unwind`: a
+//! panic there (a kernel bug, a model file with NaN weights tripping a sampler
+//! invariant) fails the requests of that step with `EngineError::StepPanicked`,
+//! frees their blocks and counts `step_failures_total`; every other request
+//! carries on. The scheduler's own planning is outside the boundary: a panic there
+//! means its bookkeeping is broken, so the thread exits and
+//! [`EngineHandle::is_alive`] turns false (the server answers /health with 503).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use inferd_kvcache::{KvCacheManager, PrefixCacheConfig};
-use inferd_model::{KvStore, LogitsRequest, SeqBatch};
-use inferd_scheduler::{NewSequence, Scheduler, SchedulerConfig, SchedulerError, SeqId};
+use inferd_kvcache::{stable_hash_bytes, KvCacheManager, PrefixCacheConfig};
+use inferd_model::{KvStore, Logits, LogitsRequest, SeqBatch};
+use inferd_scheduler::{
+    FinishedSequence, NewSequence, Scheduler, SchedulerConfig, SchedulerError, SeqId, StepPlan,
+};
 use inferd_tokenizer::Detokenizer;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::error::{EngineError, Result};
 use crate::loader::LoadedModel;
-use crate::sampling::{Logprobs, Sampler, SamplingParams};
+use crate::sampling::{logprobs, Logprobs, Sampler};
+use crate::stream::{
+    Command, EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage,
+};
 
 /// Engine knobs; every field has a documented default.
 #[derive(Debug, Clone)]
@@ -65,81 +79,6 @@ impl EngineConfig {
     }
 }
 
-/// A validated generation request.
-#[derive(Debug, Clone, Default)]
-pub struct EngineRequest {
-    pub prompt: Vec<u32>,
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Generation stops after any of these tokens (reported with the stream).
-    pub stop_token_ids: Vec<u32>,
-    /// Higher is scheduled first. Default 0.
-    pub priority: i32,
-    /// Isolates prefix-cache sharing to requests with the same salt.
-    pub cache_salt: Option<String>,
-}
-
-/// Why a request finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token was produced.
-    Stop,
-    /// `max_tokens` was reached.
-    Length,
-}
-
-/// Token counts of a finished request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    /// Prompt tokens whose KV came from the prefix cache.
-    pub cached_tokens: usize,
-}
-
-/// Where a request's time went (definitions in DESIGN.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Timings {
-    /// Arrival → first scheduled in a step.
-    pub queue: Duration,
-    /// First scheduled → first token produced.
-    pub prefill: Duration,
-    /// Arrival → first token.
-    pub ttft: Duration,
-    /// First token → last token.
-    pub decode: Duration,
-    /// Arrival → last token.
-    pub e2e: Duration,
-    pub preemptions: u32,
-}
-
-#[derive(Debug)]
-pub enum TokenEvent {
-    Token {
-        id: u32,
-        text: String,
-        logprobs: Option<Logprobs>,
-    },
-    Done {
-        reason: FinishReason,
-        usage: Usage,
-        timings: Timings,
-    },
-    Error(EngineError),
-}
-
-/// Receives one request's events. Dropping it cancels the request.
-pub type EventStream = UnboundedReceiver<TokenEvent>;
-
-enum Command {
-    Submit {
-        id: SeqId,
-        req: EngineRequest,
-        arrival: Instant,
-        events: UnboundedSender<TokenEvent>,
-    },
-}
-
 /// Live gauges and counters shared with handles (read without asking the engine
 /// thread; updated after every step).
 #[derive(Debug, Default)]
@@ -155,6 +94,8 @@ pub struct EngineGauges {
     pub prefix_hits_tokens_total: AtomicU64,
     pub kv_evictions_total: AtomicU64,
     pub preemptions_total: AtomicU64,
+    /// Steps that panicked (their requests failed with `StepPanicked`).
+    pub step_failures_total: AtomicU64,
 }
 
 /// Cheap to clone; usable from any thread or task.
@@ -162,6 +103,7 @@ pub struct EngineGauges {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     next_id: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
     pub gauges: Arc<EngineGauges>,
     pub context_length: usize,
 }
@@ -174,14 +116,14 @@ impl EngineHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) as SeqId;
         let cmd = Command::Submit {
             id,
-            req,
-            arrival: Instant::now(),
+            arrival: req.arrival.unwrap_or_else(Instant::now),
+            req: Box::new(req),
             events: tx.clone(),
         };
         if self.tx.send(cmd).is_err() {
             let _ = tx.send(TokenEvent::Error(EngineError::Stopped));
         }
-        rx
+        EventStream::new(id, rx, self.tx.clone())
     }
 
     /// Collects a whole generation (for tests and simple callers).
@@ -190,12 +132,37 @@ impl EngineHandle {
         let mut ids = Vec::new();
         while let Some(ev) = rx.blocking_recv() {
             match ev {
+                TokenEvent::PromptLogprobs(_) => {}
                 TokenEvent::Token { id, .. } => ids.push(id),
                 TokenEvent::Done { usage, timings, .. } => return Ok((ids, usage, timings)),
                 TokenEvent::Error(e) => return Err(e),
             }
         }
         Err(EngineError::Stopped)
+    }
+
+    /// False once the engine thread has exited, for whatever reason (shutdown, a
+    /// panic outside the step boundary); requests submitted then fail with
+    /// `EngineError::Stopped`.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Stops the engine: at its next command check it fails every outstanding
+    /// request with `EngineError::Stopped` and its thread exits.
+    pub fn shutdown(&self) {
+        // An engine that has already exited is already shut down.
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// Clears the handles' `alive` flag when the engine thread ends, however it ends
+/// (return or unwinding panic).
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -210,12 +177,24 @@ struct Active {
     arrival: Instant,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
+    /// Until they are sent with the first token.
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
-/// Starts the engine thread for `model`; it runs until every handle is dropped.
+/// Prompt log-probabilities being collected over a request's prefill chunks.
+struct PromptLogprobs {
+    top_n: usize,
+    /// `entries[i]` scores `prompt[i + 1]`. Kept per position, not appended, so a
+    /// preemption that recomputes positions overwrites them instead of adding
+    /// duplicates.
+    entries: Vec<Option<Logprobs>>,
+}
+
+/// Starts the engine thread for `model`; it runs until every handle and stream is
+/// dropped, or [`EngineHandle::shutdown`].
 pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHandle> {
     config.validate()?;
-    let c = &model.model.config;
+    let c = model.model.config();
     let bytes_per_token = KvStore::bytes_per_token(c.n_layers, c.kv_dim());
     let total_blocks = (config.kv_cache_mib << 20) / (bytes_per_token * config.block_size);
     if total_blocks < 2 {
@@ -224,6 +203,7 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
             config.kv_cache_mib, config.block_size
         )));
     }
+    let context_length = c.context_length;
     let kv_manager = KvCacheManager::new(PrefixCacheConfig {
         total_blocks,
         block_size: config.block_size,
@@ -234,13 +214,15 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
     let (tx, rx) = mpsc::channel();
     let gauges = Arc::new(EngineGauges::default());
     gauges.kv_free_blocks.store(total_blocks, Ordering::Relaxed);
+    let alive = Arc::new(AtomicBool::new(true));
     let handle = EngineHandle {
         tx,
         next_id: Arc::new(AtomicUsize::new(0)),
+        alive: alive.clone(),
         gauges: gauges.clone(),
-        context_length: c.context_length,
+        context_length,
     };
-    let mut state = EngineLoop {
+    let state = EngineLoop {
         model,
         scheduler,
         kv,
@@ -249,7 +231,12 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
     };
     std::thread::Builder::new()
         .name("inferd-engine".into())
-        .spawn(move || state.run(rx))
+        .spawn(move || {
+            // Declared first, so dropped last: after the command receiver, so a
+            // handle that reads "dead" also finds submitting refused.
+            let _alive = AliveGuard(alive);
+            state.run(rx);
+        })
         .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
     Ok(handle)
 }
@@ -262,59 +249,148 @@ struct EngineLoop {
     gauges: Arc<EngineGauges>,
 }
 
+/// The prefix-cache salt of a `cache_salt` string: a stable hash, so the same
+/// salt isolates the same tenants in every build and process.
 fn salt_hash(salt: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    salt.hash(&mut h);
-    h.finish()
+    stable_hash_bytes(salt.as_bytes())
+}
+
+/// A salt no other request has, so the request shares no cached block. The 0xFF
+/// prefix never occurs in UTF-8, so no `cache_salt` string hashes the same bytes.
+fn unique_salt(id: SeqId) -> u64 {
+    let mut bytes = vec![0xff];
+    bytes.extend_from_slice(b"prompt_logprobs");
+    bytes.extend_from_slice(&id.to_le_bytes());
+    stable_hash_bytes(&bytes)
+}
+
+/// The text a panic was raised with (`panic!` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".into()
+    }
+}
+
+/// Which logits a chunk starting at `start_pos` needs: every row while its request
+/// is scoring prompt positions (any `p` with `p + 1 < prompt_tokens`), else the last
+/// one when the chunk ends at the last token.
+fn logits_needed(active: Option<&Active>, start_pos: usize, sample: bool) -> LogitsRequest {
+    let scoring =
+        active.is_some_and(|a| a.prompt_logprobs.is_some() && start_pos + 1 < a.prompt_tokens);
+    match (scoring, sample) {
+        (true, _) => LogitsRequest::All,
+        (false, true) => LogitsRequest::Last,
+        (false, false) => LogitsRequest::None,
+    }
 }
 
 impl EngineLoop {
-    fn run(&mut self, rx: mpsc::Receiver<Command>) {
-        loop {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        'serve: loop {
             if !self.scheduler.has_work() {
                 match rx.recv() {
-                    Ok(cmd) => self.handle(cmd),
+                    Ok(cmd) => {
+                        if !self.handle(cmd) {
+                            break 'serve;
+                        }
+                    }
                     Err(_) => return,
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
-                self.handle(cmd);
+                if !self.handle(cmd) {
+                    break 'serve;
+                }
             }
             self.drop_cancelled();
             self.step();
             self.publish_gauges();
         }
+        self.shut_down(&rx);
     }
 
-    fn handle(&mut self, cmd: Command) {
-        let Command::Submit {
-            id,
-            req,
-            arrival,
-            events,
-        } = cmd;
-        let reject = |e: EngineError| {
-            let _ = events.send(TokenEvent::Error(e));
-        };
-        if req.prompt.is_empty() {
-            return reject(EngineError::EmptyPrompt);
+    /// Applies one command; false when it is `Shutdown`.
+    fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Submit {
+                id,
+                req,
+                arrival,
+                events,
+            } => self.admit(id, *req, arrival, events),
+            Command::Stop { id } => {
+                if self.active.contains_key(&id) {
+                    self.complete(id, FinishReason::Stop, Instant::now());
+                }
+            }
+            Command::Shutdown => return false,
         }
-        let ctx = self.model.model.config.context_length;
+        true
+    }
+
+    /// Fails everything outstanding, including submits already queued behind the
+    /// shutdown, with `Stopped`.
+    fn shut_down(&mut self, rx: &mpsc::Receiver<Command>) {
+        let ids: Vec<SeqId> = self.active.keys().copied().collect();
+        for id in ids {
+            self.fail(id, EngineError::Stopped);
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            if let Command::Submit { events, .. } = cmd {
+                let _ = events.send(TokenEvent::Error(EngineError::Stopped));
+            }
+        }
+        self.publish_gauges();
+    }
+
+    /// Checks a request against the model; the error is what its caller is told.
+    fn check(&self, req: &EngineRequest) -> Result<()> {
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let config = self.model.model.config();
+        let ctx = config.context_length;
         if req.prompt.len() + req.max_tokens > ctx {
-            return reject(EngineError::ContextOverflow {
+            return Err(EngineError::ContextOverflow {
                 prompt_tokens: req.prompt.len(),
                 max_tokens: req.max_tokens,
                 context_length: ctx,
             });
         }
-        let vocab = self.model.model.config.vocab_size;
+        let vocab = config.vocab_size;
         if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
-            return reject(EngineError::InvalidParam {
+            return Err(EngineError::InvalidParam {
                 field: "prompt",
                 value: t.to_string(),
                 reason: "contains a token id outside the vocabulary",
             });
+        }
+        if let Some(n) = req.prompt_logprobs.filter(|&n| n > 20) {
+            return Err(EngineError::InvalidParam {
+                field: "prompt_logprobs",
+                value: n.to_string(),
+                reason: "must be at most 20",
+            });
+        }
+        Ok(())
+    }
+
+    fn admit(
+        &mut self,
+        id: SeqId,
+        req: EngineRequest,
+        arrival: Instant,
+        events: UnboundedSender<TokenEvent>,
+    ) {
+        let reject = |e: EngineError| {
+            let _ = events.send(TokenEvent::Error(e));
+        };
+        if let Err(e) = self.check(&req) {
+            return reject(e);
         }
         let mut sampler = match Sampler::new(req.sampling.clone()) {
             Ok(s) => s,
@@ -323,12 +399,18 @@ impl EngineLoop {
         for &t in &req.prompt {
             sampler.observe_prompt(t);
         }
+        // Cached positions have no logits, so a request scoring its prompt must
+        // compute all of it.
+        let salt = match req.prompt_logprobs {
+            Some(_) => Some(unique_salt(id)),
+            None => req.cache_salt.as_deref().map(salt_hash),
+        };
         let new = NewSequence {
             id,
             prompt: req.prompt.clone(),
             max_tokens: req.max_tokens,
             priority: req.priority,
-            salt: req.cache_salt.as_deref().map(salt_hash),
+            salt,
         };
         if let Err(e) = self.scheduler.add(new) {
             return reject(match e {
@@ -351,6 +433,10 @@ impl EngineLoop {
                 arrival,
                 first_scheduled: None,
                 first_token: None,
+                prompt_logprobs: req.prompt_logprobs.map(|top_n| PromptLogprobs {
+                    top_n,
+                    entries: vec![None; req.prompt.len() - 1],
+                }),
             },
         );
     }
@@ -369,6 +455,7 @@ impl EngineLoop {
         }
     }
 
+    /// Plans a step and runs it inside the panic boundary (module docs).
     fn step(&mut self) {
         let plan = self.scheduler.schedule();
         let now = Instant::now();
@@ -385,6 +472,22 @@ impl EngineLoop {
             }
             return;
         }
+        // Unwind safety: a panic leaves half-updated state only in the requests of
+        // this plan (their samplers, detokenizers, token lists and new KV rows),
+        // and every one of them is removed below, its blocks freed.
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.run_step(&plan))) {
+            let msg = panic_message(payload.as_ref());
+            self.gauges
+                .step_failures_total
+                .fetch_add(1, Ordering::Relaxed);
+            for c in &plan.chunks {
+                self.fail(c.id, EngineError::StepPanicked(msg.clone()));
+            }
+        }
+    }
+
+    /// Forward → sample → emit for one planned step.
+    fn run_step(&mut self, plan: &StepPlan) {
         let batch: Vec<SeqBatch> = plan
             .chunks
             .iter()
@@ -399,11 +502,7 @@ impl EngineLoop {
                     .scheduler
                     .block_table(c.id)
                     .expect("scheduled sequence exists: this is a bug"),
-                logits: if c.sample {
-                    LogitsRequest::Last
-                } else {
-                    LogitsRequest::None
-                },
+                logits: logits_needed(self.active.get(&c.id), c.start_pos, c.sample),
             })
             .collect();
         let result = self.model.model.forward(&batch, &mut self.kv);
@@ -419,46 +518,85 @@ impl EngineLoop {
                 return;
             }
         };
-        self.scheduler.complete_step(&plan);
+        self.scheduler.complete_step(plan);
+        self.collect_prompt_logprobs(plan, &logits);
         let now = Instant::now();
         for (i, c) in plan.chunks.iter().enumerate() {
             if !c.sample {
                 continue;
             }
-            let Some(row) = logits.last_of(i) else {
-                continue;
-            };
+            if let Some(row) = logits.last_of(i) {
+                self.sample_and_emit(c.id, row, now);
+            }
+        }
+    }
+
+    /// Scores the prompt tokens each `All` row predicts (one pass over the rows).
+    fn collect_prompt_logprobs(&mut self, plan: &StepPlan, logits: &Logits) {
+        for (r, &(seq, j)) in logits.rows.iter().enumerate() {
+            let c = &plan.chunks[seq];
             let Some(a) = self.active.get_mut(&c.id) else {
                 continue;
             };
-            let (token, logprobs) = a.sampler.sample(row);
-            a.sampler.observe(token);
-            a.generated += 1;
-            a.first_token.get_or_insert(now);
-            let reason = if a.stop_token_ids.contains(&token) {
-                Some(FinishReason::Stop)
-            } else if a.generated >= a.max_tokens {
-                Some(FinishReason::Length)
-            } else {
-                None
+            let Some(pl) = a.prompt_logprobs.as_mut() else {
+                continue;
             };
-            let mut text = a
-                .detok
-                .push(&self.model.tokenizer, token)
-                .unwrap_or_default();
-            if reason.is_some() {
-                // Trailing bytes of an incomplete character go out with the last token.
-                text.extend(a.detok.flush());
+            let pos = c.start_pos + j;
+            // The last prompt position predicts the first generated token instead.
+            if pos + 1 >= a.prompt_tokens {
+                continue;
             }
-            let _ = a.events.send(TokenEvent::Token {
-                id: token,
-                text,
-                logprobs,
-            });
-            match reason {
-                Some(reason) => self.complete(c.id, reason, now),
-                None => self.scheduler.append_token(c.id, token),
-            }
+            let next = self
+                .scheduler
+                .tokens(c.id)
+                .expect("scheduled sequence exists: this is a bug")[pos + 1];
+            pl.entries[pos] = Some(logprobs(logits.row(r), next, pl.top_n));
+        }
+    }
+
+    fn sample_and_emit(&mut self, id: SeqId, row: &[f32], now: Instant) {
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
+        if let Some(pl) = a.prompt_logprobs.take() {
+            let entries = pl
+                .entries
+                .into_iter()
+                .map(|e| {
+                    e.expect(
+                        "every prompt position is computed before the first token: this is a bug",
+                    )
+                })
+                .collect();
+            let _ = a.events.send(TokenEvent::PromptLogprobs(entries));
+        }
+        let (token, logprobs) = a.sampler.sample(row);
+        a.sampler.observe(token);
+        a.generated += 1;
+        a.first_token.get_or_insert(now);
+        let reason = if a.stop_token_ids.contains(&token) {
+            Some(FinishReason::Stop)
+        } else if a.generated >= a.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let mut text = a
+            .detok
+            .push(&self.model.tokenizer, token)
+            .unwrap_or_default();
+        if reason.is_some() {
+            // Trailing bytes of an incomplete character go out with the last token.
+            text.extend(a.detok.flush());
+        }
+        let _ = a.events.send(TokenEvent::Token {
+            id: token,
+            text,
+            logprobs,
+        });
+        match reason {
+            Some(reason) => self.complete(id, reason, now),
+            None => self.scheduler.append_token(id, token),
         }
     }
 
@@ -466,21 +604,20 @@ impl EngineLoop {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
-        let info = self
-            .scheduler
-            .finish(id)
-            .unwrap_or(inferd_scheduler::FinishedSequence {
-                cached_tokens: 0,
-                preemptions: 0,
-            });
+        let info = self.scheduler.finish(id).unwrap_or(FinishedSequence {
+            cached_tokens: 0,
+            preemptions: 0,
+        });
+        // Saturating: a caller-given arrival could lie in the future.
+        let since = |later: Instant, earlier: Instant| later.saturating_duration_since(earlier);
         let first_scheduled = a.first_scheduled.unwrap_or(a.arrival);
         let first_token = a.first_token.unwrap_or(now);
         let timings = Timings {
-            queue: first_scheduled - a.arrival,
-            prefill: first_token.saturating_duration_since(first_scheduled),
-            ttft: first_token - a.arrival,
-            decode: now - first_token,
-            e2e: now - a.arrival,
+            queue: since(first_scheduled, a.arrival),
+            prefill: since(first_token, first_scheduled),
+            ttft: since(first_token, a.arrival),
+            decode: since(now, first_token),
+            e2e: since(now, a.arrival),
             preemptions: info.preemptions,
         };
         let usage = Usage {
@@ -521,4 +658,21 @@ impl EngineLoop {
         g.preemptions_total
             .store(self.scheduler.preemptions_total(), Ordering::Relaxed);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_salt_hash_is_stable_across_processes() {
+        // Pinned: `DefaultHasher` may change between builds, which would silently
+        // stop a tenant's requests from sharing blocks with a restarted replica's.
+        assert_eq!(salt_hash("tenant-a"), PINNED_TENANT_A);
+        assert_ne!(salt_hash("tenant-a"), salt_hash("tenant-b"));
+    }
+
+    /// SplitMix64 over the salt's little-endian words (`stable_hash_bytes`),
+    /// cross-checked against a Python transcription of the algorithm.
+    const PINNED_TENANT_A: u64 = 0x3b16_3f92_4e90_5280;
 }

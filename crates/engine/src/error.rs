@@ -1,3 +1,6 @@
+//! The engine crate's one error type: what a request or the engine can fail with,
+//! each message naming the field or limit involved.
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -30,6 +33,10 @@ pub enum EngineError {
     Config(String),
     #[error("engine step failed: {0}")]
     Step(String),
+    /// A panic inside a step (forward, sampling, emitting); it failed only the
+    /// requests of that step and the engine kept serving.
+    #[error("the engine step panicked: {0}")]
+    StepPanicked(String),
     #[error("the engine has stopped")]
     Stopped,
 }

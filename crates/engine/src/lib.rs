@@ -4,17 +4,16 @@
 //! [`Sampler`] turns one row of logits into a token (greedy, temperature, top-k,
 //! top-p, min-p, penalties, seeded) plus log-probabilities. [`start_engine`] starts
 //! the engine thread and returns an [`EngineHandle`]: submit a request, receive a
-//! stream of [`TokenEvent`]s.
+//! stream of [`TokenEvent`]s ([`EventStream`]), which the caller may stop early.
 
 mod engine;
 mod error;
 mod loader;
 mod sampling;
+mod stream;
 
-pub use engine::{
-    start_engine, EngineConfig, EngineGauges, EngineHandle, EngineRequest, EventStream,
-    FinishReason, Timings, TokenEvent, Usage,
-};
+pub use engine::{start_engine, EngineConfig, EngineGauges, EngineHandle};
 pub use error::{EngineError, Result};
 pub use loader::LoadedModel;
 pub use sampling::{Logprobs, Sampler, SamplingParams};
+pub use stream::{EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage};

@@ -4,14 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use inferd_model::Llama;
+use inferd_model::{load_model, Model};
 use inferd_tokenizer::{ChatTemplate, Tokenizer, TokenizerSpec};
 
 use crate::error::Result;
 
 /// A model with its tokenizer and (if the file has one) chat template.
 pub struct LoadedModel {
-    pub model: Llama,
+    /// Whichever architecture the file holds (see [`inferd_model::load_model`]).
+    pub model: Box<dyn Model>,
     /// Shared with the HTTP layer, which tokenizes prompts.
     pub tokenizer: Arc<Tokenizer>,
     pub chat_template: Option<Arc<ChatTemplate>>,
@@ -19,7 +20,7 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     pub fn load(path: impl AsRef<Path>) -> Result<LoadedModel> {
-        let model = Llama::load(path)?;
+        let model = load_model(path)?;
         let spec = TokenizerSpec::from_gguf(model.gguf())?;
         let tokenizer = Tokenizer::from_spec(&spec)?;
         let token_text = |id: Option<u32>| {

@@ -1,13 +1,16 @@
 //! The serving engine on the real default model: batching does not change greedy
 //! outputs, a cached prefix gives the same output as a cold cache and reports the
-//! cached tokens, cancellation frees blocks, a full queue is refused.
+//! cached tokens, cancellation frees blocks, a full queue is refused; a caller's
+//! stop finishes with real usage, timings start at the given arrival, prompt
+//! log-probabilities agree with teacher forcing (also across a preemption), and
+//! shutdown fails what is outstanding.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use inferd_engine::{
-    start_engine, EngineConfig, EngineError, EngineHandle, EngineRequest, FinishReason,
-    LoadedModel, TokenEvent,
+    start_engine, EngineConfig, EngineError, EngineHandle, EngineRequest, EventStream,
+    FinishReason, LoadedModel, Logprobs, SamplingParams, Timings, TokenEvent, Usage,
 };
 use inferd_scheduler::SchedulerConfig;
 
@@ -71,6 +74,7 @@ fn greedy_output_is_identical_alone_and_in_a_batch_of_eight() {
                     break;
                 }
                 TokenEvent::Error(e) => panic!("{e}"),
+                TokenEvent::PromptLogprobs(_) => panic!("not asked for"),
             }
         }
         assert_eq!(&got, want, "batched output differs from running alone");
@@ -171,7 +175,7 @@ fn a_full_queue_refuses_at_once_and_bad_requests_name_the_problem() {
                     completed += 1;
                     break;
                 }
-                TokenEvent::Token { .. } => {}
+                TokenEvent::Token { .. } | TokenEvent::PromptLogprobs(_) => {}
             }
         }
     }
@@ -190,4 +194,259 @@ fn a_full_queue_refuses_at_once_and_bad_requests_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("empty"), "{err}");
+}
+
+fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads events up to `Done`: (prompt logprobs if any, tokens, reason, usage,
+/// timings). Checks that the prompt logprobs come once, before every token.
+struct Finished {
+    prompt_logprobs: Option<Vec<Logprobs>>,
+    tokens: Vec<(u32, Option<Logprobs>)>,
+    reason: FinishReason,
+    usage: Usage,
+    timings: Timings,
+}
+
+fn finish(rx: &mut EventStream) -> Finished {
+    let (mut prompt_logprobs, mut tokens) = (None, Vec::new());
+    loop {
+        match rx
+            .blocking_recv()
+            .expect("a stream ends with Done or Error")
+        {
+            TokenEvent::PromptLogprobs(lp) => {
+                assert!(tokens.is_empty(), "prompt logprobs after a token");
+                assert!(
+                    prompt_logprobs.replace(lp).is_none(),
+                    "prompt logprobs twice"
+                );
+            }
+            TokenEvent::Token { id, logprobs, .. } => tokens.push((id, logprobs)),
+            TokenEvent::Done {
+                reason,
+                usage,
+                timings,
+            } => {
+                return Finished {
+                    prompt_logprobs,
+                    tokens,
+                    reason,
+                    usage,
+                    timings,
+                }
+            }
+            TokenEvent::Error(e) => panic!("unexpected error: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_stop_request_ends_with_done_and_real_usage() {
+    let (handle, m) = engine(EngineConfig::default());
+    let prompt = prompts(&m)[7].clone();
+    // Warm the prefix cache, so the stopped request's usage has cached tokens to report.
+    handle.generate_blocking(greedy(prompt.clone(), 1)).unwrap();
+    let mut rx = handle.submit(greedy(prompt.clone(), 1000));
+    for _ in 0..3 {
+        match rx.blocking_recv() {
+            Some(TokenEvent::Token { .. }) => {}
+            other => panic!("expected a token, got {other:?}"),
+        }
+    }
+    rx.stop();
+    let done = finish(&mut rx);
+    assert_eq!(done.reason, FinishReason::Stop);
+    assert_eq!(done.usage.prompt_tokens, prompt.len());
+    assert!(done.usage.prompt_tokens > 0);
+    assert!(
+        (3..1000).contains(&done.usage.completion_tokens),
+        "{:?}",
+        done.usage
+    );
+    assert_eq!(done.usage.completion_tokens, 3 + done.tokens.len());
+    assert!(done.usage.cached_tokens > 0, "{:?}", done.usage);
+    assert!(done.timings.ttft > Duration::ZERO, "{:?}", done.timings);
+    assert!(rx.blocking_recv().is_none(), "nothing follows Done");
+    wait_until(Duration::from_secs(10), "blocks freed after stop", || {
+        handle.gauges.kv_used_blocks.load(Ordering::Relaxed) == 0
+    });
+    // Stopping a finished request is harmless.
+    rx.stop();
+    handle.generate_blocking(greedy(vec![1, 2, 3], 2)).unwrap();
+}
+
+#[test]
+fn timings_are_measured_from_the_given_arrival() {
+    let (handle, _) = engine(EngineConfig::default());
+    let lead = Duration::from_millis(200);
+    let arrival = Instant::now()
+        .checked_sub(lead)
+        .expect("the clock is past 200ms");
+    let (_, _, t) = handle
+        .generate_blocking(EngineRequest {
+            arrival: Some(arrival),
+            ..greedy(vec![1, 2, 3, 4], 2)
+        })
+        .unwrap();
+    assert!(t.ttft >= lead && t.queue >= lead, "{t:?}");
+    assert!(t.e2e >= t.ttft, "{t:?}");
+    // Without an arrival, the clock starts at submit.
+    let (_, _, t) = handle
+        .generate_blocking(greedy(vec![1, 2, 3, 4], 2))
+        .unwrap();
+    assert!(t.queue < lead, "{t:?}");
+}
+
+/// Compares prompt logprobs with reference rows: top alternatives' values in
+/// order, and the prompt token's own value wherever the reference lists it.
+/// Returns how many prompt-token values were compared.
+fn assert_logprobs_close(got: &Logprobs, want: &Logprobs, token: u32, at: usize) -> usize {
+    const TOL: f32 = 1e-3;
+    assert_eq!(got.top.len(), want.top.len(), "position {at}");
+    for (g, w) in got.top.iter().zip(&want.top) {
+        assert!((g.1 - w.1).abs() < TOL, "position {at}: top {g:?} vs {w:?}");
+    }
+    match want.top.iter().find(|t| t.0 == token) {
+        Some(&(_, w)) => {
+            assert!(
+                (got.token_logprob - w).abs() < TOL,
+                "position {at}: logprob of {token} {} vs {w}",
+                got.token_logprob
+            );
+            1
+        }
+        None => 0,
+    }
+}
+
+fn scoring(prompt: Vec<u32>, n: usize) -> EngineRequest {
+    EngineRequest {
+        prompt_logprobs: Some(n),
+        ..greedy(prompt, 1)
+    }
+}
+
+#[test]
+fn prompt_logprobs_match_teacher_forcing_of_each_prefix() {
+    let (handle, m) = engine(EngineConfig::default());
+    let prompt = m
+        .tokenizer
+        .encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", false)
+        .unwrap();
+    let n = 5;
+    let scored = finish(&mut handle.submit(scoring(prompt.clone(), n)));
+    let entries = scored.prompt_logprobs.expect("prompt logprobs were sent");
+    assert_eq!(entries.len(), prompt.len() - 1);
+    assert_eq!(scored.tokens.len(), 1);
+    for (i, e) in entries.iter().enumerate() {
+        assert!(e.token_logprob <= 0.0, "position {i}: {e:?}");
+        assert_eq!(e.top.len(), n);
+        assert!(e.top.iter().all(|t| t.1 <= 0.0), "position {i}: {e:?}");
+        assert!(e.top.windows(2).all(|w| w[0].1 >= w[1].1), "sorted: {e:?}");
+    }
+    // The reference for position k-1: a request whose prompt is prompt[..k]
+    // reports, with its first generated token, the distribution over prompt[k].
+    let mut compared = 0;
+    for k in 1..prompt.len() {
+        let req = EngineRequest {
+            sampling: SamplingParams {
+                logprobs: Some(n),
+                ..Default::default()
+            },
+            ..greedy(prompt[..k].to_vec(), 1)
+        };
+        let first = finish(&mut handle.submit(req));
+        let want = first.tokens[0].1.as_ref().expect("logprobs were asked for");
+        compared += assert_logprobs_close(&entries[k - 1], want, prompt[k], k - 1);
+    }
+    eprintln!(
+        "prompt logprobs: {} positions, prompt token's value checked at {compared}",
+        entries.len()
+    );
+    assert!(
+        compared * 2 >= entries.len(),
+        "a counting prompt is predictable"
+    );
+    // Nothing was served from the cache, though every prefix above was computed.
+    let again = finish(&mut handle.submit(scoring(prompt.clone(), n)));
+    assert_eq!(again.usage.cached_tokens, 0);
+    assert_eq!(again.prompt_logprobs.map(|e| e.len()), Some(entries.len()));
+}
+
+#[test]
+fn prompt_logprobs_survive_preemption() {
+    let (_, m) = engine(EngineConfig::default());
+    let all = prompts(&m);
+    let scored_prompt = all[7][..40].to_vec();
+    let other_prompt = all[6][..12].to_vec();
+    let (roomy, _) = engine(EngineConfig::default());
+    let reference = finish(&mut roomy.submit(scoring(scored_prompt.clone(), 3)));
+    let reference = reference
+        .prompt_logprobs
+        .expect("prompt logprobs were sent");
+    // Four blocks of 16 and 8-token steps: the scored prompt is still in prefill
+    // (32 tokens in) when the other request's decode needs a block, so it is
+    // preempted, and recomputes (or reuses its own cached blocks) afterwards.
+    let config = EngineConfig {
+        kv_cache_mib: 3,
+        scheduler: SchedulerConfig {
+            max_batch_tokens: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (tight, _) = engine(config);
+    let mut other = tight.submit(greedy(other_prompt, 8));
+    let mut scored = tight.submit(scoring(scored_prompt.clone(), 3));
+    let scored = finish(&mut scored);
+    finish(&mut other);
+    eprintln!(
+        "preemptions {}, prefix hits {} tokens",
+        scored.timings.preemptions,
+        tight
+            .gauges
+            .prefix_hits_tokens_total
+            .load(Ordering::Relaxed)
+    );
+    assert!(scored.timings.preemptions >= 1, "the setup must preempt");
+    let entries = scored.prompt_logprobs.expect("prompt logprobs were sent");
+    assert_eq!(
+        entries.len(),
+        reference.len(),
+        "no entry lost or duplicated"
+    );
+    for (i, (got, want)) in entries.iter().zip(&reference).enumerate() {
+        assert_logprobs_close(got, want, scored_prompt[i + 1], i);
+        assert!(
+            (got.token_logprob - want.token_logprob).abs() < 1e-3,
+            "position {i}"
+        );
+    }
+}
+
+#[test]
+fn shutdown_fails_outstanding_requests_with_stopped() {
+    let (handle, m) = engine(EngineConfig::default());
+    let mut rx = handle.submit(greedy(prompts(&m)[0].clone(), 1000));
+    assert!(matches!(rx.blocking_recv(), Some(TokenEvent::Token { .. })));
+    handle.shutdown();
+    loop {
+        match rx.blocking_recv() {
+            Some(TokenEvent::Token { .. }) => {}
+            Some(TokenEvent::Error(EngineError::Stopped)) => break,
+            other => panic!("expected Error(Stopped), got {other:?}"),
+        }
+    }
+    wait_until(Duration::from_secs(1), "the engine exits", || {
+        !handle.is_alive()
+    });
+    let err = handle.generate_blocking(greedy(vec![1], 1)).unwrap_err();
+    assert!(matches!(err, EngineError::Stopped), "{err}");
 }

@@ -13,7 +13,7 @@
 
 pub mod prefix;
 
-pub use prefix::{KvCacheManager, KvCacheStats, PrefixCacheConfig, SeqBlocks};
+pub use prefix::{stable_hash_bytes, KvCacheManager, KvCacheStats, PrefixCacheConfig, SeqBlocks};
 
 /// Index of a block in the pool.
 pub type BlockId = u32;

@@ -51,6 +51,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use crate::{BlockId, KvCacheError, Result};
+pub use hash::stable_hash_bytes;
 use hash::{hash_block, ROOT_HASH};
 use lru::Lru;
 

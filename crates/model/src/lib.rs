@@ -6,15 +6,20 @@
 //!
 //! The model does not own the KV cache bookkeeping: it reads and writes the K/V rows
 //! of whatever blocks it is handed ([`KvStore`] is just the storage).
+//!
+//! The engine drives every architecture through the [`Model`] trait;
+//! [`load_model`] picks the implementation from the file's `general.architecture`.
 
 mod batch;
 mod config;
 mod error;
 mod kv;
 mod llama;
+mod model;
 
 pub use batch::{Logits, LogitsRequest, SeqBatch};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use kv::KvStore;
 pub use llama::{ForwardOptions, Llama};
+pub use model::{load_model, Model};

@@ -22,6 +22,7 @@ use crate::batch::{Logits, LogitsRequest, SeqBatch};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvStore;
+use crate::model::Model;
 
 /// A weight matrix's location in the mapped file, and its copy repacked for the
 /// integer kernels when its type has one.
@@ -167,7 +168,12 @@ impl Loader<'_> {
 
 impl Llama {
     pub fn load(path: impl AsRef<Path>) -> Result<Llama> {
-        let file = GgufFile::open(path)?;
+        Llama::from_file(GgufFile::open(path)?)
+    }
+
+    /// Builds the model from an opened file (its `general.architecture` must be one
+    /// this decoder runs: llama or qwen2).
+    pub fn from_file(file: GgufFile) -> Result<Llama> {
         let config = ModelConfig::from_gguf(&file.info)?;
         let c = &config;
         let l = Loader { file: &file };
@@ -242,7 +248,8 @@ impl Llama {
         Activations::with_precision(x, rows, cols, self.options.precision)
     }
 
-    /// A KV store sized for `num_blocks` blocks of `block_size` tokens.
+    /// A KV store sized for `num_blocks` blocks of `block_size` tokens: one K and
+    /// one V row of `kv_dim` floats per layer and position.
     pub fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> KvStore {
         KvStore::new(
             self.config.n_layers,
@@ -498,6 +505,32 @@ impl Llama {
                 }
             })
         });
+    }
+}
+
+impl Model for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn options(&self) -> ForwardOptions {
+        self.options
+    }
+
+    fn set_options(&mut self, options: ForwardOptions) {
+        self.options = options;
+    }
+
+    fn gguf(&self) -> &inferd_gguf::Gguf {
+        Llama::gguf(self)
+    }
+
+    fn new_kv_store(&self, num_blocks: usize, block_size: usize) -> KvStore {
+        Llama::new_kv_store(self, num_blocks, block_size)
+    }
+
+    fn forward(&self, batch: &[SeqBatch], kv: &mut KvStore) -> Result<Logits> {
+        Llama::forward(self, batch, kv)
     }
 }
 

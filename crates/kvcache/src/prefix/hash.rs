@@ -1,4 +1,5 @@
-//! The content hash of a full block, chained over its parent's hash.
+//! The content hash of a full block, chained over its parent's hash, and the byte
+//! hash that turns a `cache_salt` string into the salt the blocks carry.
 //!
 //! Hand-written rather than `std`'s `DefaultHasher` so that a block's hash is the same
 //! in every build and on every replica (the algorithm behind `DefaultHasher` may change
@@ -30,6 +31,30 @@ pub(super) fn hash_block(parent_hash: u64, tokens: &[u32], salt: Option<u64>) ->
     }
     // The length makes an odd trailing token unambiguous.
     mix(h ^ tokens.len() as u64)
+}
+
+// Starts `stable_hash_bytes` apart from block hashes, which start at `ROOT_HASH`.
+const BYTES_TAG: u64 = 0xa409_3822_299f_31d0;
+
+/// A hash of `bytes` that is the same in every build, process and replica (unlike
+/// `DefaultHasher`): for turning a request's `cache_salt` string into the block salt.
+/// Like the block hash, not collision-resistant against a crafted input; the cache
+/// compares the salt itself on every hit, so a collision only shares blocks between
+/// two salts, never K/V of different tokens.
+pub fn stable_hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = mix(BYTES_TAG);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let w: [u8; 8] = w
+            .try_into()
+            .expect("chunks_exact yields 8 bytes: this is a bug");
+        h = mix(h ^ u64::from_le_bytes(w));
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = mix(h ^ u64::from_le_bytes(last));
+    // The length tells `b"a"` from `b"a\0"`, which pad to the same last word.
+    mix(h ^ bytes.len() as u64)
 }
 
 /// SplitMix64's finaliser (Steele, Lea, Flood 2014): a bijection on u64 with full
@@ -77,4 +102,21 @@ mod tests {
     }
 
     const PINNED_HASH: u64 = 0x49b46f8296c3aba9;
+
+    #[test]
+    fn byte_hash_sees_every_byte_and_the_length() {
+        let base = stable_hash_bytes(b"tenant-a");
+        assert_eq!(base, stable_hash_bytes(b"tenant-a"), "deterministic");
+        for other in [
+            &b"tenant-b"[..],
+            b"tenant-a\0",
+            b"tenant-",
+            b"",
+            b"\0",
+            b"tenant-a-and-more-than-eight",
+        ] {
+            assert_ne!(base, stable_hash_bytes(other), "{other:?}");
+        }
+        assert_ne!(stable_hash_bytes(b""), stable_hash_bytes(b"\0"));
+    }
 }
