@@ -75,8 +75,19 @@ def metrics(base):
 
 
 def metric_value(text, name):
+    """The value of one sample; a missing sample fails the test (never reads as 0)."""
     m = re.search(r"^" + re.escape(name) + r" ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    assert m, f"no sample {name} in /metrics"
+    return float(m.group(1))
+
+
+def wait_for_metric(base, name, value, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metric_value(metrics(base), name) == value:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{name} never reached {value}")
 
 
 def test_chat_streaming_and_non_streaming_agree(client):
@@ -173,35 +184,39 @@ def test_cancelled_stream_frees_its_blocks(server, client):
     stream.close()
     deadline = time.time() + 20
     while time.time() < deadline:
-        if metric_value(metrics(server), 'inferd_kv_blocks{state="used"}') == 0:
+        if metric_value(metrics(server), 'inferd_kv_blocks{model="smollm2-135m",state="used"}') == 0:
             break
         time.sleep(0.1)
-    assert metric_value(metrics(server), 'inferd_kv_blocks{state="used"}') == 0
+    assert metric_value(metrics(server), 'inferd_kv_blocks{model="smollm2-135m",state="used"}') == 0
 
 
-def test_flood_gets_429_and_metrics_move():
+def test_a_full_queue_gets_429_and_metrics_move():
     proc, base = start_server("--max-running", "1", "--max-waiting", "1")
     try:
         client = openai.OpenAI(base_url=base + "/v1", api_key=API_KEY, max_retries=0)
-        before = metrics(base)
         results = []
 
-        def one():
-            try:
-                ask(client, max_tokens=32)
-                results.append(200)
-            except openai.RateLimitError:
-                results.append(429)
+        def one(**kw):
+            results.append(ask(client, **kw).choices[0].finish_reason)
 
-        threads = [threading.Thread(target=one) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert 429 in results and 200 in results, results
+        # One request running, one waiting behind it: the queue is full, so the
+        # next one is refused at once — deterministically, not by a race.
+        running = threading.Thread(target=one, kwargs=dict(max_tokens=300, extra_body={"ignore_eos": True}))
+        running.start()
+        wait_for_metric(base, 'inferd_engine_running_requests{model="smollm2-135m"}', 1)
+        waiting = threading.Thread(target=one, kwargs=dict(max_tokens=2))
+        waiting.start()
+        wait_for_metric(base, 'inferd_engine_waiting_requests{model="smollm2-135m"}', 1)
+        with pytest.raises(openai.RateLimitError) as e:
+            ask(client)
+        assert e.value.response.headers["retry-after"] == "1"
+        running.join()
+        waiting.join()
+        assert results == ["length", "length"], results
         after = metrics(base)
-        assert metric_value(after, 'inferd_request_errors_total{type="overloaded"}') >= 1
-        assert metric_value(after, "inferd_output_tokens_total") > metric_value(before, "inferd_output_tokens_total")
+        assert metric_value(after, 'inferd_request_errors_total{model="smollm2-135m",type="overloaded"}') == 1
+        name = 'inferd_output_tokens_total{model="smollm2-135m"}'
+        assert metric_value(after, name) == 302
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -214,7 +229,7 @@ def test_sigterm_lets_in_flight_requests_finish():
     t = threading.Thread(target=lambda: result.update(r=ask(client, max_tokens=64)))
     t.start()
     deadline = time.time() + 20
-    while metric_value(metrics(base), "inferd_engine_running_requests") < 1 and time.time() < deadline:
+    while metric_value(metrics(base), 'inferd_engine_running_requests{model="smollm2-135m"}') < 1 and time.time() < deadline:
         time.sleep(0.02)
     proc.terminate()
     t.join(timeout=60)

@@ -111,7 +111,7 @@ pub fn run(args: BenchEngineArgs) -> Result<()> {
     let config = args.engine.config()?;
     let load =
         || LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()));
-    let vocab = load()?.model.config.vocab_size as u32;
+    let vocab = load()?.model.config().vocab_size as u32;
     let request = |p: Vec<u32>| EngineRequest {
         prompt: p,
         max_tokens: args.max_tokens,

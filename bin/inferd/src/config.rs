@@ -1,54 +1,348 @@
-//! The TOML config file of `inferd serve --config`: the same keys as the flags
-//! (snake_case), all optional. Unknown keys are an error naming the key, so a typo
-//! never silently falls back to a default.
+//! `inferd serve`'s configuration, layered with figment: defaults < TOML file
+//! (`--config`) < environment (`INFERD_*`) < flags. The file has the flags' keys
+//! (snake_case) plus a `[[models]]` table per model; an unknown key anywhere is an
+//! error naming it, so a typo never silently falls back to a default.
+//!
+//! ```toml
+//! port = 9000
+//! max_batch_tokens = 128        # engine settings here apply to every model...
+//!
+//! [[models]]
+//! model = "smollm2-135m"        # an alias or a GGUF path
+//! kv_cache_mib = 256            # ...and a model's own table overrides them
+//!
+//! [[models]]
+//! name = "small"                # the id clients send in `model`
+//! model = "models/other.gguf"
+//! ```
+//!
+//! Every default is written once: the engine's in `EngineConfig::default()`, the
+//! server's in [`ServeConfig::default`].
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde::Deserialize;
+use anyhow::Result;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use inferd_engine::EngineConfig;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+use crate::registry;
+
+/// Engine settings that a `[[models]]` entry may override; `None` inherits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub model: Option<String>,
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub api_key: Option<String>,
-    pub threads: Option<usize>,
+pub struct EngineSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_waiting: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prefill_tokens_while_decoding: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_mib: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_caching: Option<bool>,
-    pub shutdown_timeout_secs: Option<u64>,
-    pub request_timeout_secs: Option<u64>,
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+impl EngineSettings {
+    /// `self` where set, else `base`.
+    fn over(&self, base: &EngineSettings) -> EngineSettings {
+        EngineSettings {
+            max_batch_tokens: self.max_batch_tokens.or(base.max_batch_tokens),
+            max_running: self.max_running.or(base.max_running),
+            max_waiting: self.max_waiting.or(base.max_waiting),
+            max_prefill_tokens_while_decoding: self
+                .max_prefill_tokens_while_decoding
+                .or(base.max_prefill_tokens_while_decoding),
+            kv_cache_mib: self.kv_cache_mib.or(base.kv_cache_mib),
+            prefix_caching: self.prefix_caching.or(base.prefix_caching),
+        }
     }
+
+    /// The engine configuration: these settings over the engine's defaults.
+    pub fn engine_config(&self) -> EngineConfig {
+        let d = EngineConfig::default();
+        let s = &d.scheduler;
+        EngineConfig {
+            scheduler: inferd_scheduler::SchedulerConfig {
+                max_batch_tokens: self.max_batch_tokens.unwrap_or(s.max_batch_tokens),
+                max_running: self.max_running.unwrap_or(s.max_running),
+                max_waiting: self.max_waiting.unwrap_or(s.max_waiting),
+                max_prefill_tokens_while_decoding: self
+                    .max_prefill_tokens_while_decoding
+                    .or(s.max_prefill_tokens_while_decoding),
+            },
+            kv_cache_mib: self.kv_cache_mib.unwrap_or(d.kv_cache_mib),
+            enable_prefix_caching: self.prefix_caching.unwrap_or(d.enable_prefix_caching),
+            ..d
+        }
+    }
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// An alias (`inferd models list`) or a GGUF path.
+    pub model: String,
+    /// The id clients send in `model`; default: the alias, or the file's stem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub engine: EngineSettings,
+}
+
+impl ModelSettings {
+    pub fn name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        if registry::find(&self.model).is_some() {
+            return self.model.clone();
+        }
+        Path::new(&self.model)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_owned()
+    }
+}
+
+/// Everything `inferd serve` runs on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Kernel worker threads; default all cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// On SIGTERM / Ctrl-C, seconds to let in-flight requests finish.
+    pub shutdown_timeout_secs: u64,
+    /// Cancel a request still unfinished this long after arrival; 0 = no limit.
+    pub request_timeout_secs: u64,
+    /// The single model when there is no `[[models]]` table (alias or path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Several models, each in its own engine; the first is the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelSettings>,
+    /// Engine settings for every model (a model's own entry overrides them).
+    #[serde(flatten)]
+    pub engine: EngineSettings,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            threads: None,
+            shutdown_timeout_secs: 30,
+            request_timeout_secs: 600,
+            model: None,
+            models: Vec::new(),
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+/// The keys the environment may set, as `INFERD_<KEY>`.
+const ENV_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "api_key",
+    "threads",
+    "shutdown_timeout_secs",
+    "request_timeout_secs",
+    "model",
+    "max_batch_tokens",
+    "max_running",
+    "max_waiting",
+    "max_prefill_tokens_while_decoding",
+    "kv_cache_mib",
+    "prefix_caching",
+];
+
+impl ServeConfig {
+    /// Layers defaults, the file, the environment and `flags` (a partial config:
+    /// only the keys given on the command line).
+    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> Result<ServeConfig> {
+        let mut f = Figment::from(Serialized::defaults(ServeConfig::default()));
+        if let Some(p) = file {
+            if !p.is_file() {
+                anyhow::bail!("config file {} does not exist", p.display());
+            }
+            f = f.merge(Toml::file(p));
+        }
+        let config: ServeConfig = f
+            .merge(Env::prefixed("INFERD_").only(ENV_KEYS))
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {}", errors(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The models to serve, each with its engine settings resolved.
+    pub fn models(&self) -> Vec<(ModelSettings, EngineConfig)> {
+        let list = if self.models.is_empty() {
+            vec![ModelSettings {
+                model: self
+                    .model
+                    .clone()
+                    .unwrap_or_else(|| registry::DEFAULT_MODEL.to_owned()),
+                name: None,
+                engine: EngineSettings::default(),
+            }]
+        } else {
+            self.models.clone()
+        };
+        list.into_iter()
+            .map(|m| {
+                let engine = m.engine.over(&self.engine).engine_config();
+                (m, engine)
+            })
+            .collect()
+    }
+
+    /// Every problem at once, each naming the field, the value and the rule.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if self.model.is_some() && !self.models.is_empty() {
+            problems.push(
+                "`model` and `[[models]]` are both set; list every model in `[[models]]`"
+                    .to_owned(),
+            );
+        }
+        if self.threads == Some(0) {
+            problems.push("`threads` must be at least 1, got 0".to_owned());
+        }
+        if self.host.parse::<std::net::IpAddr>().is_err() && self.host != "localhost" {
+            problems.push(format!("`host` must be an IP address, got {:?}", self.host));
+        }
+        let models = self.models();
+        for (i, (m, engine)) in models.iter().enumerate() {
+            let at = if self.models.is_empty() {
+                String::new()
+            } else {
+                format!("models[{i}].")
+            };
+            if let Err(e) = engine.validate() {
+                problems.push(format!(
+                    "{at}{}",
+                    e.to_string()
+                        .trim_start_matches("invalid engine configuration: ")
+                ));
+            }
+            let name = m.name();
+            if models[..i].iter().any(|(o, _)| o.name() == name) {
+                problems.push(format!(
+                    "`{at}name` {name:?} is used by two models; give each a distinct `name`"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+}
+
+fn errors(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn load(file: &str, flags: serde_json::Value) -> Result<ServeConfig> {
+        let dir = std::env::temp_dir().join(format!("inferd-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!(
+            "{:x}.toml",
+            file.len() ^ flags.to_string().len() << 8
+        ));
+        std::fs::write(&path, file).unwrap();
+        let r = ServeConfig::load(Some(&path), &flags);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
     #[test]
-    fn parses_known_keys_and_names_unknown_ones() {
-        let c: FileConfig =
-            toml::from_str("port = 9000\nmax_batch_tokens = 128\nprefix_caching = false\n")
-                .unwrap();
+    fn flags_beat_the_file_which_beats_the_defaults() {
+        let c = load(
+            "port = 9000\nmax_batch_tokens = 128\nprefix_caching = false\n",
+            serde_json::json!({"port": 9100}),
+        )
+        .unwrap();
+        assert_eq!(c.port, 9100);
+        assert_eq!(c.host, "127.0.0.1");
+        let (m, engine) = &c.models()[0];
+        assert_eq!(m.model, registry::DEFAULT_MODEL);
+        assert_eq!(engine.scheduler.max_batch_tokens, 128);
+        assert!(!engine.enable_prefix_caching);
+        assert_eq!(engine.kv_cache_mib, EngineConfig::default().kv_cache_mib);
+    }
+
+    #[test]
+    fn models_tables_inherit_and_override_engine_settings() {
+        let c = load(
+            "kv_cache_mib = 300\nmax_running = 8\n[[models]]\nmodel = \"smollm2-135m\"\nkv_cache_mib = 100\n[[models]]\nname = \"b\"\nmodel = \"x/other.gguf\"\n",
+            serde_json::json!({}),
+        )
+        .unwrap();
+        let models = c.models();
+        assert_eq!(models.len(), 2);
         assert_eq!(
-            (c.port, c.max_batch_tokens, c.prefix_caching),
-            (Some(9000), Some(128), Some(false))
+            (models[0].0.name(), models[0].1.kv_cache_mib),
+            ("smollm2-135m".into(), 100)
         );
-        let err = toml::from_str::<FileConfig>("prot = 1\n")
+        assert_eq!(models[0].1.scheduler.max_running, 8);
+        assert_eq!(
+            (models[1].0.name(), models[1].1.kv_cache_mib),
+            ("b".into(), 300)
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = load("prot = 1\n", serde_json::json!({}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("prot"), "{err}");
+        assert!(e.contains("prot"), "{e}");
+        let e = load(
+            "[[models]]\nmodel = \"a\"\nkv_cache = 1\n",
+            serde_json::json!({}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kv_cache"), "{e}");
+        let e = load(
+            "[[models]]\nmodel = \"a\"\nmax_running = 0\n[[models]]\nmodel = \"a\"\n",
+            serde_json::json!({}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("models[0].") && e.contains("max_running") && e.contains("got 0"),
+            "{e}"
+        );
+        assert!(e.contains("used by two models"), "{e}");
+        let e = load("port = \"x\"\n", serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 }

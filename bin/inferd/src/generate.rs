@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use inferd_engine::{
-    start_engine, EngineConfig, EngineRequest, LoadedModel, SamplingParams, TokenEvent,
-};
-use inferd_model::KvStore;
-use inferd_scheduler::SchedulerConfig;
-use inferd_tokenizer::ChatMessage;
+use futures_util::StreamExt;
+use inferd_backend::{Backend, Event, LocalBackend, Request};
+use inferd_engine::{EngineConfig, LoadedModel};
+use inferd_kernels::Precision;
+use inferd_model::{ForwardOptions, KvStore};
+use serde_json::json;
 
 use crate::registry;
 
@@ -64,9 +64,8 @@ pub struct GenerateArgs {
     fetch: bool,
 }
 
-/// Engine knobs shared by the commands that start an engine. Each may also come
-/// from the environment (`INFERD_*`) or, for `serve`, a TOML config file; a flag
-/// wins over the environment, which wins over the file, which wins over the default.
+/// Engine knobs of `bench-engine`. Each may also come from the environment
+/// (`INFERD_*`); a flag wins over the environment, which wins over the default.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EngineArgs {
     /// Tokens per forward step (decode + prefill chunks) [default: 256].
@@ -92,42 +91,19 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// Fills unset knobs from `file` (a `[engine]`-less flat TOML table) and then
-    /// the defaults, and validates the result.
-    pub fn config_with(&self, file: &crate::config::FileConfig) -> Result<EngineConfig> {
-        let d = EngineConfig::default();
-        let config = EngineConfig {
-            scheduler: SchedulerConfig {
-                max_batch_tokens: self
-                    .max_batch_tokens
-                    .or(file.max_batch_tokens)
-                    .unwrap_or(d.scheduler.max_batch_tokens),
-                max_running: self
-                    .max_running
-                    .or(file.max_running)
-                    .unwrap_or(d.scheduler.max_running),
-                max_waiting: self
-                    .max_waiting
-                    .or(file.max_waiting)
-                    .unwrap_or(d.scheduler.max_waiting),
-                max_prefill_tokens_while_decoding: self
-                    .max_prefill_tokens_while_decoding
-                    .or(file.max_prefill_tokens_while_decoding),
-            },
-            kv_cache_mib: self
-                .kv_cache_mib
-                .or(file.kv_cache_mib)
-                .unwrap_or(d.kv_cache_mib),
-            enable_prefix_caching: !self.no_prefix_caching
-                && file.prefix_caching.unwrap_or(d.enable_prefix_caching),
-            ..d
-        };
+    /// The flags over the engine's defaults, validated.
+    pub fn config(&self) -> Result<EngineConfig> {
+        let config = crate::config::EngineSettings {
+            max_batch_tokens: self.max_batch_tokens,
+            max_running: self.max_running,
+            max_waiting: self.max_waiting,
+            max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
+            kv_cache_mib: self.kv_cache_mib,
+            prefix_caching: self.no_prefix_caching.then_some(false),
+        }
+        .engine_config();
         config.validate()?;
         Ok(config)
-    }
-
-    pub fn config(&self) -> Result<EngineConfig> {
-        self.config_with(&Default::default())
     }
 }
 
@@ -145,51 +121,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let threads = init_threads(args.threads)?;
     let path = registry::resolve(&args.model, args.fetch, "python3")?;
     let t0 = Instant::now();
-    let loaded =
+    let mut loaded =
         LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
     let load_secs = t0.elapsed().as_secs_f64();
-    let tok = &loaded.tokenizer;
-
-    let prompt_text = if args.chat {
-        let template = loaded
-            .chat_template
-            .as_ref()
-            .context("this model has no chat template; drop --chat")?;
-        let mut messages = Vec::new();
-        if let Some(s) = &args.system {
-            messages.push(ChatMessage::new("system", s.as_str()));
-        }
-        messages.push(ChatMessage::new("user", args.prompt.as_str()));
-        template.render(&messages, None, true)?
-    } else {
-        args.prompt.clone()
-    };
-    let prompt = tok.encode(&prompt_text, !args.chat)?;
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..Default::default()
-    };
-    let req = EngineRequest {
-        prompt,
-        max_tokens: args.max_tokens,
-        sampling,
-        stop_token_ids: if args.ignore_eos {
-            Vec::new()
-        } else {
-            tok.stop_token_ids()
-        },
-        ..Default::default()
-    };
+    let precision: Precision = args.activations.into();
+    loaded.model.set_options(ForwardOptions {
+        precision,
+        ..loaded.model.options()
+    });
     let mut config = EngineConfig::default();
-    // One request: a KV cache just big enough for it.
-    let c = &loaded.model.config;
-    let need =
-        (req.prompt.len() + req.max_tokens + 32) * KvStore::bytes_per_token(c.n_layers, c.kv_dim());
+    // One request at a time: KV for one full context window (pages are touched
+    // only as they fill).
+    let c = loaded.model.config();
+    let need = c.context_length * KvStore::bytes_per_token(c.n_layers, c.kv_dim());
     config.kv_cache_mib = need.div_ceil(1 << 20).max(1);
     config.scheduler.max_batch_tokens = 512;
     let name = path
@@ -197,40 +141,86 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .and_then(|n| n.to_str())
         .unwrap_or("model")
         .to_owned();
-    let handle = start_engine(loaded, config)?;
-    let mut events = handle.submit(req);
-    let mut stdout = std::io::stdout().lock();
-    while let Some(event) = events.blocking_recv() {
-        match event {
-            TokenEvent::Token { text, .. } => {
-                // A closed stdout (e.g. piped into `head`) ends generation.
-                if stdout
-                    .write_all(text.as_bytes())
-                    .and_then(|_| stdout.flush())
-                    .is_err()
-                {
+    let backend = LocalBackend::start(name.clone(), loaded, config)?;
+    let request = request_of(&args)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut events = backend.generate(request).await?;
+        let mut stdout = std::io::stdout().lock();
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Delta { text, .. } => {
+                    // A closed stdout (e.g. piped into `head`) ends generation.
+                    if stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|_| stdout.flush())
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Event::Done {
+                    finish,
+                    usage,
+                    timings: t,
+                    ..
+                } => {
+                    let _ = writeln!(stdout);
+                    let prefill_secs = t.prefill_ms / 1e3;
+                    eprintln!(
+                        "\n[{name}] threads={threads} activations={precision:?} load={load_secs:.2}s prompt_tokens={} output_tokens={} ttft={:.1}ms prefill={:.1} tok/s decode={:.1} tok/s finish={}",
+                        usage.prompt_tokens,
+                        usage.completion_tokens,
+                        t.ttft_ms,
+                        usage.prompt_tokens as f64 / prefill_secs.max(1e-9),
+                        t.decode_tokens_per_second,
+                        finish.as_str(),
+                    );
                     return Ok(());
                 }
+                Event::Error(e) => bail!(e),
+                Event::Echo { .. } | Event::ToolCalls { .. } => {}
             }
-            TokenEvent::Done {
-                reason,
-                usage,
-                timings,
-            } => {
-                let _ = writeln!(stdout);
-                let secs = |d: std::time::Duration| d.as_secs_f64();
-                eprintln!(
-                    "\n[{name}] threads={threads} load={load_secs:.2}s prompt_tokens={} output_tokens={} ttft={:.1}ms prefill={:.1} tok/s decode={:.1} tok/s finish={reason:?}",
-                    usage.prompt_tokens,
-                    usage.completion_tokens,
-                    secs(timings.ttft) * 1e3,
-                    usage.prompt_tokens as f64 / secs(timings.prefill).max(1e-9),
-                    usage.completion_tokens.saturating_sub(1) as f64 / secs(timings.decode).max(1e-9),
-                );
-                return Ok(());
-            }
-            TokenEvent::Error(e) => bail!(e),
         }
+        bail!("the engine stopped before finishing")
+    })
+}
+
+/// The flags as an OpenAI request body, validated like any request.
+fn request_of(args: &GenerateArgs) -> Result<Request> {
+    let mut body = json!({
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repeat_penalty,
+        "ignore_eos": args.ignore_eos,
+    });
+    if let Some(seed) = args.seed {
+        body["seed"] = json!(seed);
     }
-    bail!("the engine stopped before finishing")
+    let arrival = Instant::now();
+    let request = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(json!({"role": "system", "content": s}));
+        }
+        messages.push(json!({"role": "user", "content": args.prompt}));
+        body["messages"] = json!(messages);
+        Request::Chat(inferd_protocol::parse_chat(
+            body.to_string().as_bytes(),
+            arrival,
+        )?)
+    } else {
+        body["prompt"] = json!(args.prompt);
+        Request::Completion(inferd_protocol::parse_completion(
+            body.to_string().as_bytes(),
+            arrival,
+        )?)
+    };
+    Ok(request)
 }

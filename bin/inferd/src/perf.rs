@@ -70,10 +70,11 @@ pub fn run(args: PerfArgs) -> Result<()> {
     let path = registry::resolve(&args.model, false, "python3")?;
     let mut loaded =
         LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
-    loaded.model.options.precision = args.activations.into();
+    let mut options = loaded.model.options();
+    options.precision = args.activations.into();
     if args.isa != "auto" {
         let available = Isa::available();
-        loaded.model.options.isa = available
+        options.isa = available
             .iter()
             .copied()
             .find(|i| i.name() == args.isa)
@@ -82,7 +83,8 @@ pub fn run(args: PerfArgs) -> Result<()> {
                 format!("--isa {}: this CPU runs {}", args.isa, names.join(", "))
             })?;
     }
-    let isa = loaded.model.options.isa.name();
+    loaded.model.set_options(options);
+    let isa = options.isa.name();
     let model = &loaded.model;
     let max_len = args
         .prompt_tokens
@@ -99,7 +101,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
         .max(widest * (args.gen_tokens + block).div_ceil(block));
     let mut pool = BlockPool::new(blocks, block);
     let mut kv = model.new_kv_store(blocks, block);
-    let vocab = model.config.vocab_size as u32;
+    let vocab = model.config().vocab_size as u32;
     // Deterministic pseudo-random tokens, as llama-bench uses random tokens.
     let tokens: Vec<u32> = (0..max_len as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)

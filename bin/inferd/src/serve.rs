@@ -1,52 +1,135 @@
-//! `inferd serve`: the OpenAI-compatible HTTP server on one local model.
+//! `inferd serve`: the OpenAI-compatible HTTP server on one or more local models,
+//! each in its own engine with its own KV budget.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use inferd_engine::{start_engine, EngineConfig, LoadedModel};
+use inferd_backend::{Backend, LocalBackend};
+use inferd_engine::{EngineConfig, LoadedModel};
 use inferd_server::{router, router_when_ready, ServerOptions, ServerState};
+use serde_json::{json, Map, Value};
 
-use crate::config::FileConfig;
-use crate::generate::{init_threads, EngineArgs};
+use crate::config::{EngineSettings, ModelSettings, ServeConfig};
+use crate::generate::init_threads;
 use crate::registry;
+
+fn default_of<T: std::fmt::Display>(what: &str, v: T) -> String {
+    format!("{what} [default: {v}]")
+}
+
+fn engine_default() -> EngineConfig {
+    EngineConfig::default()
+}
+
+fn serve_default() -> ServeConfig {
+    ServeConfig::default()
+}
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// TOML file with any of the keys below (snake_case, e.g. `port = 9000`);
-    /// precedence: flag > environment (`INFERD_*`) > file > default.
+    /// TOML file with any of the keys below (snake_case, e.g. `port = 9000`) and a
+    /// `[[models]]` table per model; precedence: flag > environment (`INFERD_<KEY>`)
+    /// > file > default.
     #[arg(long, env = "INFERD_CONFIG")]
     config: Option<PathBuf>,
-    /// Model alias (see `inferd models list`) or path to a GGUF file [default: smollm2-135m].
-    #[arg(long, env = "INFERD_MODEL")]
-    model: Option<String>,
-    /// Address to listen on [default: 127.0.0.1].
-    #[arg(long, env = "INFERD_HOST")]
+    /// Model alias (see `inferd models list`) or path to a GGUF file; repeat to
+    /// serve several, `NAME=MODEL` to choose the id clients send [default:
+    /// smollm2-135m].
+    #[arg(long = "model")]
+    models: Vec<String>,
+    #[arg(long, help = default_of("Address to listen on", serve_default().host))]
     host: Option<String>,
-    /// Port to listen on; 0 picks a free one [default: 8080].
-    #[arg(long, env = "INFERD_PORT")]
+    #[arg(long, help = default_of("Port to listen on; 0 picks a free one", serve_default().port))]
     port: Option<u16>,
     /// Require `Authorization: Bearer <key>` on every /v1 request.
-    #[arg(long, env = "INFERD_API_KEY")]
+    #[arg(long)]
     api_key: Option<String>,
-    /// Worker threads for the kernels (default: all cores).
-    #[arg(long, env = "INFERD_THREADS")]
+    /// Worker threads for the kernels [default: all cores].
+    #[arg(long)]
     threads: Option<usize>,
-    /// Download the model if it is a known alias that is not present.
+    /// Download each model that is a known alias and not present.
     #[arg(long)]
     fetch: bool,
-    /// On SIGTERM / Ctrl-C, seconds to let in-flight requests finish [default: 30].
-    #[arg(long, env = "INFERD_SHUTDOWN_TIMEOUT_SECS")]
+    #[arg(long, help = default_of("On SIGTERM / Ctrl-C, seconds to let in-flight requests finish", serve_default().shutdown_timeout_secs))]
     shutdown_timeout_secs: Option<u64>,
-    /// Cancel a request still unfinished this many seconds after arrival (408, or an
-    /// error event when streaming); 0 means no limit [default: 600].
-    #[arg(long, env = "INFERD_REQUEST_TIMEOUT_SECS")]
+    #[arg(long, help = default_of("Cancel a request still unfinished this many seconds after arrival (408, or an error event when streaming); 0 means no limit", serve_default().request_timeout_secs))]
     request_timeout_secs: Option<u64>,
-    #[command(flatten)]
-    engine: EngineArgs,
+    #[arg(long, help = default_of("Tokens per forward step (decode + prefill chunks), every model", engine_default().scheduler.max_batch_tokens))]
+    max_batch_tokens: Option<usize>,
+    #[arg(long, help = default_of("Sequences running at once, every model", engine_default().scheduler.max_running))]
+    max_running: Option<usize>,
+    #[arg(long, help = default_of("Requests waiting for admission before new ones are refused, every model", engine_default().scheduler.max_waiting))]
+    max_waiting: Option<usize>,
+    #[arg(long, help = default_of("KV cache budget of each model in MiB", engine_default().kv_cache_mib))]
+    kv_cache_mib: Option<usize>,
+    /// Disable reuse of cached prompt prefixes.
+    #[arg(long)]
+    no_prefix_caching: bool,
+    /// Prefill tokens allowed in a step that also decodes (bounds inter-token
+    /// latency while new prompts prefill, at their TTFT's cost) [default: no cap
+    /// beyond --max-batch-tokens].
+    #[arg(long)]
+    max_prefill_tokens_while_decoding: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The keys the command line sets, as a partial configuration.
+    fn overrides(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.into(), v);
+            }
+        };
+        put("host", self.host.as_ref().map(|v| json!(v)));
+        put("port", self.port.map(|v| json!(v)));
+        put("api_key", self.api_key.as_ref().map(|v| json!(v)));
+        put("threads", self.threads.map(|v| json!(v)));
+        put(
+            "shutdown_timeout_secs",
+            self.shutdown_timeout_secs.map(|v| json!(v)),
+        );
+        put(
+            "request_timeout_secs",
+            self.request_timeout_secs.map(|v| json!(v)),
+        );
+        put("max_batch_tokens", self.max_batch_tokens.map(|v| json!(v)));
+        put("max_running", self.max_running.map(|v| json!(v)));
+        put("max_waiting", self.max_waiting.map(|v| json!(v)));
+        put("kv_cache_mib", self.kv_cache_mib.map(|v| json!(v)));
+        put(
+            "max_prefill_tokens_while_decoding",
+            self.max_prefill_tokens_while_decoding.map(|v| json!(v)),
+        );
+        put(
+            "prefix_caching",
+            self.no_prefix_caching.then_some(json!(false)),
+        );
+        Value::Object(m)
+    }
+
+    /// `--model` entries (they replace the file's model list).
+    fn models(&self) -> Vec<ModelSettings> {
+        self.models
+            .iter()
+            .map(|m| match m.split_once('=') {
+                Some((name, model)) if !name.is_empty() && !model.is_empty() => ModelSettings {
+                    model: model.to_owned(),
+                    name: Some(name.to_owned()),
+                    engine: EngineSettings::default(),
+                },
+                _ => ModelSettings {
+                    model: m.clone(),
+                    name: None,
+                    engine: EngineSettings::default(),
+                },
+            })
+            .collect()
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -60,50 +143,34 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let file = match &args.config {
-        Some(p) => FileConfig::load(p)?,
-        None => FileConfig::default(),
-    };
-    let threads = init_threads(args.threads.or(file.threads))?;
-    let config = args.engine.config_with(&file)?;
-    let model = args
-        .model
-        .clone()
-        .or(file.model.clone())
-        .unwrap_or_else(|| registry::DEFAULT_MODEL.to_owned());
-    let host = args
-        .host
-        .clone()
-        .or(file.host.clone())
-        .unwrap_or_else(|| "127.0.0.1".to_owned());
-    let port = args.port.or(file.port).unwrap_or(8080);
-    let api_key = args.api_key.clone().or(file.api_key.clone());
-    let shutdown_secs = args
-        .shutdown_timeout_secs
-        .or(file.shutdown_timeout_secs)
-        .unwrap_or(30);
-    let request_timeout = match args
-        .request_timeout_secs
-        .or(file.request_timeout_secs)
-        .unwrap_or(600)
-    {
-        0 => None,
-        secs => Some(std::time::Duration::from_secs(secs)),
-    };
-    let path = registry::resolve(&model, args.fetch, "python3")?;
-    let model_id = if registry::find(&model).is_some() {
-        model.clone()
-    } else {
-        path.file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("model")
-            .to_owned()
-    };
+    let mut config = ServeConfig::load(args.config.as_deref(), &args.overrides())?;
+    if !args.models.is_empty() {
+        config.model = None;
+        config.models = args.models();
+    }
+    config.validate()?;
+    let threads = init_threads(config.threads)?;
+    // Resolve every model before binding, so a missing file fails at once.
+    let models: Vec<(String, PathBuf, EngineConfig)> = config
+        .models()
+        .into_iter()
+        .map(|(m, engine)| {
+            let path = registry::resolve(&m.model, args.fetch, "python3")?;
+            Ok((m.name(), path, engine))
+        })
+        .collect::<Result<_>>()?;
     let options = ServerOptions {
-        model_id: model_id.clone(),
-        api_key,
-        request_timeout,
+        api_key: config.api_key.clone(),
+        request_timeout: match config.request_timeout_secs {
+            0 => None,
+            secs => Some(std::time::Duration::from_secs(secs)),
+        },
     };
+    let (host, port, shutdown_secs) = (
+        config.host.clone(),
+        config.port,
+        config.shutdown_timeout_secs,
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -117,14 +184,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        // Bound before loading: /health answers 503 "loading" until the model is in.
-        tracing::info!(%local, "listening; loading the model");
+        // Bound before loading: /health answers 503 "loading" until the models are in.
+        tracing::info!(%local, models = models.len(), "listening; loading");
+        let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
         let app = Arc::new(OnceLock::new());
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         {
             let app = Arc::clone(&app);
             std::thread::spawn(move || {
-                let result = load(&path, config, options).map(|router| {
+                let result = load_all(models, options).map(|router| {
                     let _ = app.set(router);
                 });
                 let _ = loaded_tx.send(result);
@@ -152,7 +220,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let loading = async move {
             match loaded_rx.await {
                 Ok(Ok(())) => {
-                    tracing::info!(%local, model = %model_id, threads, "ready: http://{local}/v1");
+                    tracing::info!(%local, models = %names.join(","), threads, "ready: http://{local}/v1");
                     std::future::pending::<Result<()>>().await
                 }
                 Ok(Err(e)) => Err(e),
@@ -169,35 +237,61 @@ pub fn run(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// Loads the model, logging each stage, and starts the engine behind the router.
-fn load(path: &Path, config: EngineConfig, options: ServerOptions) -> Result<axum::Router> {
-    let started = Instant::now();
-    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    tracing::info!(model = %path.display(), mib = bytes >> 20, "loading weights and tokenizer");
-    let loaded =
-        LoadedModel::load(path).with_context(|| format!("cannot load {}", path.display()))?;
-    let c = &loaded.model.config;
-    tracing::info!(
-        arch = ?c.arch,
-        layers = c.n_layers,
-        context = c.context_length,
-        vocab = c.vocab_size,
-        ms = started.elapsed().as_millis() as u64,
-        "model loaded"
-    );
-    let (tokenizer, template) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
-    let engine = start_engine(loaded, config)?;
-    tracing::info!(
-        kv_blocks = engine
-            .gauges
-            .kv_free_blocks
-            .load(std::sync::atomic::Ordering::Relaxed),
-        ms = started.elapsed().as_millis() as u64,
-        "engine started"
-    );
-    Ok(router(Arc::new(ServerState::new(
-        engine, tokenizer, template, options,
-    ))))
+/// Resident memory of this process in MiB (Linux), for the loading log.
+fn rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb >> 10)
+}
+
+/// Loads every model into its own engine, logging each stage, and builds the router.
+fn load_all(
+    models: Vec<(String, PathBuf, EngineConfig)>,
+    options: ServerOptions,
+) -> Result<axum::Router> {
+    let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    for (name, path, config) in models {
+        let started = Instant::now();
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        tracing::info!(model = %name, file = %path.display(), file_mib = bytes >> 20, "loading weights and tokenizer");
+        let loaded =
+            LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
+        let c = loaded.model.config();
+        tracing::info!(
+            model = %name,
+            arch = ?c.arch,
+            layers = c.n_layers,
+            context = c.context_length,
+            vocab = c.vocab_size,
+            rss_mib = rss_mib().unwrap_or(0),
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded (weights mapped and repacked)"
+        );
+        let kv_mib = config.kv_cache_mib;
+        let local = LocalBackend::start(name.clone(), loaded, config)
+            .with_context(|| format!("cannot start the engine of `{name}`"))?;
+        tracing::info!(
+            model = %name,
+            kv_blocks = local
+                .engine()
+                .gauges
+                .kv_free_blocks
+                .load(std::sync::atomic::Ordering::Relaxed),
+            kv_mib,
+            ms = started.elapsed().as_millis() as u64,
+            "engine started"
+        );
+        backends.push(Arc::new(local));
+    }
+    let state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
+    Ok(router(Arc::new(state)))
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.

@@ -115,25 +115,68 @@ pub fn inline_into_messages(messages: &mut Vec<Value>, tools: &[Value]) {
     }
 }
 
-/// OpenAI's `tool_calls` array; ids are `call_<request id>_<index>`.
-pub fn to_json(calls: &[ToolCall], request_id: &str, with_index: bool) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = json!({
-                    "id": format!("call_{}_{i}", request_id.rsplit('-').next().unwrap_or(request_id)),
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                });
-                if with_index {
-                    v["index"] = json!(i);
-                }
-                v
-            })
-            .collect(),
-    )
+/// OpenAI's `tool_calls`; ids are `call_<request id>_<index>`.
+pub fn to_protocol(calls: &[ToolCall], request_id: &str) -> Vec<inferd_protocol::ToolCall> {
+    let stem = request_id.rsplit('-').next().unwrap_or(request_id);
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| inferd_protocol::ToolCall {
+            index: Some(i),
+            id: format!("call_{stem}_{i}"),
+            kind: "function".into(),
+            function: inferd_protocol::FunctionCall {
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            },
+        })
+        .collect()
+}
+
+/// Streaming with tools: passes through text that cannot belong to a tool call
+/// and holds back the rest, so a `<tool_call>` block is never streamed as content.
+#[derive(Debug, Default)]
+pub struct ToolGate {
+    /// Text that may be the start of `<tool_call>`.
+    pending: String,
+    /// Everything from `<tool_call>` on, once one started.
+    call_text: Option<String>,
+}
+
+impl ToolGate {
+    /// Adds output text; returns what may be emitted as content now.
+    pub fn push(&mut self, d: &str) -> String {
+        if let Some(t) = &mut self.call_text {
+            t.push_str(d);
+            return String::new();
+        }
+        self.pending.push_str(d);
+        if let Some(i) = self.pending.find(OPEN) {
+            self.call_text = Some(self.pending[i..].to_owned());
+            let out = self.pending[..i].to_owned();
+            self.pending.clear();
+            return out;
+        }
+        let keep = (1..OPEN.len())
+            .rev()
+            .find(|&k| self.pending.ends_with(&OPEN[..k]))
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        self.pending.drain(..cut).collect()
+    }
+
+    /// At the end of the output: the text still held back, and the parsed calls
+    /// (empty when the held text was no valid call: then it is all content).
+    pub fn finish(&mut self) -> (String, Vec<ToolCall>) {
+        let held = std::mem::take(&mut self.pending);
+        match self.call_text.take() {
+            Some(text) => match parse(&text) {
+                Some((content, calls)) => (held + &content, calls),
+                None => (held + &text, Vec::new()),
+            },
+            None => (held, Vec::new()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,16 +249,40 @@ mod tests {
     fn invalid_json_stays_text() {
         assert_eq!(parse("<tool_call>not json</tool_call>"), None);
         assert_eq!(parse("no calls here"), None);
-        let j = to_json(
+        let j = to_protocol(
             &[ToolCall {
                 name: "f".into(),
                 arguments: "{}".into(),
             }],
             "chatcmpl-ab12",
-            true,
         );
-        assert_eq!(j[0]["id"], "call_ab12_0");
-        assert_eq!(j[0]["index"], 0);
-        assert_eq!(j[0]["function"]["name"], "f");
+        assert_eq!(j[0].id, "call_ab12_0");
+        assert_eq!(j[0].index, Some(0));
+        assert_eq!(j[0].function.name, "f");
+    }
+
+    #[test]
+    fn streamed_tool_call_is_held_back_and_parsed() {
+        let mut g = ToolGate::default();
+        let pieces = [
+            "Sure. <tool",
+            "_call>{\"name\": \"f\", ",
+            "\"arguments\": {\"a\": 1}}</tool_call>",
+        ];
+        let out: String = pieces.iter().map(|p| g.push(p)).collect();
+        assert_eq!(out, "Sure. ");
+        let (content, calls) = g.finish();
+        assert_eq!(content, "");
+        assert_eq!(calls[0].name, "f");
+        assert_eq!(calls[0].arguments, r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn text_that_only_starts_like_a_tool_call_is_released() {
+        let mut g = ToolGate::default();
+        assert_eq!(g.push("a <to"), "a ");
+        assert_eq!(g.push("pic"), "<topic");
+        assert_eq!(g.push(" <tool_call>not json"), " ");
+        assert_eq!(g.finish(), ("<tool_call>not json".to_owned(), Vec::new()));
     }
 }

@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::stats::RequestRecord;
-use crate::workload::RequestSpec;
+use inferd_protocol::{ChatCompletionChunk, CompletionResponse, ModelList};
+
+use crate::workload::{Endpoint, RequestSpec};
 
 /// A server under test.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -78,14 +80,18 @@ pub async fn first_model(
         .await
         .map_err(|e| format!("{base}/v1/models: {e}"))?;
     let status = resp.status();
-    let v: Value = resp
-        .json()
+    let text = resp
+        .text()
         .await
         .map_err(|e| format!("{base}/v1/models: {e}"))?;
-    v["data"][0]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{base}/v1/models answered {status} without a model id: {v}"))
+    let list: ModelList = serde_json::from_str(&text).map_err(|e| {
+        format!("{base}/v1/models answered {status}, not a model list ({e}): {text}")
+    })?;
+    list.data
+        .into_iter()
+        .next()
+        .map(|m| m.id)
+        .ok_or_else(|| format!("{base}/v1/models answered {status} without a model id: {text}"))
 }
 
 /// Sends `spec` with `stream: true` and times it.
@@ -162,12 +168,8 @@ async fn stream_into(
                 if data == "[DONE]" {
                     continue;
                 }
-                let v: Value = serde_json::from_str(data)
-                    .map_err(|e| format!("bad SSE chunk ({e}): {data}"))?;
-                if let Some(err) = v.get("error") {
-                    return Err(format!("error event: {err}"));
-                }
-                let output = chunk_output(&v);
+                let chunk = parse_chunk(spec.endpoint, data)?;
+                let output = chunk.output;
                 if !output.is_empty() {
                     match last_output {
                         None => r.ttft = Some((now - started).as_secs_f64()),
@@ -177,15 +179,13 @@ async fn stream_into(
                     chunks_with_output += 1;
                     text.push_str(&output);
                 }
-                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                    r.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-                    usage_tokens = u["completion_tokens"].as_u64().map(|n| n as usize);
-                    r.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
-                        .as_u64()
-                        .map(|n| n as usize);
+                if let Some(u) = chunk.usage {
+                    r.prompt_tokens = u.prompt_tokens;
+                    usage_tokens = Some(u.completion_tokens);
+                    r.cached_tokens = u.prompt_tokens_details.map(|d| d.cached_tokens);
                 }
-                if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
-                    r.server_timings = Some(t.clone());
+                if let Some(t) = chunk.timings {
+                    r.server_timings = Some(t);
                 }
             }
         }
@@ -206,26 +206,47 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The output text a chunk carries: chat `delta.content` (or a tool-call delta),
-/// or completions `text`.
-fn chunk_output(v: &Value) -> String {
-    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-        return String::new();
-    };
-    let mut out = String::new();
-    for c in choices {
-        if let Some(t) = c.get("text").and_then(Value::as_str) {
-            out.push_str(t);
-        }
-        let delta = &c["delta"];
-        if let Some(t) = delta.get("content").and_then(Value::as_str) {
-            out.push_str(t);
-        }
-        if let Some(calls) = delta.get("tool_calls").filter(|t| t.is_array()) {
-            out.push_str(&calls.to_string());
-        }
+/// What one SSE chunk carries, read with the protocol's chunk types.
+#[derive(Debug)]
+struct Chunk {
+    /// Chat `delta.content` (or a tool-call delta), or completions `text`.
+    output: String,
+    usage: Option<inferd_protocol::Usage>,
+    timings: Option<Value>,
+}
+
+fn parse_chunk(endpoint: Endpoint, data: &str) -> Result<Chunk, String> {
+    let bad = |e: serde_json::Error| format!("bad SSE chunk ({e}): {data}");
+    let v: Value = serde_json::from_str(data).map_err(bad)?;
+    if let Some(err) = v.get("error") {
+        return Err(format!("error event: {err}"));
     }
-    out
+    let timings = v.get("timings").filter(|t| t.is_object()).cloned();
+    let mut output = String::new();
+    let usage = match endpoint {
+        Endpoint::Chat => {
+            let c: ChatCompletionChunk = serde_json::from_value(v).map_err(bad)?;
+            for choice in &c.choices {
+                output.push_str(choice.delta.content.as_deref().unwrap_or(""));
+                if let Some(calls) = &choice.delta.tool_calls {
+                    output.push_str(&serde_json::to_string(calls).map_err(bad)?);
+                }
+            }
+            c.usage
+        }
+        Endpoint::Completions => {
+            let c: CompletionResponse = serde_json::from_value(v).map_err(bad)?;
+            for choice in &c.choices {
+                output.push_str(&choice.text);
+            }
+            c.usage
+        }
+    };
+    Ok(Chunk {
+        output,
+        usage,
+        timings,
+    })
 }
 
 #[cfg(test)]
@@ -249,13 +270,32 @@ mod tests {
 
     #[test]
     fn output_is_read_from_chat_and_text_chunks() {
-        let role = json!({"choices": [{"delta": {"role": "assistant", "content": ""}}]});
-        assert_eq!(chunk_output(&role), "");
-        let chat = json!({"choices": [{"delta": {"content": "Hi"}}]});
-        assert_eq!(chunk_output(&chat), "Hi");
-        let text = json!({"choices": [{"text": " there"}]});
-        assert_eq!(chunk_output(&text), " there");
-        let usage = json!({"choices": [], "usage": {"completion_tokens": 3}});
-        assert_eq!(chunk_output(&usage), "");
+        let base = r#""id":"x","created":1,"model":"m""#;
+        let out = |e, d: String| parse_chunk(e, &d).unwrap().output;
+        let role = format!(
+            r#"{{{base},"object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}"#
+        );
+        assert_eq!(out(Endpoint::Chat, role), "");
+        let chat = format!(
+            r#"{{{base},"object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"content":"Hi"}},"logprobs":null,"finish_reason":null}}]}}"#
+        );
+        assert_eq!(out(Endpoint::Chat, chat), "Hi");
+        let text = format!(
+            r#"{{{base},"object":"text_completion","choices":[{{"index":0,"text":" there","logprobs":null,"finish_reason":null}}]}}"#
+        );
+        assert_eq!(out(Endpoint::Completions, text), " there");
+        let usage = format!(
+            r#"{{{base},"object":"chat.completion.chunk","choices":[],"usage":{{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}}}"#
+        );
+        let c = parse_chunk(Endpoint::Chat, &usage).unwrap();
+        assert_eq!(
+            (c.output.as_str(), c.usage.unwrap().completion_tokens),
+            ("", 3)
+        );
+        let err = parse_chunk(
+            Endpoint::Chat,
+            r#"{"error":{"message":"m","type":"t","param":null,"code":null}}"#,
+        );
+        assert!(err.unwrap_err().contains("error event"));
     }
 }

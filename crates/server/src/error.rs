@@ -4,8 +4,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use inferd_engine::EngineError;
-use serde_json::json;
+use inferd_backend::BackendError;
+use inferd_protocol::{ErrorBody, ErrorObject, ProtocolError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -37,6 +37,7 @@ impl ApiError {
         }
     }
 
+    /// 404 for an unknown model.
     pub fn not_found(param: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
@@ -98,45 +99,61 @@ impl ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> ApiError {
+        ApiError {
+            param: e.param,
+            ..ApiError::bad_request(e.message)
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> ApiError {
         match e {
-            EngineError::Overloaded { .. } => ApiError {
+            BackendError::Invalid(p) => p.into(),
+            BackendError::Overloaded {
+                message,
+                retry_after_secs,
+            } => ApiError {
                 status: StatusCode::TOO_MANY_REQUESTS,
-                message: e.to_string(),
+                message,
                 kind: "rate_limit_error",
                 param: None,
                 code: Some("overloaded"),
+                retry_after_secs: Some(retry_after_secs),
+            },
+            BackendError::Unavailable(message) => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message,
+                kind: "service_unavailable",
+                param: None,
+                code: Some("unavailable"),
                 retry_after_secs: Some(1),
             },
-            EngineError::ContextOverflow { .. } => ApiError::invalid("messages", e.to_string()),
-            EngineError::InvalidParam { field, .. } => ApiError::invalid(field, e.to_string()),
-            EngineError::EmptyPrompt => ApiError::invalid("prompt", e.to_string()),
-            EngineError::Scheduler(_) => ApiError::invalid("max_tokens", e.to_string()),
-            other => {
-                tracing::error!(error = %other, "engine error");
-                ApiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    message: "internal error in the engine; see the server log".into(),
-                    kind: "server_error",
-                    param: None,
-                    code: None,
-                    retry_after_secs: None,
-                }
-            }
+            BackendError::Internal(message) => ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+                kind: "server_error",
+                param: None,
+                code: Some("internal_error"),
+                retry_after_secs: None,
+            },
         }
     }
 }
 
 impl ApiError {
     /// OpenAI's error object, as a response body or a stream's last event.
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.into(),
+                param: self.param.clone(),
+                code: self.code.map(str::to_owned),
+            },
+        }
     }
 }
 

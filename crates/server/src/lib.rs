@@ -1,39 +1,39 @@
-//! OpenAI-compatible HTTP server over the engine (axum).
+//! OpenAI-compatible HTTP server over a registry of named [`Backend`]s (axum).
 //!
-//! Every handler turns the raw body into validated parameters (`params`), renders
-//! and tokenizes the prompt, submits one engine request per choice, and answers as
-//! one JSON body or as Server-Sent Events in OpenAI's exact chunk order. Each
-//! response carries its own `timings` (queue, prefill, TTFT, decode, tokens/s,
-//! cached prompt tokens); `/metrics` exports the same in Prometheus form.
+//! A handler validates the raw body into a `Valid*` request (`inferd_protocol`,
+//! with the arrival instant taken before the body was read), picks the backend its
+//! `model` names (the first one when it names none), and writes JSON or SSE from
+//! the backend's events (`respond`). It knows nothing of templates, tokens or
+//! engines: every model-specific step lives behind the trait, so a local model, an
+//! upstream server and the gateway are served alike. Each response carries its own
+//! `timings`; `/metrics` exports the same in Prometheus form, per model.
 
 mod error;
-mod generate;
 mod metrics;
-mod params;
-mod tools;
+mod respond;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use inferd_engine::EngineHandle;
-use inferd_tokenizer::{ChatTemplate, Tokenizer};
+use axum::{Extension, Json, Router};
+use inferd_backend::{Backend, Health};
+use inferd_protocol::{ModelList, ModelObject};
 use serde_json::json;
 use tower::ServiceExt;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use respond::Kind;
 
-/// Settings of the HTTP layer (the engine has its own).
+/// Settings of the HTTP layer (each backend has its own).
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
-    /// The id clients use in `model` (the alias or file stem).
-    pub model_id: String,
     /// When set, every /v1 request needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// A request still unfinished this long after arrival is cancelled: 408, or
@@ -41,35 +41,48 @@ pub struct ServerOptions {
     pub request_timeout: Option<Duration>,
 }
 
-/// What the server needs besides the engine handle.
+/// The backends and the settings every handler shares.
 pub struct ServerState {
-    pub engine: EngineHandle,
-    pub tokenizer: Arc<Tokenizer>,
-    pub chat_template: Option<Arc<ChatTemplate>>,
-    pub model_id: String,
+    /// In the order given; the first answers requests that name no model.
+    backends: Vec<Arc<dyn Backend>>,
     pub api_key: Option<String>,
     pub request_timeout: Option<Duration>,
     pub metrics: Metrics,
     pub created_unix: u64,
 }
 
+/// When the request reached the server (set before the body is read).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
 impl ServerState {
+    /// Serves `backends` (at least one, names unique).
     pub fn new(
-        engine: EngineHandle,
-        tokenizer: Arc<Tokenizer>,
-        chat_template: Option<Arc<ChatTemplate>>,
+        backends: Vec<Arc<dyn Backend>>,
         options: ServerOptions,
-    ) -> ServerState {
-        ServerState {
-            engine,
-            tokenizer,
-            chat_template,
-            model_id: options.model_id,
+    ) -> Result<ServerState, String> {
+        if backends.is_empty() {
+            return Err("a server needs at least one model".into());
+        }
+        for (i, b) in backends.iter().enumerate() {
+            if backends[..i].iter().any(|o| o.name() == b.name()) {
+                return Err(format!(
+                    "two models are named `{}`; names must be unique",
+                    b.name()
+                ));
+            }
+        }
+        Ok(ServerState {
+            backends,
             api_key: options.api_key,
             request_timeout: options.request_timeout,
             metrics: Metrics::new(),
             created_unix: unix_now(),
-        }
+        })
+    }
+
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.backends
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -87,18 +100,34 @@ impl ServerState {
         }
     }
 
-    /// `model` may be omitted, or must name the served model.
-    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+    /// The backend `model` names; the default one when it names none.
+    fn backend(&self, model: Option<&str>) -> Result<&Arc<dyn Backend>, ApiError> {
         match model {
-            None => Ok(()),
-            Some(m) if m == self.model_id => Ok(()),
-            Some(m) => Err(ApiError::not_found(
-                "model",
-                format!(
-                    "The model `{m}` does not exist; this server serves `{}`",
-                    self.model_id
-                ),
-            )),
+            None => Ok(&self.backends[0]),
+            Some(m) => self.backends.iter().find(|b| b.name() == m).ok_or_else(|| {
+                let served: Vec<String> = self
+                    .backends
+                    .iter()
+                    .map(|b| format!("`{}`", b.name()))
+                    .collect();
+                ApiError::not_found(
+                    "model",
+                    format!(
+                        "The model `{m}` does not exist; this server serves {}",
+                        served.join(", ")
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn model_object(&self, b: &dyn Backend) -> ModelObject {
+        ModelObject {
+            id: b.name().to_owned(),
+            object: "model".into(),
+            created: self.created_unix,
+            owned_by: "inferd".into(),
+            context_window: Some(b.context_window()),
         }
     }
 }
@@ -121,61 +150,41 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, so the instant is taken before the body is read.
+        .layer(axum::middleware::from_fn(stamp_arrival))
         .with_state(state)
+}
+
+async fn stamp_arrival(mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(Arrival(Instant::now()));
+    next.run(req).await
 }
 
 async fn chat_completions(
     State(s): State<Arc<ServerState>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    completion_route(s, headers, body, true).await
+    respond::completion_route(s, headers, body, arrival.0, Kind::Chat).await
 }
 
 async fn completions(
     State(s): State<Arc<ServerState>>,
+    Extension(arrival): Extension<Arrival>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    completion_route(s, headers, body, false).await
-}
-
-async fn completion_route(
-    s: Arc<ServerState>,
-    headers: HeaderMap,
-    body: Bytes,
-    chat: bool,
-) -> Response {
-    let result = async {
-        s.authorize(&headers)?;
-        if chat {
-            generate::chat(&s, &body).await
-        } else {
-            generate::completion(&s, &body).await
-        }
-    }
-    .await;
-    respond(&s, result)
-}
-
-fn respond(s: &ServerState, result: Result<Response, ApiError>) -> Response {
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            s.metrics.errors.with_label_values(&[e.label()]).inc();
-            tracing::info!(status = e.status.as_u16(), error = %e.message, "request refused");
-            e.into_response()
-        }
-    }
-}
-
-fn model_object(s: &ServerState) -> serde_json::Value {
-    json!({"id": s.model_id, "object": "model", "created": s.created_unix, "owned_by": "inferd"})
+    respond::completion_route(s, headers, body, arrival.0, Kind::Text).await
 }
 
 async fn list_models(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
     match s.authorize(&headers) {
-        Ok(()) => Json(json!({"object": "list", "data": [model_object(&s)]})).into_response(),
+        Ok(()) => Json(ModelList {
+            object: "list".into(),
+            data: s.backends.iter().map(|b| s.model_object(&**b)).collect(),
+        })
+        .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -185,18 +194,35 @@ async fn get_model(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = s.authorize(&headers).and_then(|_| s.check_model(Some(&id)));
+    let result = s.authorize(&headers).and_then(|_| s.backend(Some(&id)));
     match result {
-        Ok(()) => Json(model_object(&s)).into_response(),
+        Ok(b) => Json(s.model_object(&**b)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+/// 200 when every model serves; 503 naming the ones that do not.
+async fn health(State(s): State<Arc<ServerState>>) -> Response {
+    let down: Vec<serde_json::Value> = s
+        .backends
+        .iter()
+        .filter_map(|b| match b.health() {
+            Health::Ready => None,
+            Health::Unavailable(why) => Some(json!({"model": b.name(), "reason": why})),
+        })
+        .collect();
+    if down.is_empty() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "models": down})),
+        )
+            .into_response()
+    }
 }
 
-/// The router to serve while the model loads: `/health` answers 503
+/// The router to serve while the models load: `/health` answers 503
 /// `{"status":"loading"}` and every other path 503 in OpenAI's error shape, until
 /// `ready` holds the real router; from then on every request goes to it. This lets
 /// the server bind (and orchestrators probe it) before loading.
@@ -221,6 +247,6 @@ pub fn router_when_ready(ready: Arc<OnceLock<Router>>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
-    let text = s.metrics.render(&s.engine.gauges);
+    let text = s.metrics.render(&s.backends);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

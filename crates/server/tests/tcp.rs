@@ -9,7 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use inferd_engine::{start_engine, EngineConfig, EngineHandle, LoadedModel};
+use inferd_backend::{Backend, LocalBackend};
+use inferd_engine::{EngineConfig, EngineHandle, LoadedModel};
 use inferd_server::{router, router_when_ready, ServerOptions, ServerState};
 use serde_json::{json, Value};
 
@@ -20,14 +21,14 @@ fn serve(slot: Arc<OnceLock<Router>>) -> SocketAddr {
 
 fn loaded_router(request_timeout: Option<Duration>) -> (Router, EngineHandle) {
     let loaded = LoadedModel::load(inferd_testutil::smollm2_path()).unwrap();
-    let (tok, tpl) = (loaded.tokenizer.clone(), loaded.chat_template.clone());
-    let engine = start_engine(loaded, EngineConfig::default()).unwrap();
+    let local = LocalBackend::start("smollm2-135m", loaded, EngineConfig::default()).unwrap();
+    let engine = local.engine().clone();
     let options = ServerOptions {
-        model_id: "smollm2-135m".into(),
         api_key: None,
         request_timeout,
     };
-    let state = ServerState::new(engine.clone(), tok, tpl, options);
+    let backends: Vec<Arc<dyn Backend>> = vec![Arc::new(local)];
+    let state = ServerState::new(backends, options).unwrap();
     (router(Arc::new(state)), engine)
 }
 

@@ -1,0 +1,177 @@
+//! The `inferd` binary as a user runs it: `generate` honours `--activations`,
+//! `serve` reads a config file with a `[[models]]` table and serves every model
+//! from one process, and configuration errors name the key.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn inferd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_inferd"))
+}
+
+fn model() -> String {
+    inferd_testutil::smollm2_path().display().to_string()
+}
+
+fn generate(activations: Option<&str>) -> (String, String) {
+    let mut c = inferd();
+    c.args([
+        "generate",
+        "--model",
+        &model(),
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+    ])
+    .args(["--max-tokens", "16", "--threads", "2"]);
+    if let Some(a) = activations {
+        c.args(["--activations", a]);
+    }
+    let out = c.output().expect("inferd runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+#[test]
+fn generate_applies_the_activations_flag() {
+    let (default_text, default_log) = generate(None);
+    let (q8_text, q8_log) = generate(Some("q8"));
+    assert!(default_log.contains("activations=Q8x2"), "{default_log}");
+    assert!(q8_log.contains("activations=Q8 "), "{q8_log}");
+    assert!(default_text.contains("Paris"), "{default_text}");
+    // One-plane activations change SmolLM2's greedy answer (README, "Activation
+    // precision"): the flag reached the kernels.
+    assert_ne!(default_text, q8_text);
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("inferd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn serve_config_errors_name_the_key() {
+    let p = temp_file("typo.toml", "prot = 9000\n");
+    let out = inferd()
+        .args(["serve", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("prot"), "{stderr}");
+    let p = temp_file(
+        "zero.toml",
+        "[[models]]\nmodel = \"smollm2-135m\"\nmax_running = 0\n",
+    );
+    let out = inferd()
+        .args(["serve", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("models[0].") && stderr.contains("max_running") && stderr.contains("got 0"),
+        "{stderr}"
+    );
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the status and body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_runs_two_models_from_a_config_file() {
+    let m = model();
+    let config = format!(
+        "port = 0\nthreads = 2\nmax_running = 8\n\n[[models]]\nmodel = {m:?}\nname = \"big\"\n\n[[models]]\nmodel = {m:?}\nname = \"small\"\nkv_cache_mib = 32\n"
+    );
+    let p = temp_file("two.toml", &config);
+    let mut child = Killed(
+        inferd()
+            .args(["serve", "--config"])
+            .arg(&p)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut log = String::new();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logs");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("ready: http://").nth(1) {
+            let url = rest.split_whitespace().next().unwrap_or_default();
+            break url.trim_end_matches("/v1").to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{log}");
+    };
+    assert!(
+        log.contains("kv_mib=32"),
+        "each model has its own KV budget: {log}"
+    );
+    let (status, body) = http(&addr, "GET", "/v1/models", "");
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["big", "small"]);
+    let chat = r#"{"model": "small", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 8}"#;
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", chat);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model"], "small");
+    let (status, _) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat.replace("small", "medium"),
+    );
+    assert_eq!(status, 404);
+}
+
+/// A child process that is killed when the test ends, passing or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

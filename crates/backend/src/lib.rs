@@ -1,0 +1,190 @@
+//! Everything that answers requests is a [`Backend`]: a name, a context window,
+//! capabilities, health, and `generate`, which takes a validated request and
+//! returns a stream of [`Event`]s. The HTTP server holds a registry of named
+//! backends and only writes JSON or SSE from their events; the gateway (a backend
+//! that chooses among backends) and upstream clients implement the same trait.
+//!
+//! - [`LocalBackend`]: a model in this process — chat template, tokenizer, context
+//!   window, stop strings, tool-call parsing, submission to its engine.
+//! - [`TestBackend`]: a scripted backend, so edge tests (error shapes, SSE order)
+//!   run without loading a model.
+//!
+//! Contract: `generate` resolves once every choice has produced its first event,
+//! so anything that goes wrong before the first token (overload, a prompt too
+//! long) is an `Err`, answered as a plain HTTP error rather than a broken stream.
+//! Dropping the stream cancels the request.
+
+mod local;
+mod stop;
+mod test_backend;
+pub mod tools;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use inferd_protocol::{
+    FinishReason, ProtocolError, Timings, ToolCall, TopLogprob, Usage, ValidChatRequest,
+    ValidCompletionRequest,
+};
+
+pub use local::LocalBackend;
+pub use stop::StopMatcher;
+pub use test_backend::{Script, TestBackend};
+
+/// A validated request for any backend.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Chat(ValidChatRequest),
+    Completion(ValidCompletionRequest),
+}
+
+impl Request {
+    pub fn common(&self) -> &inferd_protocol::Common {
+        match self {
+            Request::Chat(r) => &r.common,
+            Request::Completion(r) => &r.common,
+        }
+    }
+
+    /// Choices in the response: `n` per prompt.
+    pub fn choices(&self) -> usize {
+        match self {
+            Request::Chat(r) => r.common.n,
+            Request::Completion(r) => r.choices(),
+        }
+    }
+
+    /// Alternatives per token when log-probabilities were asked for.
+    pub fn logprobs(&self) -> Option<usize> {
+        match self {
+            Request::Chat(r) => r.logprobs,
+            Request::Completion(r) => r.logprobs,
+        }
+    }
+}
+
+/// What a backend can do; the server refuses what it cannot before calling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Has a chat template (`/v1/chat/completions`).
+    pub chat: bool,
+    pub completions: bool,
+    /// Parses tool calls out of its output.
+    pub tools: bool,
+    pub logprobs: bool,
+    /// Completions `echo` with prompt log-probabilities.
+    pub echo: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// Not serving, and why (`/health` answers 503 with it).
+    Unavailable(String),
+}
+
+/// One token with its log-probability (`None` for an echoed first prompt token,
+/// which has nothing before it) and the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedToken {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: Option<f32>,
+    pub top: Vec<TopLogprob>,
+}
+
+/// One event of a request; `index` is the choice it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Completions `echo`: the prompt, before any output (tokens only with logprobs).
+    Echo {
+        index: usize,
+        text: String,
+        tokens: Vec<LoggedToken>,
+    },
+    /// New output text; `tokens` holds the tokens it came from when log-probabilities
+    /// were asked for.
+    Delta {
+        index: usize,
+        text: String,
+        tokens: Vec<LoggedToken>,
+    },
+    /// The output parsed into tool calls (then `Done` says `ToolCalls`).
+    ToolCalls { index: usize, calls: Vec<ToolCall> },
+    /// The choice is complete. `usage` counts this choice's tokens.
+    Done {
+        index: usize,
+        finish: FinishReason,
+        usage: Usage,
+        timings: Timings,
+    },
+    /// The request failed after it started; no more events follow.
+    Error(BackendError),
+}
+
+pub type EventStream = BoxStream<'static, Event>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    /// The request cannot be served as asked (400), naming the field.
+    #[error("{0}")]
+    Invalid(#[from] ProtocolError),
+    /// Full: retry later (429 with `Retry-After`).
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// Not serving at all (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Failed while serving (500); the message says what failed, without internals
+    /// a client cannot act on.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Engine gauges and counters a local backend exports to `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineStats {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_used_blocks: usize,
+    pub kv_cached_blocks: usize,
+    pub kv_free_blocks: usize,
+    pub prefix_queries_tokens_total: u64,
+    pub prefix_hits_tokens_total: u64,
+    pub kv_evictions_total: u64,
+    pub preemptions_total: u64,
+    pub step_failures_total: u64,
+}
+
+/// Anything that answers requests: a local model, an upstream server, a gateway.
+pub trait Backend: Send + Sync {
+    /// The id clients put in `model`.
+    fn name(&self) -> &str;
+    /// Prompt plus output tokens one request may use.
+    fn context_window(&self) -> usize;
+    fn capabilities(&self) -> Capabilities;
+    fn health(&self) -> Health;
+    /// Starts the request; resolves once every choice has its first event.
+    fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>>;
+    /// Engine gauges, for backends that own an engine.
+    fn engine_stats(&self) -> Option<EngineStats> {
+        None
+    }
+}
+
+/// A random 128-bit id in hex, for response and tool-call ids.
+pub fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
