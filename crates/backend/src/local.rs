@@ -673,3 +673,33 @@ fn engine_error(e: EngineError) -> BackendError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicked_step_is_a_500_that_says_the_engine_keeps_serving() {
+        let e = engine_error(EngineError::StepPanicked(
+            "the engine step panicked: no candidate".into(),
+        ));
+        let BackendError::Internal(msg) = e else {
+            panic!("a panicked step is an internal error, got {e:?}");
+        };
+        assert!(
+            msg.contains("no candidate") && msg.contains("keeps serving"),
+            "{msg}"
+        );
+        assert!(matches!(
+            engine_error(EngineError::Overloaded { max_waiting: 1 }),
+            BackendError::Overloaded {
+                retry_after_secs: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            engine_error(EngineError::Stopped),
+            BackendError::Unavailable(_)
+        ));
+    }
+}

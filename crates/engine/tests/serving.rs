@@ -13,17 +13,26 @@ use inferd_engine::{
     FinishReason, LoadedModel, Logprobs, SamplingParams, Timings, TokenEvent, Usage,
 };
 use inferd_scheduler::SchedulerConfig;
+use inferd_tokenizer::Tokenizer;
 
-fn engine(config: EngineConfig) -> (EngineHandle, LoadedModel) {
+/// The tokenizer, loaded once for the whole file.
+fn tokenizer() -> &'static Tokenizer {
+    static TOKENIZER: std::sync::OnceLock<std::sync::Arc<Tokenizer>> = std::sync::OnceLock::new();
+    TOKENIZER.get_or_init(|| {
+        LoadedModel::load(inferd_testutil::smollm2_path())
+            .unwrap()
+            .tokenizer
+    })
+}
+
+/// An engine of its own (tests differ in configuration and count blocks).
+fn engine(config: EngineConfig) -> (EngineHandle, &'static Tokenizer) {
     let handle = start_engine(
         LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
         config,
     )
     .unwrap();
-    (
-        handle,
-        LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
-    )
+    (handle, tokenizer())
 }
 
 fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
@@ -34,7 +43,7 @@ fn greedy(prompt: Vec<u32>, max_tokens: usize) -> EngineRequest {
     }
 }
 
-fn prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
+fn prompts(m: &Tokenizer) -> Vec<Vec<u32>> {
     let texts = [
         "The capital of France is",
         "Once upon a time, in a small village by the sea,",
@@ -45,16 +54,13 @@ fn prompts(m: &LoadedModel) -> Vec<Vec<u32>> {
         "In 1969, the first humans landed on the moon. The mission was called",
         "Water boils at 100 degrees Celsius at sea level. At higher altitudes, the boiling point is lower because the air pressure is lower. This is why cooking pasta on a mountain takes longer. Explain the physics of this in simple terms:",
     ];
-    texts
-        .iter()
-        .map(|t| m.tokenizer.encode(t, false).unwrap())
-        .collect()
+    texts.iter().map(|t| m.encode(t, false).unwrap()).collect()
 }
 
 #[test]
 fn greedy_output_is_identical_alone_and_in_a_batch_of_eight() {
     let (handle, m) = engine(EngineConfig::default());
-    let prompts = prompts(&m);
+    let prompts = prompts(m);
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| handle.generate_blocking(greedy(p.clone(), 24)).unwrap().0)
@@ -86,11 +92,9 @@ fn shared_prefix_hits_the_cache_and_gives_the_same_output() {
     let (handle, m) = engine(EngineConfig::default());
     let system = "You are a careful assistant. Answer briefly and precisely. ".repeat(8);
     let a = m
-        .tokenizer
         .encode(&format!("{system}Question: what is 2+2? Answer:"), false)
         .unwrap();
     let b = m
-        .tokenizer
         .encode(&format!("{system}Question: name a color. Answer:"), false)
         .unwrap();
     // Cold: b alone on a fresh engine.
@@ -127,7 +131,7 @@ fn cancelling_mid_generation_frees_all_blocks() {
     };
     let (handle, m) = engine(config);
     let total = handle.gauges.kv_free_blocks.load(Ordering::Relaxed);
-    let mut rx = handle.submit(greedy(prompts(&m)[7].clone(), 1000));
+    let mut rx = handle.submit(greedy(prompts(m)[7].clone(), 1000));
     let mut n = 0;
     while let Some(TokenEvent::Token { .. }) = rx.blocking_recv() {
         n += 1;
@@ -250,7 +254,7 @@ fn finish(rx: &mut EventStream) -> Finished {
 #[test]
 fn a_stop_request_ends_with_done_and_real_usage() {
     let (handle, m) = engine(EngineConfig::default());
-    let prompt = prompts(&m)[7].clone();
+    let prompt = prompts(m)[7].clone();
     // Warm the prefix cache, so the stopped request's usage has cached tokens to report.
     handle.generate_blocking(greedy(prompt.clone(), 1)).unwrap();
     let mut rx = handle.submit(greedy(prompt.clone(), 1000));
@@ -336,10 +340,7 @@ fn scoring(prompt: Vec<u32>, n: usize) -> EngineRequest {
 #[test]
 fn prompt_logprobs_match_teacher_forcing_of_each_prefix() {
     let (handle, m) = engine(EngineConfig::default());
-    let prompt = m
-        .tokenizer
-        .encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", false)
-        .unwrap();
+    let prompt = m.encode("1, 2, 3, 4, 5, 6, 7, 8, 9, 10", false).unwrap();
     let n = 5;
     let scored = finish(&mut handle.submit(scoring(prompt.clone(), n)));
     let entries = scored.prompt_logprobs.expect("prompt logprobs were sent");
@@ -382,8 +383,7 @@ fn prompt_logprobs_match_teacher_forcing_of_each_prefix() {
 
 #[test]
 fn prompt_logprobs_survive_preemption() {
-    let (_, m) = engine(EngineConfig::default());
-    let all = prompts(&m);
+    let all = prompts(tokenizer());
     let scored_prompt = all[7][..40].to_vec();
     let other_prompt = all[6][..12].to_vec();
     let (roomy, _) = engine(EngineConfig::default());
@@ -434,7 +434,7 @@ fn prompt_logprobs_survive_preemption() {
 #[test]
 fn shutdown_fails_outstanding_requests_with_stopped() {
     let (handle, m) = engine(EngineConfig::default());
-    let mut rx = handle.submit(greedy(prompts(&m)[0].clone(), 1000));
+    let mut rx = handle.submit(greedy(prompts(m)[0].clone(), 1000));
     assert!(matches!(rx.blocking_recv(), Some(TokenEvent::Token { .. })));
     handle.shutdown();
     loop {
