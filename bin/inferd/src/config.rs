@@ -29,6 +29,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry;
 
+/// A flag's help text ending in its default, so `--help` shows the default the
+/// code uses rather than a second copy of it.
+pub fn default_of<T: std::fmt::Display>(what: &str, v: T) -> String {
+    format!("{what} [default: {v}]")
+}
+
+pub fn engine_default() -> EngineConfig {
+    EngineConfig::default()
+}
+
 /// Engine settings that a `[[models]]` entry may override; `None` inherits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

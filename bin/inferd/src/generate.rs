@@ -13,6 +13,7 @@ use inferd_kernels::Precision;
 use inferd_model::{ForwardOptions, KvStore};
 use serde_json::json;
 
+use crate::config::{default_of, engine_default};
 use crate::registry;
 
 #[derive(Args, Debug)]
@@ -68,17 +69,13 @@ pub struct GenerateArgs {
 /// (`INFERD_*`); a flag wins over the environment, which wins over the default.
 #[derive(Args, Debug, Clone, Default)]
 pub struct EngineArgs {
-    /// Tokens per forward step (decode + prefill chunks) [default: 256].
-    #[arg(long, env = "INFERD_MAX_BATCH_TOKENS")]
+    #[arg(long, env = "INFERD_MAX_BATCH_TOKENS", help = default_of("Tokens per forward step (decode + prefill chunks)", engine_default().scheduler.max_batch_tokens))]
     pub max_batch_tokens: Option<usize>,
-    /// Sequences running at once [default: 64].
-    #[arg(long, env = "INFERD_MAX_RUNNING")]
+    #[arg(long, env = "INFERD_MAX_RUNNING", help = default_of("Sequences running at once", engine_default().scheduler.max_running))]
     pub max_running: Option<usize>,
-    /// Requests waiting for admission before new ones are refused [default: 256].
-    #[arg(long, env = "INFERD_MAX_WAITING")]
+    #[arg(long, env = "INFERD_MAX_WAITING", help = default_of("Requests waiting for admission before new ones are refused", engine_default().scheduler.max_waiting))]
     pub max_waiting: Option<usize>,
-    /// KV cache size in MiB [default: 512].
-    #[arg(long, env = "INFERD_KV_CACHE_MIB")]
+    #[arg(long, env = "INFERD_KV_CACHE_MIB", help = default_of("KV cache size in MiB", engine_default().kv_cache_mib))]
     pub kv_cache_mib: Option<usize>,
     /// Disable reuse of cached prompt prefixes.
     #[arg(long)]

@@ -13,17 +13,9 @@ use inferd_engine::{EngineConfig, LoadedModel};
 use inferd_server::{router, router_when_ready, ServerOptions, ServerState};
 use serde_json::{json, Map, Value};
 
-use crate::config::{EngineSettings, ModelSettings, ServeConfig};
+use crate::config::{default_of, engine_default, EngineSettings, ModelSettings, ServeConfig};
 use crate::generate::init_threads;
 use crate::registry;
-
-fn default_of<T: std::fmt::Display>(what: &str, v: T) -> String {
-    format!("{what} [default: {v}]")
-}
-
-fn engine_default() -> EngineConfig {
-    EngineConfig::default()
-}
 
 fn serve_default() -> ServeConfig {
     ServeConfig::default()

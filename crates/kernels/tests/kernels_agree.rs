@@ -1,6 +1,8 @@
 //! Every SIMD path agrees with its scalar twin, and the scalar quantized dot agrees
 //! with dequantize-then-multiply, on random blocks and odd shapes.
 
+use std::io::Write;
+
 use half::f16;
 use inferd_gguf::GgmlType;
 use inferd_kernels::dot::{self, scalar};
@@ -154,7 +156,11 @@ fn packed_kernels_match_scalar_twin_on_odd_shapes() {
         .into_iter()
         .filter(|&i| i != Isa::Scalar)
         .collect();
-    eprintln!("packed kernels on: {:?}", paths);
+    // Past the harness's capture, so `make test` shows the paths that ran.
+    let _ = writeln!(
+        std::io::stderr(),
+        "kernels_agree: packed kernels checked on {paths:?}"
+    );
     for isa in paths {
         for ty in PACKED_TYPES {
             for precision in [Precision::Q8, Precision::Q8x2] {

@@ -126,6 +126,33 @@ impl ValidCompletionRequest {
     }
 }
 
+/// The fields both request types share, moved out of either (the wire structs
+/// cannot share them through `#[serde(flatten)]` without losing error paths).
+macro_rules! common_fields {
+    ($r:ident, $max_field:expr, $max_tokens:expr) => {
+        CommonFields {
+            model: $r.model,
+            max_field: $max_field,
+            max_tokens: $max_tokens,
+            temperature: $r.temperature,
+            top_p: $r.top_p,
+            n: $r.n,
+            stop: $r.stop,
+            stream: $r.stream,
+            stream_options: $r.stream_options,
+            presence_penalty: $r.presence_penalty,
+            frequency_penalty: $r.frequency_penalty,
+            seed: $r.seed,
+            top_k: $r.top_k,
+            min_p: $r.min_p,
+            repetition_penalty: $r.repetition_penalty,
+            ignore_eos: $r.ignore_eos,
+            priority: $r.priority,
+            cache_salt: $r.cache_salt,
+        }
+    };
+}
+
 /// Parses and validates a chat completion body that arrived at `arrival`.
 pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, ProtocolError> {
     let r: ChatCompletionRequest = from_body(body)?;
@@ -208,26 +235,7 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
     };
-    let fields = CommonFields {
-        model: r.model,
-        max_field,
-        max_tokens,
-        temperature: r.temperature,
-        top_p: r.top_p,
-        n: r.n,
-        stop: r.stop,
-        stream: r.stream,
-        stream_options: r.stream_options,
-        presence_penalty: r.presence_penalty,
-        frequency_penalty: r.frequency_penalty,
-        seed: r.seed,
-        top_k: r.top_k,
-        min_p: r.min_p,
-        repetition_penalty: r.repetition_penalty,
-        ignore_eos: r.ignore_eos,
-        priority: r.priority,
-        cache_salt: r.cache_salt,
-    };
+    let fields = common_fields!(r, max_field, max_tokens);
     let common = fields.validate(arrival, 1)?;
     Ok(ValidChatRequest {
         messages,
@@ -261,27 +269,8 @@ pub fn parse_completion(
         None => None,
         Some(n) => Some(in_range("logprobs", n, 0, MAX_TOP_LOGPROBS)? as usize),
     };
-    let fields = CommonFields {
-        model: r.model,
-        max_field: "max_tokens",
-        // OpenAI's legacy default for completions is 16 tokens.
-        max_tokens: Some(r.max_tokens.unwrap_or(16)),
-        temperature: r.temperature,
-        top_p: r.top_p,
-        n: r.n,
-        stop: r.stop,
-        stream: r.stream,
-        stream_options: r.stream_options,
-        presence_penalty: r.presence_penalty,
-        frequency_penalty: r.frequency_penalty,
-        seed: r.seed,
-        top_k: r.top_k,
-        min_p: r.min_p,
-        repetition_penalty: r.repetition_penalty,
-        ignore_eos: r.ignore_eos,
-        priority: r.priority,
-        cache_salt: r.cache_salt,
-    };
+    // OpenAI's legacy default for completions is 16 tokens.
+    let fields = common_fields!(r, "max_tokens", Some(r.max_tokens.unwrap_or(16)));
     let common = fields.validate(arrival, prompts.len())?;
     Ok(ValidCompletionRequest {
         prompts,

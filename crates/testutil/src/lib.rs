@@ -51,3 +51,11 @@ pub fn serve_in_background(app: axum::Router) -> SocketAddr {
     });
     rx.recv().expect("the test server starts")
 }
+
+/// Writes one line straight to the process's stderr, past the test harness's
+/// output capture (which only intercepts `print!`/`eprint!`), so that what a test
+/// ran — e.g. which kernel paths — shows in `make test`'s output even when it passes.
+pub fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
