@@ -135,7 +135,7 @@ fn check_capabilities(b: &dyn Backend, r: &Request) -> Result<(), ApiError> {
             "messages",
             "chat completions (it has no chat template); use /v1/completions",
         ),
-        Request::Chat(c_) if !c.tools && !c_.tools.is_empty() => refuse("tools", "tools"),
+        Request::Chat(chat) if !c.tools && !chat.tools.is_empty() => refuse("tools", "tools"),
         Request::Completion(_) if !c.completions => refuse("prompt", "text completions"),
         Request::Completion(t) if t.echo && !c.echo => refuse("echo", "`echo`"),
         _ if r.logprobs().is_some() && !c.logprobs => refuse("logprobs", "log-probabilities"),
