@@ -165,6 +165,22 @@ def test_completions(client):
     assert r.usage.prompt_tokens == 5
 
 
+def test_completions_echo_and_logprobs(client):
+    prompt = "The capital of France is"
+    r = client.completions.create(model="smollm2-135m", prompt=prompt, max_tokens=3, temperature=0,
+                                  echo=True, logprobs=2)
+    text, lp = r.choices[0].text, r.choices[0].logprobs
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert len(lp.tokens) == r.usage.prompt_tokens + 3 == len(lp.token_logprobs) == len(lp.text_offset)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert all(1 <= len(t) <= 2 for t in lp.top_logprobs[1:])
+    assert lp.text_offset == sorted(lp.text_offset)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="smollm2-135m", prompt=prompt, suffix="!", max_tokens=3)
+    assert e.value.body["param"] == "suffix"
+
+
 def test_errors(server, client):
     with pytest.raises(openai.BadRequestError) as e:
         ask(client, top_p=1.5)
