@@ -14,6 +14,7 @@
 //! long) is an `Err`, answered as a plain HTTP error rather than a broken stream.
 //! Dropping the stream cancels the request.
 
+mod embedding;
 mod local;
 mod stop;
 mod test_backend;
@@ -23,9 +24,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use inferd_protocol::{
     FinishReason, ProtocolError, Timings, ToolCall, TopLogprob, Usage, ValidChatRequest,
-    ValidCompletionRequest,
+    ValidCompletionRequest, ValidEmbeddingRequest,
 };
 
+pub use embedding::{EmbeddingBackend, EmbeddingModel};
 pub use local::LocalBackend;
 pub use stop::StopMatcher;
 pub use test_backend::{Script, TestBackend};
@@ -73,6 +75,8 @@ pub struct Capabilities {
     pub logprobs: bool,
     /// Completions `echo` with prompt log-probabilities.
     pub echo: bool,
+    /// `/v1/embeddings`.
+    pub embeddings: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +147,14 @@ pub enum BackendError {
     Internal(String),
 }
 
+/// The vectors of an embeddings request, in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of every input, as the model counted them.
+    pub prompt_tokens: usize,
+}
+
 /// Engine gauges and counters a local backend exports to `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EngineStats {
@@ -168,6 +180,20 @@ pub trait Backend: Send + Sync {
     fn health(&self) -> Health;
     /// Starts the request; resolves once every choice has its first event.
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>>;
+    /// Embeds every input; only backends whose capabilities say `embeddings`.
+    fn embed(
+        &self,
+        request: ValidEmbeddingRequest,
+    ) -> BoxFuture<'static, Result<Embeddings, BackendError>> {
+        let _ = request;
+        let name = self.name().to_owned();
+        Box::pin(async move {
+            Err(BackendError::Invalid(ProtocolError::field(
+                "model",
+                format!("`{name}` does not serve embeddings"),
+            )))
+        })
+    }
     /// Engine gauges, for backends that own an engine.
     fn engine_stats(&self) -> Option<EngineStats> {
         None

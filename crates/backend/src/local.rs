@@ -100,6 +100,7 @@ impl Backend for LocalBackend {
             tools: true,
             logprobs: true,
             echo: true,
+            embeddings: false,
         }
     }
 

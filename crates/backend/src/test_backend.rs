@@ -42,6 +42,7 @@ impl TestBackend {
                 tools: true,
                 logprobs: false,
                 echo: false,
+                embeddings: false,
             },
             script: Mutex::new(Script::Reply(vec!["Hello".into(), " there".into()])),
             health: Mutex::new(Health::Ready),

@@ -23,10 +23,11 @@ pub use request::{
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, Embedding,
-    EmbeddingResponse, EmbeddingUsage, FinishReason, ModelList, ModelObject, PromptTokensDetails,
-    Timings, TokenLogprob, TopLogprob, Usage,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, ModelList, ModelObject,
+    PromptTokensDetails, Timings, TokenLogprob, TopLogprob, Usage,
 };
 pub use valid::{
-    parse_chat, parse_completion, Common, PromptInput, Sampling, ToolMode, ValidChatRequest,
-    ValidCompletionRequest, MAX_CHOICES, MAX_STOPS,
+    parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,
+    ToolMode, ValidChatRequest, ValidCompletionRequest, ValidEmbeddingRequest, MAX_CHOICES,
+    MAX_EMBEDDING_INPUTS, MAX_STOPS,
 };

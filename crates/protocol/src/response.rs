@@ -209,7 +209,16 @@ pub struct EmbeddingResponse {
 pub struct Embedding {
     pub object: String,
     pub index: usize,
-    pub embedding: Vec<f32>,
+    pub embedding: EmbeddingVector,
+}
+
+/// A vector as `encoding_format` asked: a list of floats, or base64 of its
+/// little-endian f32 bytes (what the official SDKs request by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ProtocolError;
 use crate::request::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, MessageContent, Prompt, PromptItem,
-    Stop, StreamOptions, Tool, ToolChoice,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingInput, EmbeddingRequest,
+    MessageContent, Prompt, PromptItem, Stop, StreamOptions, Tool, ToolChoice,
 };
 
 /// Most choices one request may ask for (prompts × `n`).
@@ -151,6 +151,97 @@ macro_rules! common_fields {
             cache_salt: $r.cache_salt,
         }
     };
+}
+
+/// Most inputs one embeddings request may carry (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// How embedding vectors are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    /// Little-endian f32 bytes, base64-encoded.
+    Base64,
+}
+
+/// A validated embeddings request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidEmbeddingRequest {
+    pub model: Option<String>,
+    /// At least one, none empty.
+    pub inputs: Vec<PromptInput>,
+    pub encoding: EncodingFormat,
+    /// When given, the model must have exactly this many dimensions.
+    pub dimensions: Option<usize>,
+    /// Cut inputs that are too long instead of refusing them.
+    pub truncate: bool,
+    pub arrival: Instant,
+}
+
+/// Parses and validates an embeddings body that arrived at `arrival`.
+pub fn parse_embeddings(
+    body: &[u8],
+    arrival: Instant,
+) -> Result<ValidEmbeddingRequest, ProtocolError> {
+    let r: EmbeddingRequest = from_body(body)?;
+    let inputs = match r.input {
+        None => return Err(ProtocolError::field("input", "`input` is required")),
+        Some(EmbeddingInput::Text(t)) => vec![PromptInput::Text(t)],
+        Some(EmbeddingInput::Texts(t)) => t.into_iter().map(PromptInput::Text).collect(),
+        Some(EmbeddingInput::Tokens(t)) => vec![PromptInput::Tokens(t)],
+        Some(EmbeddingInput::TokenLists(t)) => t.into_iter().map(PromptInput::Tokens).collect(),
+    };
+    if inputs.is_empty() {
+        return Err(ProtocolError::field(
+            "input",
+            "`input` must not be an empty list",
+        ));
+    }
+    if inputs.len() > MAX_EMBEDDING_INPUTS {
+        return Err(ProtocolError::field(
+            "input",
+            format!(
+                "at most {MAX_EMBEDDING_INPUTS} inputs per request, got {}",
+                inputs.len()
+            ),
+        ));
+    }
+    let batch = inputs.len() > 1;
+    for (i, x) in inputs.iter().enumerate() {
+        let empty = match x {
+            PromptInput::Text(t) => t.is_empty(),
+            PromptInput::Tokens(t) => t.is_empty(),
+        };
+        if empty {
+            let param = if batch {
+                format!("input[{i}]")
+            } else {
+                "input".into()
+            };
+            return Err(ProtocolError::field(
+                &param,
+                format!("`{param}` must not be empty"),
+            ));
+        }
+    }
+    let encoding = match r.encoding_format.as_deref() {
+        None | Some("float") => EncodingFormat::Float,
+        Some("base64") => EncodingFormat::Base64,
+        Some(other) => {
+            return Err(ProtocolError::field(
+                "encoding_format",
+                format!("`encoding_format` must be \"float\" or \"base64\", got {other:?}"),
+            ))
+        }
+    };
+    Ok(ValidEmbeddingRequest {
+        model: r.model,
+        inputs,
+        encoding,
+        dimensions: r.dimensions.map(|d| d as usize),
+        truncate: r.truncate.unwrap_or(false),
+        arrival,
+    })
 }
 
 /// Parses and validates a chat completion body that arrived at `arrival`.
@@ -645,6 +736,38 @@ mod tests {
         ] {
             let e = completion(body.clone()).unwrap_err();
             assert_eq!(param(e.clone()), want, "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn embedding_inputs_of_every_shape_and_their_errors() {
+        let e = |v: serde_json::Value| parse_embeddings(v.to_string().as_bytes(), Instant::now());
+        let r = e(json!({"input": "hi"})).unwrap();
+        assert_eq!((r.inputs.len(), r.encoding), (1, EncodingFormat::Float));
+        let r = e(json!({"input": ["a", "b"], "encoding_format": "base64", "dimensions": 384}))
+            .unwrap();
+        assert_eq!(
+            (r.inputs.len(), r.encoding, r.dimensions),
+            (2, EncodingFormat::Base64, Some(384))
+        );
+        assert_eq!(
+            e(json!({"input": [1, 2]})).unwrap().inputs,
+            [PromptInput::Tokens(vec![1, 2])]
+        );
+        assert_eq!(e(json!({"input": [[1], [2, 3]]})).unwrap().inputs.len(), 2);
+        for (body, want) in [
+            (json!({}), "input"),
+            (json!({"input": []}), "input"),
+            (json!({"input": ""}), "input"),
+            (json!({"input": ["a", ""]}), "input[1]"),
+            (json!({"input": 5}), "input"),
+            (
+                json!({"input": "a", "encoding_format": "int8"}),
+                "encoding_format",
+            ),
+        ] {
+            let err = e(body.clone()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(want), "{body}: {err}");
         }
     }
 

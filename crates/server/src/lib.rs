@@ -8,6 +8,7 @@
 //! upstream server and the gateway are served alike. Each response carries its own
 //! `timings`; `/metrics` exports the same in Prometheus form, per model.
 
+mod embeddings;
 mod error;
 mod metrics;
 mod respond;
@@ -145,6 +146,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings_route))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/health", get(health))
@@ -176,6 +178,15 @@ async fn completions(
     body: Bytes,
 ) -> Response {
     respond::completion_route(s, headers, body, arrival.0, Kind::Text).await
+}
+
+async fn embeddings_route(
+    State(s): State<Arc<ServerState>>,
+    Extension(arrival): Extension<Arrival>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    embeddings::route(s, headers, &body, arrival.0).await
 }
 
 async fn list_models(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {

@@ -130,6 +130,12 @@ fn check_capabilities(b: &dyn Backend, r: &Request) -> Result<(), ApiError> {
             format!("`{}` does not support {what}", b.name()),
         ))
     };
+    if c.embeddings && !c.chat && !c.completions {
+        return Err(ApiError::invalid(
+            "model",
+            format!("`{}` is an embedding model; use /v1/embeddings", b.name()),
+        ));
+    }
     match r {
         Request::Chat(_) if !c.chat => refuse(
             "messages",

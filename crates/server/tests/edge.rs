@@ -291,3 +291,126 @@ async fn sse_follows_openai_order_and_a_late_error_is_the_last_event() {
         "a failure mid-way fails a non-streamed request"
     );
 }
+
+/// A stand-in embedding model: a vector of (length, first id) per input.
+struct TinyEmbedder;
+
+impl inferd_backend::EmbeddingModel for TinyEmbedder {
+    fn dims(&self) -> usize {
+        2
+    }
+    fn max_tokens(&self) -> usize {
+        8
+    }
+    fn vocab_size(&self) -> usize {
+        256
+    }
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, String> {
+        Ok(text.bytes().map(u32::from).collect())
+    }
+    fn embed_tokens(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        Ok(batch
+            .iter()
+            .map(|t| vec![t.len() as f32, t[0] as f32])
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn embeddings_in_float_and_base64_and_their_errors() {
+    let emb: Arc<dyn Backend> = Arc::new(inferd_backend::EmbeddingBackend::start(
+        "emb",
+        Arc::new(TinyEmbedder),
+    ));
+    let talker: Arc<dyn Backend> = Arc::new(TestBackend::new("chat"));
+    let app = router(Arc::new(
+        ServerState::new(vec![talker, emb], ServerOptions::default()).unwrap(),
+    ));
+    let (status, v) = post(
+        &app,
+        "/v1/embeddings",
+        json!({"model": "emb", "input": ["ab", "c"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(
+        v["data"][0],
+        json!({"object": "embedding", "index": 0, "embedding": [2.0, 97.0]})
+    );
+    assert_eq!(v["data"][1]["embedding"], json!([1.0, 99.0]));
+    assert_eq!(v["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
+    let (_, b) = post(
+        &app,
+        "/v1/embeddings",
+        json!({"model": "emb", "input": "ab", "encoding_format": "base64"}),
+    )
+    .await;
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(floats, [2.0, 97.0], "base64 of the little-endian f32 bytes");
+    for (body, status, param) in [
+        (
+            json!({"model": "emb", "input": "abcdefghij"}),
+            StatusCode::BAD_REQUEST,
+            "input",
+        ),
+        (
+            json!({"model": "emb", "input": ["a", "abcdefghij"]}),
+            StatusCode::BAD_REQUEST,
+            "input[1]",
+        ),
+        (
+            json!({"model": "emb", "input": "a", "dimensions": 3}),
+            StatusCode::BAD_REQUEST,
+            "dimensions",
+        ),
+        (
+            json!({"model": "emb", "input": []}),
+            StatusCode::BAD_REQUEST,
+            "input",
+        ),
+        (
+            json!({"model": "chat", "input": "a"}),
+            StatusCode::BAD_REQUEST,
+            "model",
+        ),
+        (
+            json!({"model": "nope", "input": "a"}),
+            StatusCode::NOT_FOUND,
+            "model",
+        ),
+    ] {
+        let (got, v) = post(&app, "/v1/embeddings", body.clone()).await;
+        assert_eq!(
+            (got, v["error"]["param"].as_str()),
+            (status, Some(param)),
+            "{body}: {v}"
+        );
+    }
+    let (_, v) = post(
+        &app,
+        "/v1/embeddings",
+        json!({"model": "emb", "input": "abcdefghij", "truncate": true}),
+    )
+    .await;
+    assert_eq!(
+        v["data"][0]["embedding"][0], 8.0,
+        "cut to the model's 8 tokens"
+    );
+    let (status, v) = post(&app, "/v1/chat/completions", chat(json!({"model": "emb"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/embeddings"),
+        "{v}"
+    );
+}
