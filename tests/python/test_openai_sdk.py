@@ -52,7 +52,9 @@ def start_server(*extra):
 
 @pytest.fixture(scope="module")
 def server():
-    proc, base = start_server()
+    # The default chat model first (requests naming no model go there), the
+    # embedding model beside it in the same process.
+    proc, base = start_server("--model", "smollm2-135m", "--model", "minilm-l6")
     yield base
     proc.terminate()
     proc.wait(timeout=30)
@@ -251,3 +253,26 @@ def test_sigterm_lets_in_flight_requests_finish():
     t.join(timeout=60)
     assert result["r"].choices[0].message.content, "the in-flight request completed"
     assert proc.wait(timeout=30) == 0
+
+
+def test_embeddings_float_and_base64(client):
+    texts = ["A cat sits on the mat.", "A kitten rests on a rug.", "Quarterly revenue grew by 4%."]
+    # The SDK asks for base64 unless told otherwise, and decodes it itself.
+    r = client.embeddings.create(model="minilm-l6", input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.model == "minilm-l6"
+    vecs = [d.embedding for d in r.data]
+    assert all(len(v) == 384 for v in vecs)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs), "L2-normalised"
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]) + 0.2, "similar sentences are closer"
+    assert r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens
+    f = client.embeddings.create(model="minilm-l6", input=texts[0], encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(f.data[0].embedding, vecs[0])) < 1e-6, "float and base64 agree"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm-l6", input="x", dimensions=128)
+    assert e.value.body["param"] == "dimensions"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm-l6", input="word " * 600)
+    assert e.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="smollm2-135m", input="x")

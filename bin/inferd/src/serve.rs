@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use inferd_backend::{Backend, LocalBackend};
+use inferd_backend::{Backend, EmbeddingBackend, LocalBackend};
 use inferd_engine::{EngineConfig, LoadedModel};
 use inferd_server::{router, router_when_ready, ServerOptions, ServerState};
 use serde_json::{json, Map, Value};
@@ -251,6 +251,21 @@ fn load_all(
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     for (name, path, config) in models {
         let started = Instant::now();
+        if path.is_dir() {
+            // A model directory (safetensors + tokenizer.json): an embedding model.
+            let embedder = inferd_embed::Embedder::load(&path)
+                .with_context(|| format!("cannot load the embedding model {}", path.display()))?;
+            tracing::info!(
+                model = %name,
+                dims = embedder.dims(),
+                max_tokens = embedder.max_tokens(),
+                rss_mib = rss_mib().unwrap_or(0),
+                ms = started.elapsed().as_millis() as u64,
+                "embedding model loaded"
+            );
+            backends.push(Arc::new(EmbeddingBackend::start(name, Arc::new(embedder))));
+            continue;
+        }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tracing::info!(model = %name, file = %path.display(), file_mib = bytes >> 20, "loading weights and tokenizer");
         let loaded =

@@ -26,6 +26,28 @@ pub trait EmbeddingModel: Send + Sync + 'static {
     fn embed_tokens(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String>;
 }
 
+impl EmbeddingModel for inferd_embed::Embedder {
+    fn dims(&self) -> usize {
+        inferd_embed::Embedder::dims(self)
+    }
+
+    fn max_tokens(&self) -> usize {
+        inferd_embed::Embedder::max_tokens(self)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>, String> {
+        inferd_embed::Embedder::tokenize(self, text).map_err(|e| e.to_string())
+    }
+
+    fn embed_tokens(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        inferd_embed::Embedder::embed_tokens(self, batch).map_err(|e| e.to_string())
+    }
+}
+
 /// Tokens one batch may hold; jobs beyond it wait for the next batch.
 const MAX_BATCH_TOKENS: usize = 16384;
 

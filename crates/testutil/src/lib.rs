@@ -11,21 +11,45 @@ pub fn smollm2_path() -> PathBuf {
     if let Some(p) = std::env::var_os("INFERD_TEST_MODEL_SMOLLM2") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("INFERD_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache")
-                .join("inferd")
-        });
-    let p = home.join("models/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = models_dir().join("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.is_file(),
         "{} is missing: run `make fetch-models` first",
         p.display()
     );
     p
+}
+
+/// The all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer.json):
+/// `$INFERD_TEST_MODEL_MINILM`, else `minilm-l6` in the models folder under
+/// `$INFERD_HOME` (default `~/.cache/inferd`). Missing files fail the calling test
+/// with the command that fetches them, never skip it.
+pub fn minilm_path() -> PathBuf {
+    let dir = match std::env::var_os("INFERD_TEST_MODEL_MINILM") {
+        Some(p) => PathBuf::from(p),
+        None => models_dir().join("minilm-l6"),
+    };
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run `inferd models fetch minilm-l6` (or `make fetch-models`) first",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// `$INFERD_HOME/models` (default `~/.cache/inferd/models`), as the registry lays it out.
+fn models_dir() -> PathBuf {
+    std::env::var_os("INFERD_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache")
+                .join("inferd")
+        })
+        .join("models")
 }
 
 /// Serves `app` on 127.0.0.1 at a free port from its own runtime thread, for tests
