@@ -6,7 +6,7 @@ PYTHON ?= python3
 PROMPT ?= Explain in two sentences why the sky is blue.
 SERVE_ARGS ?=
 
-.PHONY: serve run test test-python fetch-models build lint fuzz
+.PHONY: serve run test test-python test-node fetch-models build lint fuzz
 
 build:
 	$(CARGO) build --release -p inferd
@@ -29,11 +29,21 @@ run: build
 test: fetch-models
 	$(CARGO) test --workspace
 	$(MAKE) test-python
+	$(MAKE) test-node
 
 # The official `openai` SDK against a real `inferd serve` (venv made here, pinned).
 test-python: .venv/ok
 	$(CARGO) build -p inferd
 	.venv/bin/python -m pytest -q tests/python
+
+# The official OpenAI Node SDK against a real `inferd serve` (pinned in package-lock.json).
+test-node: tests/node/node_modules/.ok
+	$(CARGO) build -p inferd
+	cd tests/node && node --test
+
+tests/node/node_modules/.ok: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 .venv/ok: tests/python/requirements.txt
 	$(PYTHON) -m venv .venv
