@@ -23,17 +23,8 @@ pub async fn route(
     arrival: Instant,
 ) -> Response {
     let mut model = NO_MODEL.to_owned();
-    match answer(&s, &headers, body, arrival, &mut model).await {
-        Ok(r) => r,
-        Err(e) => {
-            s.metrics
-                .errors
-                .with_label_values(&[model.as_str(), e.label()])
-                .inc();
-            tracing::info!(status = e.status.as_u16(), model = %model, error = %e.message, "request refused");
-            e.into_response()
-        }
-    }
+    let result = answer(&s, &headers, body, arrival, &mut model).await;
+    result.unwrap_or_else(|e| crate::respond::refused(&s, &model, e))
 }
 
 async fn answer(

@@ -61,17 +61,17 @@ pub async fn completion_route(
 ) -> Response {
     let mut model = NO_MODEL.to_owned();
     let result = answer(&s, &headers, &body, arrival, kind, &mut model).await;
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            s.metrics
-                .errors
-                .with_label_values(&[model.as_str(), e.label()])
-                .inc();
-            tracing::info!(status = e.status.as_u16(), model = %model, error = %e.message, "request refused");
-            e.into_response()
-        }
-    }
+    result.unwrap_or_else(|e| refused(&s, &model, e))
+}
+
+/// The response to a refused request, counted and logged under its model label.
+pub(crate) fn refused(s: &ServerState, model: &str, e: ApiError) -> Response {
+    s.metrics
+        .errors
+        .with_label_values(&[model, e.label()])
+        .inc();
+    tracing::info!(status = e.status.as_u16(), model = %model, error = %e.message, "request refused");
+    e.into_response()
 }
 
 async fn answer(
