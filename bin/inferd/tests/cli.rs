@@ -55,27 +55,25 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn serve_config_errors_name_the_key() {
-    let p = temp_file("typo.toml", "prot = 9000\n");
+/// `inferd serve --config` on a file with `text`: it must fail; its stderr.
+fn serve_fails_on(name: &str, text: &str) -> String {
     let out = inferd()
         .args(["serve", "--config"])
-        .arg(&p)
+        .arg(temp_file(name, text))
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn serve_config_errors_name_the_key() {
+    let stderr = serve_fails_on("typo.toml", "prot = 9000\n");
     assert!(stderr.contains("prot"), "{stderr}");
-    let p = temp_file(
+    let stderr = serve_fails_on(
         "zero.toml",
         "[[models]]\nmodel = \"smollm2-135m\"\nmax_running = 0\n",
     );
-    let out = inferd()
-        .args(["serve", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("models[0].") && stderr.contains("max_running") && stderr.contains("got 0"),
         "{stderr}"
