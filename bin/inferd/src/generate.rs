@@ -179,7 +179,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     return Ok(());
                 }
                 Event::Error(e) => bail!(e),
-                Event::Echo { .. } | Event::ToolCalls { .. } => {}
+                Event::Echo { .. } | Event::ToolCall { .. } => {}
             }
         }
         bail!("the engine stopped before finishing")

@@ -23,7 +23,7 @@ pub mod tools;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use inferd_protocol::{
-    FinishReason, ProtocolError, Timings, ToolCall, TopLogprob, Usage, ValidChatRequest,
+    FinishReason, ProtocolError, Timings, ToolCallDelta, TopLogprob, Usage, ValidChatRequest,
     ValidCompletionRequest, ValidEmbeddingRequest,
 };
 
@@ -112,8 +112,10 @@ pub enum Event {
         text: String,
         tokens: Vec<LoggedToken>,
     },
-    /// The output parsed into tool calls (then `Done` says `ToolCalls`).
-    ToolCalls { index: usize, calls: Vec<ToolCall> },
+    /// A piece of a tool call in the output (then `Done` says `ToolCalls`): the
+    /// first piece of each call carries its id and name, later ones argument
+    /// fragments to append.
+    ToolCall { index: usize, call: ToolCallDelta },
     /// The choice is complete. `usage` counts this choice's tokens.
     Done {
         index: usize,

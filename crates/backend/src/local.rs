@@ -10,19 +10,20 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use inferd_engine::{
-    start_engine, EngineConfig, EngineError, EngineHandle, EngineRequest, LoadedModel, Logprobs,
-    SamplingParams, TokenEvent,
+    start_engine, BoxedConstraint, EngineConfig, EngineError, EngineHandle, EngineRequest,
+    LoadedModel, Logprobs, SamplingParams, TokenEvent,
 };
+use inferd_grammar::{GrammarError, Grammars};
 use inferd_protocol::{
-    FinishReason, PromptInput, ProtocolError, Role, Timings, ToolMode, TopLogprob, Usage,
-    ValidChatRequest, ValidCompletionRequest,
+    ConstraintKind, FinishReason, OutputConstraint, PromptInput, ProtocolError, Role, Timings,
+    ToolMode, TopLogprob, Usage, ValidChatRequest, ValidCompletionRequest,
 };
 use inferd_tokenizer::{ChatTemplate, Tokenizer};
 use serde_json::{json, Value};
@@ -45,6 +46,8 @@ struct Inner {
     engine: EngineHandle,
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
+    /// Built on the first constrained request (the vocabulary's token trie).
+    grammars: OnceLock<Result<Grammars, GrammarError>>,
 }
 
 impl LocalBackend {
@@ -71,6 +74,7 @@ impl LocalBackend {
                 engine,
                 tokenizer,
                 template,
+                grammars: OnceLock::new(),
             }),
         }
     }
@@ -153,6 +157,9 @@ struct Prepared {
     echo: Option<Vec<String>>,
     /// Parse tool calls out of the output.
     tools: bool,
+    /// The output is tool calls a grammar forces (streamed as they come).
+    forced_tools: bool,
+    constraint: Option<BoxedConstraint>,
     max_tokens: usize,
     logprobs: Option<usize>,
     common: inferd_protocol::Common,
@@ -164,16 +171,36 @@ fn invalid(param: &str, message: impl Into<String>) -> BackendError {
 
 impl Inner {
     fn prepare(&self, request: Request) -> Result<Prepared, BackendError> {
-        let (prompts, echo, tools, logprobs, common, param) = match request {
-            Request::Chat(r) => {
-                let tools = !r.tools.is_empty() && r.tool_choice == ToolMode::Auto;
+        let (prompts, echo, tools, constraint, logprobs, common, param) = match request {
+            Request::Chat(mut r) => {
+                let tools = !r.tools.is_empty() && r.tool_choice != ToolMode::None;
                 let prompt = self.chat_prompt(&r)?;
-                (vec![prompt], None, tools, r.logprobs, r.common, "messages")
+                let constraint = forced_tool_calls(&r).or(r.constraint.take());
+                let c = r.common;
+                (
+                    vec![prompt],
+                    None,
+                    tools,
+                    constraint,
+                    r.logprobs,
+                    c,
+                    "messages",
+                )
             }
-            Request::Completion(r) => {
+            Request::Completion(mut r) => {
                 let (prompts, echo) = self.completion_prompts(&r)?;
-                (prompts, echo, false, r.logprobs, r.common, "prompt")
+                let constraint = r.constraint.take();
+                (
+                    prompts, echo, false, constraint, r.logprobs, r.common, "prompt",
+                )
             }
+        };
+        let forced_tools = constraint
+            .as_ref()
+            .is_some_and(|c| matches!(c.kind, ConstraintKind::ToolCalls { .. }));
+        let constraint = match constraint {
+            Some(c) => Some(self.compile(&c)?),
+            None => None,
         };
         let ctx = self.engine.context_length;
         if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= ctx) {
@@ -209,10 +236,36 @@ impl Inner {
             prompts,
             echo,
             tools,
+            forced_tools,
+            constraint,
             max_tokens,
             logprobs,
             common,
         })
+    }
+
+    /// Compiles a request's constraint for this model; a constraint the grammar
+    /// compiler refuses is a 400 naming the field and quoting the compiler.
+    fn compile(&self, c: &OutputConstraint) -> Result<BoxedConstraint, BackendError> {
+        let grammars = self
+            .grammars
+            .get_or_init(|| Grammars::new(self.tokenizer.clone(), self.tokenizer.vocab_size()))
+            .as_ref()
+            .map_err(|e| invalid(c.param, e.to_string()))?;
+        let compiled = grammars.compile(&c.kind).map_err(|e| {
+            invalid(
+                c.param,
+                format!("`{}` cannot be used for constrained decoding: {e}", c.param),
+            )
+        })?;
+        if !compiled.compile_time.is_zero() {
+            tracing::debug!(
+                param = c.param,
+                compile_ms = compiled.compile_time.as_secs_f64() * 1e3,
+                "grammar compiled"
+            );
+        }
+        Ok(BoxedConstraint(Box::new(compiled.constraint)))
     }
 
     fn chat_prompt(&self, r: &ValidChatRequest) -> Result<Vec<u32>, BackendError> {
@@ -338,6 +391,7 @@ impl Inner {
                     cache_salt: p.common.cache_salt.clone(),
                     arrival: Some(arrival),
                     prompt_logprobs,
+                    constraint: p.constraint.clone(),
                 })
             })
             .collect();
@@ -357,7 +411,11 @@ impl Inner {
                 .map(|i| Choice {
                     prompt: i / n,
                     stop: StopMatcher::new(p.common.stop.clone()),
-                    gate: p.tools.then(ToolGate::default),
+                    gate: p.tools.then(|| match p.forced_tools {
+                        true => ToolGate::forced(),
+                        false => ToolGate::default(),
+                    }),
+                    made_calls: false,
                     tokens: 0,
                     logged: Vec::new(),
                     stopped_at: None,
@@ -409,6 +467,8 @@ struct Choice {
     prompt: usize,
     stop: StopMatcher,
     gate: Option<ToolGate>,
+    /// Whether tool-call pieces went out (then the finish reason is `tool_calls`).
+    made_calls: bool,
     /// Output tokens up to the end of the output (a stop string's last token).
     tokens: usize,
     /// Tokens whose text has not gone out in a `Delta` yet (with logprobs).
@@ -550,7 +610,7 @@ impl Run {
                     (None, inferd_engine::FinishReason::Length) => FinishReason::Length,
                 };
                 if let Some(mut gate) = c.gate.take() {
-                    let (content, calls) = gate.finish();
+                    let (content, pieces) = gate.finish();
                     if !content.is_empty() {
                         self.pending.push_back(Event::Delta {
                             index: i,
@@ -558,15 +618,12 @@ impl Run {
                             tokens: Vec::new(),
                         });
                     }
-                    if !calls.is_empty() {
-                        finish = FinishReason::ToolCalls;
-                        self.pending.push_back(Event::ToolCalls {
-                            index: i,
-                            calls: tools::to_protocol(&calls, &self.tool_id),
-                        });
-                    }
+                    self.emit_calls(i, pieces);
                 }
                 let c = &mut self.choices[i];
+                if c.made_calls {
+                    finish = FinishReason::ToolCalls;
+                }
                 c.done = true;
                 let mut t = timings;
                 if let Some(at) = c.stopped_at {
@@ -597,10 +654,12 @@ impl Run {
     /// end of a choice, also tokens whose text was held back.
     fn emit_text(&mut self, i: usize, text: String, last: bool) {
         let c = &mut self.choices[i];
-        let text = match &mut c.gate {
+        let (text, pieces) = match &mut c.gate {
             Some(g) => g.push(&text),
-            None => text,
+            None => (text, Vec::new()),
         };
+        self.emit_calls(i, pieces);
+        let c = &mut self.choices[i];
         // At the end, tokens whose text was held back still go out.
         let flush_tokens = last && !c.logged.is_empty();
         if text.is_empty() && !flush_tokens {
@@ -614,12 +673,44 @@ impl Run {
         });
     }
 
+    fn emit_calls(&mut self, i: usize, pieces: Vec<tools::CallPiece>) {
+        for p in pieces {
+            self.choices[i].made_calls = true;
+            self.pending.push_back(Event::ToolCall {
+                index: i,
+                call: tools::to_delta(p, &self.tool_id),
+            });
+        }
+    }
+
     fn fail(&mut self, e: BackendError) {
         for c in &mut self.choices {
             c.done = true;
         }
         self.pending.push_back(Event::Error(e));
     }
+}
+
+/// The tool-call constraint `tool_choice` asks for: `"required"` (any of the
+/// tools) or a named function; `None` for `"auto"` and `"none"`.
+fn forced_tool_calls(r: &ValidChatRequest) -> Option<OutputConstraint> {
+    let tools: Vec<_> = match &r.tool_choice {
+        ToolMode::Required => r.tools.iter().map(|t| t.function.clone()).collect(),
+        ToolMode::Named(name) => r
+            .tools
+            .iter()
+            .filter(|t| &t.function.name == name)
+            .map(|t| t.function.clone())
+            .collect(),
+        ToolMode::Auto | ToolMode::None => return None,
+    };
+    Some(OutputConstraint {
+        param: "tool_choice",
+        kind: ConstraintKind::ToolCalls {
+            tools,
+            parallel: r.parallel_tool_calls,
+        },
+    })
 }
 
 fn timings_of(

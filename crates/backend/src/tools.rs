@@ -3,10 +3,11 @@
 //! block per call. Parsed into OpenAI's `tool_calls`; text outside the blocks stays
 //! content. A block whose JSON does not parse is left as text, not guessed at.
 
+pub use inferd_grammar::CallPiece;
+use inferd_grammar::ToolCallStream;
 use serde_json::{json, Value};
 
-pub const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
+pub use inferd_grammar::{TOOL_CALL_CLOSE as CLOSE, TOOL_CALL_OPEN as OPEN};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolCall {
@@ -115,63 +116,107 @@ pub fn inline_into_messages(messages: &mut Vec<Value>, tools: &[Value]) {
     }
 }
 
-/// OpenAI's `tool_calls`; ids are `call_<request id>_<index>`.
-pub fn to_protocol(calls: &[ToolCall], request_id: &str) -> Vec<inferd_protocol::ToolCall> {
+/// The id of call `i` of a response: `call_<request id>_<i>`.
+pub fn call_id(request_id: &str, i: usize) -> String {
     let stem = request_id.rsplit('-').next().unwrap_or(request_id);
-    calls
-        .iter()
-        .enumerate()
-        .map(|(i, c)| inferd_protocol::ToolCall {
-            index: Some(i),
-            id: format!("call_{stem}_{i}"),
-            kind: "function".into(),
-            function: inferd_protocol::FunctionCall {
-                name: c.name.clone(),
-                arguments: c.arguments.clone(),
-            },
-        })
-        .collect()
+    format!("call_{stem}_{i}")
+}
+
+/// A call piece as OpenAI streams it: the first piece of a call carries its id,
+/// type and name.
+pub fn to_delta(p: CallPiece, request_id: &str) -> inferd_protocol::ToolCallDelta {
+    let first = p.name.is_some();
+    inferd_protocol::ToolCallDelta {
+        index: p.call,
+        id: first.then(|| call_id(request_id, p.call)),
+        kind: first.then(|| "function".to_owned()),
+        function: inferd_protocol::FunctionCallDelta {
+            name: p.name,
+            arguments: p.arguments,
+        },
+    }
 }
 
 /// Streaming with tools: passes through text that cannot belong to a tool call
 /// and holds back the rest, so a `<tool_call>` block is never streamed as content.
+/// Calls the model chose to make are parsed when the output ends; calls a
+/// grammar forced (`forced`) are streamed as they are generated, name first,
+/// then argument fragments.
 #[derive(Debug, Default)]
 pub struct ToolGate {
     /// Text that may be the start of `<tool_call>`.
     pending: String,
     /// Everything from `<tool_call>` on, once one started.
     call_text: Option<String>,
+    forced: Option<ToolCallStream>,
 }
 
 impl ToolGate {
-    /// Adds output text; returns what may be emitted as content now.
-    pub fn push(&mut self, d: &str) -> String {
+    /// For output a tool-call grammar forces: every byte belongs to a call.
+    pub fn forced() -> ToolGate {
+        ToolGate {
+            forced: Some(ToolCallStream::default()),
+            ..ToolGate::default()
+        }
+    }
+
+    /// Adds output text; returns what may be emitted as content now, and the
+    /// pieces of forced calls it completes.
+    pub fn push(&mut self, d: &str) -> (String, Vec<CallPiece>) {
+        if let Some(f) = &mut self.forced {
+            match f.push(d) {
+                Ok(pieces) => return (String::new(), pieces),
+                // Cannot happen under the grammar; if it does, fall back to
+                // parsing the whole output at the end.
+                Err(e) => {
+                    tracing::warn!(error = %e, "forced tool-call output did not stream");
+                    self.call_text = Some(f.text().to_owned());
+                    self.forced = None;
+                    return (String::new(), Vec::new());
+                }
+            }
+        }
         if let Some(t) = &mut self.call_text {
             t.push_str(d);
-            return String::new();
+            return (String::new(), Vec::new());
         }
         self.pending.push_str(d);
         if let Some(i) = self.pending.find(OPEN) {
             self.call_text = Some(self.pending[i..].to_owned());
             let out = self.pending[..i].to_owned();
             self.pending.clear();
-            return out;
+            return (out, Vec::new());
         }
         let keep = (1..OPEN.len())
             .rev()
             .find(|&k| self.pending.ends_with(&OPEN[..k]))
             .unwrap_or(0);
         let cut = self.pending.len() - keep;
-        self.pending.drain(..cut).collect()
+        (self.pending.drain(..cut).collect(), Vec::new())
     }
 
-    /// At the end of the output: the text still held back, and the parsed calls
-    /// (empty when the held text was no valid call: then it is all content).
-    pub fn finish(&mut self) -> (String, Vec<ToolCall>) {
+    /// At the end of the output: the text still held back, and the calls parsed
+    /// from it, one whole piece each (none when the held text was no valid call:
+    /// then it is all content).
+    pub fn finish(&mut self) -> (String, Vec<CallPiece>) {
+        if self.forced.is_some() {
+            return (String::new(), Vec::new());
+        }
         let held = std::mem::take(&mut self.pending);
+        let whole = |calls: Vec<ToolCall>| {
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| CallPiece {
+                    call: i,
+                    name: Some(c.name),
+                    arguments: c.arguments,
+                })
+                .collect()
+        };
         match self.call_text.take() {
             Some(text) => match parse(&text) {
-                Some((content, calls)) => (held + &content, calls),
+                Some((content, calls)) => (held + &content, whole(calls)),
                 None => (held + &text, Vec::new()),
             },
             None => (held, Vec::new()),
@@ -249,16 +294,17 @@ mod tests {
     fn invalid_json_stays_text() {
         assert_eq!(parse("<tool_call>not json</tool_call>"), None);
         assert_eq!(parse("no calls here"), None);
-        let j = to_protocol(
-            &[ToolCall {
-                name: "f".into(),
-                arguments: "{}".into(),
-            }],
+        let d = to_delta(
+            CallPiece {
+                call: 1,
+                name: Some("f".into()),
+                arguments: String::new(),
+            },
             "chatcmpl-ab12",
         );
-        assert_eq!(j[0].id, "call_ab12_0");
-        assert_eq!(j[0].index, Some(0));
-        assert_eq!(j[0].function.name, "f");
+        assert_eq!(d.id.as_deref(), Some("call_ab12_1"));
+        assert_eq!((d.index, d.kind.as_deref()), (1, Some("function")));
+        assert_eq!(d.function.name.as_deref(), Some("f"));
     }
 
     #[test]
@@ -269,20 +315,32 @@ mod tests {
             "_call>{\"name\": \"f\", ",
             "\"arguments\": {\"a\": 1}}</tool_call>",
         ];
-        let out: String = pieces.iter().map(|p| g.push(p)).collect();
+        let out: String = pieces.iter().map(|p| g.push(p).0).collect();
         assert_eq!(out, "Sure. ");
         let (content, calls) = g.finish();
         assert_eq!(content, "");
-        assert_eq!(calls[0].name, "f");
+        assert_eq!(calls[0].name.as_deref(), Some("f"));
         assert_eq!(calls[0].arguments, r#"{"a":1}"#);
     }
 
     #[test]
     fn text_that_only_starts_like_a_tool_call_is_released() {
         let mut g = ToolGate::default();
-        assert_eq!(g.push("a <to"), "a ");
-        assert_eq!(g.push("pic"), "<topic");
-        assert_eq!(g.push(" <tool_call>not json"), " ");
+        assert_eq!(g.push("a <to").0, "a ");
+        assert_eq!(g.push("pic").0, "<topic");
+        assert_eq!(g.push(" <tool_call>not json").0, " ");
         assert_eq!(g.finish(), ("<tool_call>not json".to_owned(), Vec::new()));
+    }
+
+    #[test]
+    fn forced_calls_stream_name_first() {
+        let mut g = ToolGate::forced();
+        let (text, pieces) = g.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\"");
+        assert_eq!(text, "");
+        assert_eq!(pieces[0].name.as_deref(), Some("f"));
+        assert_eq!(pieces[1].arguments, "{\"a\"");
+        let (_, pieces) = g.push(": 1}}\n</tool_call>");
+        assert_eq!(pieces[0].arguments, ": 1}");
+        assert_eq!(g.finish(), (String::new(), Vec::new()));
     }
 }

@@ -31,6 +31,7 @@ use inferd_scheduler::{
 use inferd_tokenizer::Detokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::constraint::ConstraintState;
 use crate::error::{EngineError, Result};
 use crate::loader::LoadedModel;
 use crate::sampling::{logprobs, Logprobs, Sampler};
@@ -179,6 +180,7 @@ struct Active {
     first_token: Option<Instant>,
     /// Until they are sent with the first token.
     prompt_logprobs: Option<PromptLogprobs>,
+    constraint: Option<ConstraintState>,
 }
 
 /// Prompt log-probabilities being collected over a request's prefill chunks.
@@ -437,6 +439,9 @@ impl EngineLoop {
                     top_n,
                     entries: vec![None; req.prompt.len() - 1],
                 }),
+                constraint: req
+                    .constraint
+                    .map(|c| ConstraintState::new(c.0, self.model.model.config().vocab_size)),
             },
         );
     }
@@ -505,7 +510,42 @@ impl EngineLoop {
                 logits: logits_needed(self.active.get(&c.id), c.start_pos, c.sample),
             })
             .collect();
-        let result = self.model.model.forward(&batch, &mut self.kv);
+        // The masks of this step's constrained samples, computed while the
+        // forward pass runs (module docs of `constraint`).
+        let masked: Vec<SeqId> = plan
+            .chunks
+            .iter()
+            .filter(|c| c.sample)
+            .filter(|c| {
+                self.active
+                    .get(&c.id)
+                    .is_some_and(|a| a.constraint.is_some())
+            })
+            .map(|c| c.id)
+            .collect();
+        let (model, kv, active) = (&self.model, &mut self.kv, &mut self.active);
+        let result = if masked.is_empty() {
+            model.model.forward(&batch, kv)
+        } else {
+            std::thread::scope(|s| {
+                let masker = std::thread::Builder::new()
+                    .name("inferd-mask".into())
+                    .spawn_scoped(s, || {
+                        for id in &masked {
+                            if let Some(c) = active.get_mut(id).and_then(|a| a.constraint.as_mut())
+                            {
+                                c.prepare();
+                            }
+                        }
+                    })
+                    .expect("cannot start the mask thread");
+                let result = model.model.forward(&batch, kv);
+                if let Err(payload) = masker.join() {
+                    std::panic::resume_unwind(payload);
+                }
+                result
+            })
+        };
         drop(batch);
         let logits = match result {
             Ok(l) => l,
@@ -570,11 +610,41 @@ impl EngineLoop {
                 .collect();
             let _ = a.events.send(TokenEvent::PromptLogprobs(entries));
         }
-        let (token, logprobs) = a.sampler.sample(row);
+        let (token, logprobs) = match a.constraint.as_mut() {
+            None => a.sampler.sample(row),
+            Some(c) => {
+                if c.ready.is_none() {
+                    c.prepare();
+                }
+                if let Some(Err(e)) = c.ready.take() {
+                    return self.fail(id, EngineError::Constraint(e));
+                }
+                let mut masked = row.to_vec();
+                c.mask.apply(&mut masked);
+                if masked.iter().all(|v| *v == f32::NEG_INFINITY) {
+                    return self.fail(
+                        id,
+                        EngineError::Constraint("the grammar allows no next token".into()),
+                    );
+                }
+                a.sampler.sample(&masked)
+            }
+        };
+        let grammar_end = a
+            .constraint
+            .as_ref()
+            .is_some_and(|c| c.constraint.is_end(token));
+        if !grammar_end && !a.stop_token_ids.contains(&token) {
+            if let Some(c) = a.constraint.as_mut() {
+                if let Err(e) = c.constraint.commit(token) {
+                    return self.fail(id, EngineError::Constraint(e));
+                }
+            }
+        }
         a.sampler.observe(token);
         a.generated += 1;
         a.first_token.get_or_insert(now);
-        let reason = if a.stop_token_ids.contains(&token) {
+        let reason = if grammar_end || a.stop_token_ids.contains(&token) {
             Some(FinishReason::Stop)
         } else if a.generated >= a.max_tokens {
             Some(FinishReason::Length)
@@ -619,6 +689,11 @@ impl EngineLoop {
             decode: since(now, first_token),
             e2e: since(now, a.arrival),
             preemptions: info.preemptions,
+            mask: a
+                .constraint
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.mask_time),
+            masks: a.constraint.as_ref().map_or(0, |c| c.masks),
         };
         let usage = Usage {
             prompt_tokens: a.prompt_tokens,

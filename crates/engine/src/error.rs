@@ -37,6 +37,10 @@ pub enum EngineError {
     /// requests of that step and the engine kept serving.
     #[error("the engine step panicked: {0}")]
     StepPanicked(String),
+    /// The output constraint reached a state it cannot continue from (a grammar
+    /// with no way forward), or refused the model's vocabulary.
+    #[error("the output constraint failed: {0}")]
+    Constraint(String),
     #[error("the engine has stopped")]
     Stopped,
 }

@@ -6,12 +6,14 @@
 //! the engine thread and returns an [`EngineHandle`]: submit a request, receive a
 //! stream of [`TokenEvent`]s ([`EventStream`]), which the caller may stop early.
 
+mod constraint;
 mod engine;
 mod error;
 mod loader;
 mod sampling;
 mod stream;
 
+pub use constraint::{BoxedConstraint, Constraint, TokenMask};
 pub use engine::{start_engine, EngineConfig, EngineGauges, EngineHandle};
 pub use error::{EngineError, Result};
 pub use loader::LoadedModel;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use inferd_scheduler::SeqId;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use crate::constraint::BoxedConstraint;
 use crate::error::EngineError;
 use crate::sampling::{Logprobs, SamplingParams};
 
@@ -39,6 +40,9 @@ pub struct EngineRequest {
     /// computes its whole prompt: it never reuses cached prefix blocks, whose
     /// positions would have no logits. Default `None`.
     pub prompt_logprobs: Option<usize>,
+    /// Restricts every generated token to what the constraint allows (JSON
+    /// schema, regex, grammar); see [`crate::Constraint`]. Default `None`.
+    pub constraint: Option<BoxedConstraint>,
 }
 
 /// Why a request finished.
@@ -75,6 +79,10 @@ pub struct Timings {
     /// Arrival → last token.
     pub e2e: Duration,
     pub preemptions: u32,
+    /// Time spent computing token masks for a constrained request (on the mask
+    /// thread, overlapped with forward passes), and how many were computed.
+    pub mask: Duration,
+    pub masks: usize,
 }
 
 #[derive(Debug)]

@@ -9,11 +9,13 @@
 //! (`messages[0].role`, `top_p`) the way OpenAI's API does. Backends accept only
 //! `Valid*` requests, so nothing past the edge re-checks a field.
 
+mod constraint;
 mod error;
 mod request;
 mod response;
 mod valid;
 
+pub use constraint::{ConstraintFields, ConstraintKind, OutputConstraint};
 pub use error::{ErrorBody, ErrorObject, ProtocolError};
 pub use request::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, EmbeddingInput,
@@ -23,8 +25,8 @@ pub use request::{
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, Embedding,
-    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, ModelList, ModelObject,
-    PromptTokensDetails, Timings, TokenLogprob, TopLogprob, Usage,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta, ModelList,
+    ModelObject, PromptTokensDetails, Timings, TokenLogprob, ToolCallDelta, TopLogprob, Usage,
 };
 pub use valid::{
     parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,

@@ -47,6 +47,8 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Extension (vLLM, llama-server): keep the k most likely tokens; 0 or -1 disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +68,24 @@ pub struct ChatCompletionRequest {
     /// Extension: only requests with the same salt share prefix-cache blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// Extension (vLLM): the output is JSON matching this schema (object or JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_json: Option<Value>,
+    /// Extension (vLLM): the output matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_regex: Option<String>,
+    /// Extension (vLLM): the output is exactly one of these strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_choice: Option<Vec<String>>,
+    /// Extension (vLLM): the output matches this Lark grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_grammar: Option<String>,
+    /// Extension (llama.cpp): the output matches this GBNF grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    /// Extension (llama.cpp): the output is JSON matching this schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
 }
 
 /// `POST /v1/completions`.
@@ -77,6 +97,9 @@ pub struct CompletionRequest {
     pub prompt: Option<Prompt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
+    /// Extension (vLLM): JSON mode and JSON schema on text completions too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     /// Legacy integer: report this many alternatives per token (0..=5).
@@ -124,6 +147,24 @@ pub struct CompletionRequest {
     /// Extension: only requests with the same salt share prefix-cache blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// Extension (vLLM): the output is JSON matching this schema (object or JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_json: Option<Value>,
+    /// Extension (vLLM): the output matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_regex: Option<String>,
+    /// Extension (vLLM): the output is exactly one of these strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_choice: Option<Vec<String>>,
+    /// Extension (vLLM): the output matches this Lark grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_grammar: Option<String>,
+    /// Extension (llama.cpp): the output matches this GBNF grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    /// Extension (llama.cpp): the output is JSON matching this schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<Value>,
 }
 
 /// A completions prompt: one text, one list of token ids, or a batch of either.

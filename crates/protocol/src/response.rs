@@ -162,7 +162,53 @@ pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCall>>,
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
+}
+
+/// A piece of a streamed tool call, as OpenAI streams them: the first piece of
+/// call `index` carries its `id`, `type` and `function.name`, later pieces carry
+/// fragments of `function.arguments` to append.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCallDelta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl ToolCallDelta {
+    /// Appends this piece to `calls` (the calls of one choice, by index).
+    pub fn merge_into(self, calls: &mut Vec<ToolCall>) {
+        while calls.len() <= self.index {
+            calls.push(ToolCall {
+                index: None,
+                id: String::new(),
+                kind: "function".into(),
+                function: crate::request::FunctionCall {
+                    name: String::new(),
+                    arguments: String::new(),
+                },
+            });
+        }
+        let c = &mut calls[self.index];
+        if let Some(id) = self.id {
+            c.id = id;
+        }
+        if let Some(name) = self.function.name {
+            c.function.name = name;
+        }
+        c.function.arguments.push_str(&self.function.arguments);
+    }
 }
 
 /// Legacy completions log-probabilities: parallel lists, one entry per token

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 
+use crate::constraint::{ConstraintFields, OutputConstraint};
 use crate::error::ProtocolError;
 use crate::request::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingInput, EmbeddingRequest,
@@ -85,20 +86,30 @@ pub struct ValidChatRequest {
     /// Tools described to the model (also with `tool_choice: "none"`, so earlier
     /// calls in the conversation render as they did).
     pub tools: Vec<Tool>,
-    /// Whether the model's output may become tool calls.
+    /// Whether the model's output may (or must) become tool calls.
     pub tool_choice: ToolMode,
+    /// With a forced tool call: may the model make several (`parallel_tool_calls`,
+    /// default true as in OpenAI's API).
+    pub parallel_tool_calls: bool,
+    /// `response_format` or a guided-decoding extension.
+    pub constraint: Option<OutputConstraint>,
     /// `Some(n)`: report each output token's log-probability and `n` alternatives.
     pub logprobs: Option<usize>,
     pub common: Common,
 }
 
 /// What `tool_choice` allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolMode {
     /// The model may call a tool (`"auto"`, the default with tools).
     Auto,
     /// The model answers in text; tool calls are not parsed out (`"none"`).
     None,
+    /// The output is one or more tool calls, to any of the tools (`"required"`).
+    Required,
+    /// The output is a call to this tool
+    /// (`{"type": "function", "function": {"name": ...}}`).
+    Named(String),
 }
 
 /// A validated text completion request.
@@ -110,6 +121,8 @@ pub struct ValidCompletionRequest {
     pub echo: bool,
     /// `Some(n)`: per-token log-probabilities with `n` alternatives (legacy format).
     pub logprobs: Option<usize>,
+    /// `response_format` or a guided-decoding extension (vLLM's, llama.cpp's).
+    pub constraint: Option<OutputConstraint>,
     pub common: Common,
 }
 
@@ -128,6 +141,21 @@ impl ValidCompletionRequest {
 
 /// The fields both request types share, moved out of either (the wire structs
 /// cannot share them through `#[serde(flatten)]` without losing error paths).
+/// The structured-output fields, moved out of either request type.
+macro_rules! constraint_fields {
+    ($r:ident) => {
+        ConstraintFields {
+            response_format: $r.response_format.take(),
+            guided_json: $r.guided_json.take(),
+            guided_regex: $r.guided_regex.take(),
+            guided_choice: $r.guided_choice.take(),
+            guided_grammar: $r.guided_grammar.take(),
+            grammar: $r.grammar.take(),
+            json_schema: $r.json_schema.take(),
+        }
+    };
+}
+
 macro_rules! common_fields {
     ($r:ident, $max_field:expr, $max_tokens:expr) => {
         CommonFields {
@@ -246,7 +274,7 @@ pub fn parse_embeddings(
 
 /// Parses and validates a chat completion body that arrived at `arrival`.
 pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, ProtocolError> {
-    let r: ChatCompletionRequest = from_body(body)?;
+    let mut r: ChatCompletionRequest = from_body(body)?;
     let messages = r
         .messages
         .ok_or_else(|| ProtocolError::field("messages", "`messages` is required"))?;
@@ -269,16 +297,8 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
             }
         }
     }
-    if let Some(rf) = &r.response_format {
-        if rf.kind != "text" {
-            return Err(ProtocolError::field(
-                "response_format",
-                format!("`response_format` type `{}` is not supported yet (constrained decoding is not implemented); use \"text\"", rf.kind),
-            ));
-        }
-    }
+    let constraint = constraint_fields!(r).validate()?;
     let tools = r.tools.unwrap_or_default();
-    let mut tool_choice = ToolMode::Auto;
     if let Some(i) = tools.iter().position(|t| t.kind != "function") {
         return Err(ProtocolError::field(
             format!("tools[{i}].type"),
@@ -288,29 +308,58 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
             ),
         ));
     }
-    match &r.tool_choice {
-        None => {}
-        Some(ToolChoice::Mode(m)) if m == "auto" => {}
-        Some(ToolChoice::Mode(m)) if m == "none" => tool_choice = ToolMode::None,
-        Some(ToolChoice::Mode(m)) if m == "required" => {
-            return Err(ProtocolError::field(
-                "tool_choice",
-                "`tool_choice: \"required\"` is not supported yet (forced tool calls need constrained decoding); use \"auto\" or \"none\"",
-            ))
+    let tool_choice = match &r.tool_choice {
+        None => ToolMode::Auto,
+        Some(ToolChoice::Mode(m)) => match m.as_str() {
+            "auto" => ToolMode::Auto,
+            "none" => ToolMode::None,
+            "required" => ToolMode::Required,
+            _ => {
+                return Err(ProtocolError::field(
+                    "tool_choice",
+                    format!("`tool_choice` must be \"none\", \"auto\" or \"required\", got {m:?}"),
+                ))
+            }
+        },
+        Some(ToolChoice::Named(v)) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(|n| n.as_str())
+                .filter(|_| v.get("type").and_then(|t| t.as_str()) == Some("function"));
+            let Some(name) = name else {
+                return Err(ProtocolError::field(
+                    "tool_choice",
+                    "`tool_choice` as an object must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ));
+            };
+            if !tools.iter().any(|t| t.function.name == name) {
+                return Err(ProtocolError::field(
+                    "tool_choice.function.name",
+                    format!("`tool_choice.function.name` is `{name}`, which is not one of `tools`"),
+                ));
+            }
+            ToolMode::Named(name.to_owned())
         }
-        Some(ToolChoice::Mode(m)) => {
+    };
+    if matches!(tool_choice, ToolMode::Required | ToolMode::Named(_)) {
+        if tools.is_empty() {
             return Err(ProtocolError::field(
                 "tool_choice",
-                format!("`tool_choice` must be \"none\", \"auto\" or \"required\", got {m:?}"),
-            ))
+                "`tool_choice` forces a tool call, but `tools` is empty",
+            ));
         }
-        Some(ToolChoice::Named(_)) => {
+        if let Some(c) = &constraint {
             return Err(ProtocolError::field(
-                "tool_choice",
-                "naming a function in `tool_choice` is not supported yet (forced tool calls need constrained decoding); use \"auto\" or \"none\"",
-            ))
+                c.param,
+                format!(
+                    "`{}` cannot be combined with a forced `tool_choice`: the output is the tool call",
+                    c.param
+                ),
+            ));
         }
     }
+    let parallel_tool_calls = r.parallel_tool_calls.unwrap_or(true);
     let logprobs = match (r.logprobs.unwrap_or(false), r.top_logprobs) {
         (true, n) => Some(in_range("top_logprobs", n.unwrap_or(0), 0, MAX_TOP_LOGPROBS)? as usize),
         (false, Some(_)) => {
@@ -332,6 +381,8 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
         messages,
         tools,
         tool_choice,
+        parallel_tool_calls,
+        constraint,
         logprobs,
         common,
     })
@@ -342,7 +393,7 @@ pub fn parse_completion(
     body: &[u8],
     arrival: Instant,
 ) -> Result<ValidCompletionRequest, ProtocolError> {
-    let r: CompletionRequest = from_body(body)?;
+    let mut r: CompletionRequest = from_body(body)?;
     if r.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ProtocolError::field(
             "suffix",
@@ -355,6 +406,7 @@ pub fn parse_completion(
             "`best_of` above 1 is not supported; use `n`",
         ));
     }
+    let constraint = constraint_fields!(r).validate()?;
     let prompts = prompts(r.prompt)?;
     let logprobs = match r.logprobs {
         None => None,
@@ -367,6 +419,7 @@ pub fn parse_completion(
         prompts,
         echo: r.echo.unwrap_or(false),
         logprobs,
+        constraint,
         common,
     })
 }
@@ -665,10 +718,25 @@ mod tests {
             (user(json!({"top_k": "x"})), "top_k"),
             (user(json!({"priority": 5000})), "priority"),
             (
-                user(json!({"response_format": {"type": "json_object"}})),
-                "response_format",
+                user(json!({"response_format": {"type": "xml"}})),
+                "response_format.type",
             ),
             (user(json!({"tool_choice": "required"})), "tool_choice"),
+            (user(json!({"tool_choice": "sometimes"})), "tool_choice"),
+            (
+                user(
+                    json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                    "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+                ),
+                "tool_choice.function.name",
+            ),
+            (
+                user(
+                    json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                    "tool_choice": "required", "guided_regex": "a"}),
+                ),
+                "guided_regex",
+            ),
             (json!({"messages": []}), "messages"),
             (json!({}), "messages"),
             (
@@ -709,6 +777,27 @@ mod tests {
         assert_eq!((r.tools.len(), r.tool_choice), (1, ToolMode::Auto));
         let r = chat(user(json!({"tools": tools, "tool_choice": "none"}))).unwrap();
         assert_eq!((r.tools.len(), r.tool_choice), (1, ToolMode::None));
+    }
+
+    #[test]
+    fn forced_tool_choices() {
+        let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+        let r = chat(user(json!({"tools": tools, "tool_choice": "required"}))).unwrap();
+        assert_eq!(
+            (r.tool_choice, r.parallel_tool_calls),
+            (ToolMode::Required, true)
+        );
+        let named = json!({"type": "function", "function": {"name": "f"}});
+        let r = chat(user(
+            json!({"tools": tools, "tool_choice": named, "parallel_tool_calls": false}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.tool_choice, r.parallel_tool_calls),
+            (ToolMode::Named("f".into()), false)
+        );
+        let e = chat(user(json!({"tool_choice": "required"}))).unwrap_err();
+        assert!(e.message.contains("`tools` is empty"), "{e}");
     }
 
     #[test]

@@ -271,7 +271,7 @@ async fn collect(
                 c.text.push_str(&text);
                 c.tokens.extend(tokens);
             }
-            Event::ToolCalls { index, calls } => choices[index].tool_calls = calls,
+            Event::ToolCall { index, call } => call.merge_into(&mut choices[index].tool_calls),
             Event::Done {
                 index,
                 finish,
@@ -476,16 +476,16 @@ impl Reply {
                     )),
                 })
             }
-            (Kind::Chat, Event::ToolCalls { index, calls }) => Some(sse(&self.chat_chunk(
+            (Kind::Chat, Event::ToolCall { index, call }) => Some(sse(&self.chat_chunk(
                 index,
                 Delta {
-                    tool_calls: Some(calls),
+                    tool_calls: Some(vec![call]),
                     ..Delta::default()
                 },
                 None,
                 None,
             ))),
-            (Kind::Text, Event::ToolCalls { .. }) => None,
+            (Kind::Text, Event::ToolCall { .. }) => None,
             (
                 kind,
                 Event::Done {
@@ -551,7 +551,7 @@ fn stream_response(s: Arc<ServerState>, r: Reply, mut events: EventStream) -> Re
             let index = match &ev {
                 Event::Echo { index, .. }
                 | Event::Delta { index, .. }
-                | Event::ToolCalls { index, .. }
+                | Event::ToolCall { index, .. }
                 | Event::Done { index, .. } => Some(*index),
                 Event::Error(_) => None,
             };

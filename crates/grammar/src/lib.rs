@@ -1,0 +1,281 @@
+//! Constrained decoding with [llguidance]: a request's [`ConstraintKind`] (JSON
+//! schema, any JSON object, regex, choice, Lark or GBNF grammar, forced tool
+//! calls) compiled against one model's vocabulary into a [`GrammarConstraint`],
+//! which the engine asks for a token mask before each sampled token.
+//!
+//! llguidance is the grammar engine behind llama.cpp's and vLLM's guidance
+//! backends: an Earley parser over a lazy derivative-based lexer, which computes a
+//! mask over a 50,000-token vocabulary in tens of microseconds by walking the
+//! token trie once. [`Grammars`] holds the per-model state (the trie built from
+//! the model's tokenizer, the parser factory) and a small cache of compiled
+//! grammars, so a schema sent with every request is compiled once.
+//!
+//! JSON is generated compactly but readably (`", "` and `": "`, no other
+//! whitespace), so a small model cannot wander off into endless newlines inside
+//! an object. Properties come out in the order the schema lists them.
+
+mod gbnf;
+mod tool_stream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use inferd_engine::{Constraint, TokenMask};
+use inferd_protocol::{ConstraintKind, FunctionDef};
+use inferd_tokenizer::{TokenType, Tokenizer};
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{json, Value};
+use toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+
+pub use gbnf::to_lark as gbnf_to_lark;
+pub use tool_stream::{CallPiece, ToolCallStream};
+
+/// The tags around one tool call in the model's output (the Hermes format the
+/// supported chat templates use).
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+
+/// How many compiled grammars [`Grammars`] keeps.
+const CACHE_ENTRIES: usize = 64;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum GrammarError {
+    /// The constraint cannot be compiled: an unsupported JSON-schema keyword, a
+    /// regex or grammar syntax error... The message is the compiler's.
+    #[error("{0}")]
+    Compile(String),
+    /// The model's vocabulary cannot carry a constraint.
+    #[error("constrained decoding is unavailable for this model: {0}")]
+    Vocabulary(String),
+}
+
+/// Per-model grammar state: the token trie, the parser factory and a cache of
+/// compiled grammars. Build once per model; share with `Arc`.
+pub struct Grammars {
+    factory: ParserFactory,
+    eos: Arc<[u32]>,
+    cache: Mutex<HashMap<String, Matcher>>,
+}
+
+/// A compiled constraint, ready for one sequence.
+pub struct Compiled {
+    pub constraint: GrammarConstraint,
+    /// Zero when the grammar came from the cache.
+    pub compile_time: Duration,
+}
+
+impl Grammars {
+    /// Builds the trie of `tokenizer`'s vocabulary, padded to `vocab_size` (the
+    /// width of the model's logits). End-of-sequence tokens are the tokenizer's
+    /// stop tokens.
+    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Result<Grammars, GrammarError> {
+        let eos: Vec<u32> = tokenizer.stop_token_ids();
+        let Some(&first) = eos.first() else {
+            return Err(GrammarError::Vocabulary(
+                "the tokenizer has no end-of-sequence token".into(),
+            ));
+        };
+        if tokenizer.vocab_size() > vocab_size {
+            return Err(GrammarError::Vocabulary(format!(
+                "the tokenizer has {} tokens but the model's logits only {vocab_size}",
+                tokenizer.vocab_size()
+            )));
+        }
+        let words: Vec<Vec<u8>> = (0..vocab_size as u32)
+            .map(|id| match tokenizer.token_bytes(id) {
+                Some(b) if tokenizer.token_type(id) != Some(TokenType::Control) => b.to_vec(),
+                // Control tokens (and padding past the tokenizer) are special:
+                // a grammar never produces them as text.
+                other => {
+                    let name = other
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_else(|| format!("<[{id}]>"));
+                    let mut w = vec![TokTrie::SPECIAL_TOKEN_MARKER];
+                    w.extend_from_slice(name.as_bytes());
+                    w
+                }
+            })
+            .collect();
+        let mut info = TokRxInfo::new(vocab_size as u32, first);
+        info.tok_bos = tokenizer.bos_id();
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
+        let env: TokEnv = Arc::new(Env { trie, tokenizer });
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| GrammarError::Vocabulary(e.to_string()))?;
+        factory.quiet();
+        Ok(Grammars {
+            factory,
+            eos: eos.into(),
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Compiles `kind` (or takes it from the cache).
+    pub fn compile(&self, kind: &ConstraintKind) -> Result<Compiled, GrammarError> {
+        let grammar = top_level(kind)?;
+        let key = serde_json::to_string(&grammar).expect("a grammar serializes");
+        let cached = self.cache.lock().expect("cache lock").get(&key).cloned();
+        let (matcher, compile_time) = match cached {
+            Some(m) => (m, Duration::ZERO),
+            None => {
+                let t = Instant::now();
+                let parser = self
+                    .factory
+                    .create_parser(grammar)
+                    .map_err(|e| GrammarError::Compile(e.to_string()))?;
+                let m = Matcher::new(Ok(parser));
+                if let Some(e) = m.get_error() {
+                    return Err(GrammarError::Compile(e));
+                }
+                let elapsed = t.elapsed();
+                let mut cache = self.cache.lock().expect("cache lock");
+                if cache.len() >= CACHE_ENTRIES {
+                    cache.clear();
+                }
+                cache.insert(key, m.clone());
+                (m, elapsed)
+            }
+        };
+        Ok(Compiled {
+            constraint: GrammarConstraint {
+                matcher,
+                eos: self.eos.clone(),
+            },
+            compile_time,
+        })
+    }
+}
+
+/// The llguidance grammar for a constraint.
+fn top_level(kind: &ConstraintKind) -> Result<TopLevelGrammar, GrammarError> {
+    Ok(match kind {
+        ConstraintKind::JsonObject => {
+            TopLevelGrammar::from_json_schema(with_layout(json!({"type": "object"})))
+        }
+        ConstraintKind::JsonSchema(schema) => {
+            TopLevelGrammar::from_json_schema(with_layout(schema.clone()))
+        }
+        ConstraintKind::Regex(rx) => TopLevelGrammar::from_regex(rx),
+        ConstraintKind::Choice(choices) => {
+            let alts: Vec<String> = choices
+                .iter()
+                .map(|c| serde_json::to_string(c).expect("a string serializes"))
+                .collect();
+            TopLevelGrammar::from_lark(format!("start: {}", alts.join(" | ")))
+        }
+        ConstraintKind::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
+        ConstraintKind::Gbnf(src) => {
+            TopLevelGrammar::from_lark(gbnf::to_lark(src).map_err(GrammarError::Compile)?)
+        }
+        ConstraintKind::ToolCalls { tools, parallel } => {
+            TopLevelGrammar::from_lark(tool_calls_lark(tools, *parallel))
+        }
+    })
+}
+
+/// Separators and whitespace for generated JSON, unless the schema sets its own
+/// (`x-guidance`, llguidance's schema extension).
+fn with_layout(mut schema: Value) -> Value {
+    if let Value::Bool(true) = schema {
+        schema = json!({});
+    }
+    if let Value::Object(o) = &mut schema {
+        o.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    schema
+}
+
+/// One call (or, with `parallel`, one or more separated by newlines), each
+/// `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` with the
+/// arguments matching that tool's `parameters`.
+fn tool_calls_lark(tools: &[FunctionDef], parallel: bool) -> String {
+    let variants: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            let params = match &t.parameters {
+                Some(p) if p.as_object().is_some_and(|o| !o.is_empty()) => p.clone(),
+                _ => json!({"type": "object", "properties": {}}),
+            };
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, "arguments": params},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = with_layout(json!({"anyOf": variants}));
+    let open = serde_json::to_string(&format!("{TOOL_CALL_OPEN}\n")).expect("serializes");
+    let close = serde_json::to_string(&format!("\n{TOOL_CALL_CLOSE}")).expect("serializes");
+    let start = if parallel {
+        "start: call (\"\\n\" call)*"
+    } else {
+        "start: call"
+    };
+    format!("{start}\ncall: {open} %json {schema} {close}\n")
+}
+
+/// The model's vocabulary as llguidance sees it.
+struct Env {
+    trie: TokTrie,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl TokenizerEnv for Env {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
+        self.trie.tokenize_with_greedy_fallback(s, |s| {
+            self.tokenizer.encode(s, false).unwrap_or_default()
+        })
+    }
+}
+
+/// One sequence's grammar state.
+pub struct GrammarConstraint {
+    matcher: Matcher,
+    eos: Arc<[u32]>,
+}
+
+impl GrammarConstraint {
+    /// Whether the output so far is complete under the grammar.
+    pub fn is_accepting(&mut self) -> bool {
+        self.matcher.is_accepting().unwrap_or(false)
+    }
+}
+
+impl Constraint for GrammarConstraint {
+    fn fill_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+        let allowed = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| e.to_string())?;
+        let src = allowed.as_slice();
+        let dst = mask.words_mut();
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        dst[n..].fill(0);
+        Ok(())
+    }
+
+    fn commit(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| e.to_string())
+    }
+
+    fn is_end(&self, token: u32) -> bool {
+        self.eos.contains(&token)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Constraint> {
+        Box::new(GrammarConstraint {
+            matcher: self.matcher.clone(),
+            eos: self.eos.clone(),
+        })
+    }
+}
