@@ -276,3 +276,119 @@ def test_embeddings_float_and_base64(client):
     assert e.value.body["param"] == "input"
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="smollm2-135m", input="x")
+
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "languages": {"type": "array", "items": {"enum": ["en", "fr", "de"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+    "additionalProperties": False,
+}
+
+
+def test_json_mode_and_json_schema(client):
+    import jsonschema
+
+    r = ask(client, messages=[{"role": "user", "content": "Describe a cat in JSON."}],
+            response_format={"type": "json_object"}, max_tokens=300, frequency_penalty=1.0)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    for seed in range(3):
+        r = ask(client, messages=[{"role": "user", "content": "Invent a person."}],
+                response_format=fmt, max_tokens=120, temperature=0.8, seed=seed)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    # Streamed, the pieces join into the same kind of document.
+    stream = ask(client, messages=[{"role": "user", "content": "Invent a person."}],
+                 response_format=fmt, max_tokens=120, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), PERSON)
+    # The SDK's own structured-output helper parses into a pydantic model.
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    parsed = client.chat.completions.parse(model="smollm2-135m", response_format=City, max_tokens=60,
+                                           messages=[{"role": "user", "content": "Name a city."}])
+    assert isinstance(parsed.choices[0].message.parsed, City)
+
+
+def test_guided_extensions(client):
+    r = ask(client, extra_body={"guided_choice": ["positive", "negative"]},
+            messages=[{"role": "user", "content": "Sentiment of: I love it!"}])
+    assert r.choices[0].message.content in ("positive", "negative")
+    r = client.completions.create(model="smollm2-135m", prompt="Call me at", max_tokens=20,
+                                  extra_body={"guided_regex": r" [0-9]{3}-[0-9]{4}"})
+    assert re.fullmatch(r" [0-9]{3}-[0-9]{4}", r.choices[0].text), r.choices[0].text
+    r = client.completions.create(model="smollm2-135m", prompt="Is water wet? Answer:", max_tokens=8,
+                                  extra_body={"grammar": 'root ::= " " ("yes" | "no")'})
+    assert r.choices[0].text in (" yes", " no")
+    # Something the compiler refuses is a 400 that names the field and says why.
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, response_format={"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "array", "uniqueItems": True}}})
+    assert e.value.body["param"] == "response_format" and "uniqueItems" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, extra_body={"guided_grammar": "start: missing_rule"})
+    assert e.value.body["param"] == "guided_grammar"
+    # Cut short by max_tokens: `length`, never a silently invalid `stop`.
+    story = {"type": "object", "properties": {"story": {"type": "string", "minLength": 200}}, "required": ["story"]}
+    r = ask(client, response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": story}}, max_tokens=6)
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].message.content.startswith('{"story": "')
+
+
+WEATHER_PARAMS = WEATHER[0]["function"]["parameters"]
+TWO_TOOLS = WEATHER + [{"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a timezone",
+    "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}]
+
+
+def test_forced_tool_calls(client):
+    import jsonschema
+
+    question = [{"role": "user", "content": "What is the weather like in Rome today?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    r = ask(client, messages=question, tools=TWO_TOOLS, tool_choice=named, max_tokens=60, parallel_tool_calls=False)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_PARAMS)
+
+    r = ask(client, messages=question, tools=TWO_TOOLS, tool_choice="required", max_tokens=80,
+            parallel_tool_calls=False)
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name in ("get_weather", "get_time")
+
+    # Streamed as OpenAI streams calls: id, type and name first, then argument fragments.
+    stream = ask(client, messages=question, tools=TWO_TOOLS, tool_choice=named, max_tokens=60, stream=True,
+                 parallel_tool_calls=False)
+    deltas, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            deltas += c.delta.tool_calls or []
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls"
+    first, rest = deltas[0], deltas[1:]
+    assert first.id and first.type == "function" and first.function.name == "get_weather"
+    assert rest and all(d.id is None and d.function.name is None and d.index == 0 for d in rest)
+    args = "".join(d.function.arguments for d in deltas)
+    jsonschema.validate(json.loads(args), WEATHER_PARAMS)
+
+    # parallel_tool_calls (the default): one or more calls, each valid for its tool.
+    r = ask(client, tools=TWO_TOOLS, tool_choice="required", max_tokens=160,
+            messages=[{"role": "user", "content": "Weather in Rome and in Oslo?"}])
+    calls = r.choices[0].message.tool_calls
+    assert calls and len({c.id for c in calls}) == len(calls)
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TWO_TOOLS}
+    for c in calls:
+        jsonschema.validate(json.loads(c.function.arguments), schemas[c.function.name])

@@ -210,6 +210,7 @@ impl Backend for EmbeddingBackend {
             logprobs: false,
             echo: false,
             embeddings: true,
+            constraints: false,
         }
     }
 

@@ -23,8 +23,8 @@ pub mod tools;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use inferd_protocol::{
-    FinishReason, ProtocolError, Timings, ToolCallDelta, TopLogprob, Usage, ValidChatRequest,
-    ValidCompletionRequest, ValidEmbeddingRequest,
+    FinishReason, OutputConstraint, ProtocolError, Timings, ToolCallDelta, TopLogprob, Usage,
+    ValidChatRequest, ValidCompletionRequest, ValidEmbeddingRequest,
 };
 
 pub use embedding::{EmbeddingBackend, EmbeddingModel};
@@ -62,6 +62,14 @@ impl Request {
             Request::Completion(r) => r.logprobs,
         }
     }
+
+    /// The output constraint asked for (`response_format`, a guided extension).
+    pub fn constraint(&self) -> Option<&OutputConstraint> {
+        match self {
+            Request::Chat(r) => r.constraint.as_ref(),
+            Request::Completion(r) => r.constraint.as_ref(),
+        }
+    }
 }
 
 /// What a backend can do; the server refuses what it cannot before calling it.
@@ -77,6 +85,9 @@ pub struct Capabilities {
     pub echo: bool,
     /// `/v1/embeddings`.
     pub embeddings: bool,
+    /// Constrained decoding: `response_format`, the guided extensions, forced
+    /// `tool_choice`.
+    pub constraints: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,15 +68,22 @@ impl LocalBackend {
         tokenizer: Arc<Tokenizer>,
         template: Option<Arc<ChatTemplate>>,
     ) -> LocalBackend {
-        LocalBackend {
-            inner: Arc::new(Inner {
-                name: name.into(),
-                engine,
-                tokenizer,
-                template,
-                grammars: OnceLock::new(),
-            }),
-        }
+        let inner = Arc::new(Inner {
+            name: name.into(),
+            engine,
+            tokenizer,
+            template,
+            grammars: OnceLock::new(),
+        });
+        // The vocabulary's token trie takes a few hundred milliseconds: built in
+        // the background now, so the first constrained request does not wait.
+        let warm = Arc::clone(&inner);
+        let _ = std::thread::Builder::new()
+            .name("inferd-grammar-init".into())
+            .spawn(move || {
+                warm.grammars();
+            });
+        LocalBackend { inner }
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -105,6 +112,7 @@ impl Backend for LocalBackend {
             logprobs: true,
             echo: true,
             embeddings: false,
+            constraints: true,
         }
     }
 
@@ -244,12 +252,16 @@ impl Inner {
         })
     }
 
+    fn grammars(&self) -> &Result<Grammars, GrammarError> {
+        self.grammars
+            .get_or_init(|| Grammars::new(self.tokenizer.clone(), self.tokenizer.vocab_size()))
+    }
+
     /// Compiles a request's constraint for this model; a constraint the grammar
     /// compiler refuses is a 400 naming the field and quoting the compiler.
     fn compile(&self, c: &OutputConstraint) -> Result<BoxedConstraint, BackendError> {
         let grammars = self
-            .grammars
-            .get_or_init(|| Grammars::new(self.tokenizer.clone(), self.tokenizer.vocab_size()))
+            .grammars()
             .as_ref()
             .map_err(|e| invalid(c.param, e.to_string()))?;
         let compiled = grammars.compile(&c.kind).map_err(|e| {

@@ -43,6 +43,7 @@ impl TestBackend {
                 logprobs: false,
                 echo: false,
                 embeddings: false,
+                constraints: false,
             },
             script: Mutex::new(Script::Reply(vec!["Hello".into(), " there".into()])),
             health: Mutex::new(Health::Ready),

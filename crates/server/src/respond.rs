@@ -20,7 +20,7 @@ use inferd_backend::{Backend, Event, EventStream, LoggedToken, Request};
 use inferd_protocol::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, FinishReason,
-    Timings, TokenLogprob, ToolCall, Usage,
+    Timings, TokenLogprob, ToolCall, ToolMode, Usage,
 };
 use serde::Serialize;
 use serde_json::{json, Map};
@@ -142,6 +142,16 @@ fn check_capabilities(b: &dyn Backend, r: &Request) -> Result<(), ApiError> {
             "chat completions (it has no chat template); use /v1/completions",
         ),
         Request::Chat(chat) if !c.tools && !chat.tools.is_empty() => refuse("tools", "tools"),
+        Request::Chat(chat)
+            if !c.constraints
+                && matches!(chat.tool_choice, ToolMode::Required | ToolMode::Named(_)) =>
+        {
+            refuse("tool_choice", "forced tool calls (constrained decoding)")
+        }
+        _ if !c.constraints && r.constraint().is_some() => refuse(
+            r.constraint().map_or("response_format", |c| c.param),
+            "constrained decoding",
+        ),
         Request::Completion(_) if !c.completions => refuse("prompt", "text completions"),
         Request::Completion(t) if t.echo && !c.echo => refuse("echo", "`echo`"),
         _ if r.logprobs().is_some() && !c.logprobs => refuse("logprobs", "log-probabilities"),

@@ -53,8 +53,27 @@ async fn validation_errors_are_openai_shaped_and_name_the_field() {
         ("/v1/chat/completions", chat(json!({"stop": 5})), "stop"),
         (
             "/v1/chat/completions",
+            chat(json!({"response_format": {"type": "yaml"}})),
+            "response_format.type",
+        ),
+        (
+            // The test backend has no constrained decoding: refused, never
+            // answered unconstrained.
+            "/v1/chat/completions",
             chat(json!({"response_format": {"type": "json_object"}})),
             "response_format",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "guided_regex": "[0-9]+"}),
+            "guided_regex",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(
+                json!({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}),
+            ),
+            "tool_choice",
         ),
         ("/v1/chat/completions", json!({"messages": []}), "messages"),
         (
