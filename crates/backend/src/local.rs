@@ -179,37 +179,46 @@ fn invalid(param: &str, message: impl Into<String>) -> BackendError {
 
 impl Inner {
     fn prepare(&self, request: Request) -> Result<Prepared, BackendError> {
-        let (prompts, echo, tools, constraint, logprobs, common, param) = match request {
-            Request::Chat(mut r) => {
-                let tools = !r.tools.is_empty() && r.tool_choice != ToolMode::None;
-                let prompt = self.chat_prompt(&r)?;
-                let constraint = forced_tool_calls(&r).or(r.constraint.take());
-                let c = r.common;
-                (
-                    vec![prompt],
-                    None,
-                    tools,
-                    constraint,
-                    r.logprobs,
-                    c,
-                    "messages",
-                )
-            }
-            Request::Completion(mut r) => {
-                let (prompts, echo) = self.completion_prompts(&r)?;
-                let constraint = r.constraint.take();
-                (
-                    prompts, echo, false, constraint, r.logprobs, r.common, "prompt",
-                )
-            }
-        };
-        let forced_tools = constraint
-            .as_ref()
-            .is_some_and(|c| matches!(c.kind, ConstraintKind::ToolCalls { .. }));
-        let constraint = match constraint {
-            Some(c) => Some(self.compile(&c)?),
-            None => None,
-        };
+        let (prompts, echo, tools, constraint, forced_tools, logprobs, common, param) =
+            match request {
+                Request::Chat(mut r) => {
+                    let tools = !r.tools.is_empty() && r.tool_choice != ToolMode::None;
+                    let prompt = self.chat_prompt(&r)?;
+                    let forced = forced_tool_calls(&r);
+                    let forced_tools = forced.is_some();
+                    let constraint = match forced.or(r.constraint.take()) {
+                        Some(c) => Some(self.compile(&c)?),
+                        // "auto": a call the model opens is held to the tools.
+                        None if tools && r.tool_choice == ToolMode::Auto => {
+                            Some(self.lazy_tool_calls(&r)?)
+                        }
+                        None => None,
+                    };
+                    let c = r.common;
+                    let lp = r.logprobs;
+                    (
+                        vec![prompt],
+                        None,
+                        tools,
+                        constraint,
+                        forced_tools,
+                        lp,
+                        c,
+                        "messages",
+                    )
+                }
+                Request::Completion(mut r) => {
+                    let (prompts, echo) = self.completion_prompts(&r)?;
+                    let constraint = match r.constraint.take() {
+                        Some(c) => Some(self.compile(&c)?),
+                        None => None,
+                    };
+                    let lp = r.logprobs;
+                    (
+                        prompts, echo, false, constraint, false, lp, r.common, "prompt",
+                    )
+                }
+            };
         let ctx = self.engine.context_length;
         if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= ctx) {
             let param = if prompts.len() > 1 {
@@ -278,6 +287,22 @@ impl Inner {
             );
         }
         Ok(BoxedConstraint(Box::new(compiled.constraint)))
+    }
+
+    /// `tool_choice: "auto"`: a call the model opens is constrained to the tools.
+    fn lazy_tool_calls(&self, r: &ValidChatRequest) -> Result<BoxedConstraint, BackendError> {
+        let grammars = self
+            .grammars()
+            .as_ref()
+            .map_err(|e| invalid("tools", e.to_string()))?;
+        let defs: Vec<_> = r.tools.iter().map(|t| t.function.clone()).collect();
+        let lazy = grammars.tool_calls_when_started(&defs).map_err(|e| {
+            invalid(
+                "tools",
+                format!("`tools` cannot be used for constrained decoding: {e}"),
+            )
+        })?;
+        Ok(BoxedConstraint(Box::new(lazy)))
     }
 
     fn chat_prompt(&self, r: &ValidChatRequest) -> Result<Vec<u32>, BackendError> {
@@ -750,6 +775,7 @@ fn timings_of(
         prompt_tokens,
         cached_prompt_tokens: cached_tokens,
         preemptions: t.preemptions,
+        mask_ms: (t.masks > 0).then(|| ms(t.mask)),
     }
 }
 

@@ -55,6 +55,7 @@ pub enum GrammarError {
 /// compiled grammars. Build once per model; share with `Arc`.
 pub struct Grammars {
     factory: ParserFactory,
+    env: TokEnv,
     eos: Arc<[u32]>,
     cache: Mutex<HashMap<String, Matcher>>,
 }
@@ -107,6 +108,7 @@ impl Grammars {
         factory.quiet();
         Ok(Grammars {
             factory,
+            env,
             eos: eos.into(),
             cache: Mutex::new(HashMap::new()),
         })
@@ -121,14 +123,7 @@ impl Grammars {
             Some(m) => (m, Duration::ZERO),
             None => {
                 let t = Instant::now();
-                let parser = self
-                    .factory
-                    .create_parser(grammar)
-                    .map_err(|e| GrammarError::Compile(e.to_string()))?;
-                let m = Matcher::new(Ok(parser));
-                if let Some(e) = m.get_error() {
-                    return Err(GrammarError::Compile(e));
-                }
+                let m = self.matcher(grammar)?;
                 let elapsed = t.elapsed();
                 let mut cache = self.cache.lock().expect("cache lock");
                 if cache.len() >= CACHE_ENTRIES {
@@ -145,6 +140,67 @@ impl Grammars {
             },
             compile_time,
         })
+    }
+}
+
+impl Grammars {
+    /// Compiles `kind` without the cache (for measuring compile time).
+    pub fn compile_uncached(&self, kind: &ConstraintKind) -> Result<Compiled, GrammarError> {
+        let t = Instant::now();
+        let matcher = self.matcher(top_level(kind)?)?;
+        Ok(Compiled {
+            constraint: GrammarConstraint {
+                matcher,
+                eos: self.eos.clone(),
+            },
+            compile_time: t.elapsed(),
+        })
+    }
+
+    /// For `tool_choice: "auto"`: the output is free until the model opens a
+    /// tool call (`<tool_call>`); from there to the closing tag the call is
+    /// constrained like a forced one (a name among `tools`, arguments valid for
+    /// its `parameters`); after it the output is free again.
+    pub fn tool_calls_when_started(
+        &self,
+        tools: &[FunctionDef],
+    ) -> Result<LazyToolCalls, GrammarError> {
+        let body = tool_call_body(tools);
+        let key = format!("lazy:{body}");
+        let cached = self.cache.lock().expect("cache lock").get(&key).cloned();
+        let template = match cached {
+            Some(m) => m,
+            None => {
+                let m = self.matcher(TopLevelGrammar::from_lark(format!(
+                    "start: /[ \\n]*/ %json {body} /[ \\n]*/ {}\n",
+                    serde_json::to_string(TOOL_CALL_CLOSE).expect("serializes")
+                )))?;
+                self.cache
+                    .lock()
+                    .expect("cache lock")
+                    .insert(key, m.clone());
+                m
+            }
+        };
+        Ok(LazyToolCalls {
+            template,
+            active: None,
+            tail: Vec::new(),
+            env: self.env.clone(),
+            eos: self.eos.clone(),
+        })
+    }
+
+    fn matcher(&self, grammar: TopLevelGrammar) -> Result<Matcher, GrammarError> {
+        let parser = self
+            .factory
+            .create_parser(grammar)
+            .map_err(|e| GrammarError::Compile(e.to_string()))?;
+        let m = Matcher::new(Ok(parser));
+        match m.get_error() {
+            Some(e) => Err(GrammarError::Compile(e)),
+            None => Ok(m),
+        }
     }
 }
 
@@ -193,6 +249,20 @@ fn with_layout(mut schema: Value) -> Value {
 /// `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>` with the
 /// arguments matching that tool's `parameters`.
 fn tool_calls_lark(tools: &[FunctionDef], parallel: bool) -> String {
+    let schema = tool_call_body(tools);
+    let open = serde_json::to_string(&format!("{TOOL_CALL_OPEN}\n")).expect("serializes");
+    let close = serde_json::to_string(&format!("\n{TOOL_CALL_CLOSE}")).expect("serializes");
+    let start = if parallel {
+        "start: call (\"\\n\" call)*"
+    } else {
+        "start: call"
+    };
+    format!("{start}\ncall: {open} %json {schema} {close}\n")
+}
+
+/// The JSON schema of one call's object: `{"name": <one of tools>, "arguments":
+/// <that tool's parameters>}`, laid out as [`with_layout`] says.
+fn tool_call_body(tools: &[FunctionDef]) -> Value {
     let variants: Vec<Value> = tools
         .iter()
         .map(|t| {
@@ -208,15 +278,7 @@ fn tool_calls_lark(tools: &[FunctionDef], parallel: bool) -> String {
             })
         })
         .collect();
-    let schema = with_layout(json!({"anyOf": variants}));
-    let open = serde_json::to_string(&format!("{TOOL_CALL_OPEN}\n")).expect("serializes");
-    let close = serde_json::to_string(&format!("\n{TOOL_CALL_CLOSE}")).expect("serializes");
-    let start = if parallel {
-        "start: call (\"\\n\" call)*"
-    } else {
-        "start: call"
-    };
-    format!("{start}\ncall: {open} %json {schema} {close}\n")
+    with_layout(json!({"anyOf": variants}))
 }
 
 /// The model's vocabulary as llguidance sees it.
@@ -256,11 +318,7 @@ impl Constraint for GrammarConstraint {
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| e.to_string())?;
-        let src = allowed.as_slice();
-        let dst = mask.words_mut();
-        let n = src.len().min(dst.len());
-        dst[..n].copy_from_slice(&src[..n]);
-        dst[n..].fill(0);
+        copy_mask(allowed.as_slice(), mask);
         Ok(())
     }
 
@@ -278,4 +336,96 @@ impl Constraint for GrammarConstraint {
             eos: self.eos.clone(),
         })
     }
+}
+
+/// See [`Grammars::tool_calls_when_started`].
+pub struct LazyToolCalls {
+    /// The call grammar, fresh; cloned when a call opens.
+    template: Matcher,
+    /// Inside a call.
+    active: Option<Matcher>,
+    /// The output's last bytes while free, to spot the opening tag across tokens.
+    tail: Vec<u8>,
+    env: TokEnv,
+    eos: Arc<[u32]>,
+}
+
+impl LazyToolCalls {
+    /// Whether a call is open (its grammar in force).
+    pub fn in_call(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+impl Constraint for LazyToolCalls {
+    fn fill_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+        match &mut self.active {
+            None => {
+                mask.words_mut().fill(u32::MAX);
+                Ok(())
+            }
+            Some(m) => {
+                let allowed = m.compute_mask().map_err(|e| e.to_string())?;
+                copy_mask(allowed.as_slice(), mask);
+                Ok(())
+            }
+        }
+    }
+
+    fn commit(&mut self, token: u32) -> Result<(), String> {
+        if let Some(m) = &mut self.active {
+            m.consume_token(token).map_err(|e| e.to_string())?;
+            if m.is_stopped() {
+                self.active = None;
+            }
+            return Ok(());
+        }
+        let trie = self.env.tok_trie();
+        if trie.is_special_token(token) {
+            self.tail.clear();
+            return Ok(());
+        }
+        self.tail.extend_from_slice(trie.token(token));
+        let open = TOOL_CALL_OPEN.as_bytes();
+        match self.tail.windows(open.len()).position(|w| w == open) {
+            Some(at) => {
+                let rest = self.tail[at + open.len()..].to_vec();
+                self.tail.clear();
+                let mut m = self.template.clone();
+                // Bytes of the same token after the tag belong to the call.
+                if !rest.is_empty() {
+                    let ids = self.env.tokenize_bytes(&rest);
+                    m.consume_tokens(&ids).map_err(|e| e.to_string())?;
+                }
+                self.active = Some(m);
+            }
+            None => {
+                let keep = self.tail.len().saturating_sub(open.len());
+                self.tail.drain(..keep);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_end(&self, token: u32) -> bool {
+        self.eos.contains(&token)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Constraint> {
+        Box::new(LazyToolCalls {
+            template: self.template.clone(),
+            active: self.active.clone(),
+            tail: self.tail.clone(),
+            env: self.env.clone(),
+            eos: self.eos.clone(),
+        })
+    }
+}
+
+/// Copies llguidance's allowed-token bits into the engine's mask.
+fn copy_mask(src: &[u32], mask: &mut TokenMask) {
+    let dst = mask.words_mut();
+    let n = src.len().min(dst.len());
+    dst[..n].copy_from_slice(&src[..n]);
+    dst[n..].fill(0);
 }

@@ -326,3 +326,45 @@ fn n_copies_of_a_constraint_are_independent() {
     copy.0.fill_mask(&mut mask).unwrap();
     assert!(mask.allows(f.tokenizer.stop_token_ids()[0]));
 }
+
+#[test]
+fn auto_tool_calls_are_free_until_a_call_opens_then_constrained() {
+    let f = fixture();
+    let tools = vec![FunctionDef {
+        name: "get_weather".into(),
+        description: None,
+        parameters: Some(
+            json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        ),
+        strict: None,
+    }];
+    let mut c = f.grammars.tool_calls_when_started(&tools).unwrap();
+    let mut mask = TokenMask::new(f.tokenizer.vocab_size());
+    let walk = |c: &mut inferd_grammar::LazyToolCalls, mask: &mut TokenMask, text: &str| {
+        for id in f.tokenizer.encode(text, false).unwrap() {
+            c.fill_mask(mask).unwrap();
+            assert!(mask.allows(id), "{text:?}: token {id} refused");
+            c.commit(id).unwrap();
+        }
+    };
+    walk(&mut c, &mut mask, "Let me check the weather. ");
+    assert!(!c.in_call());
+    c.fill_mask(&mut mask).unwrap();
+    assert_eq!(mask.count(), mask.vocab(), "free text: everything allowed");
+    walk(&mut c, &mut mask, "<tool_call>\n{\"name\": \"");
+    assert!(c.in_call());
+    c.fill_mask(&mut mask).unwrap();
+    let bogus = f.tokenizer.encode("delete", false).unwrap()[0];
+    assert!(
+        !mask.allows(bogus),
+        "only a declared tool's name may follow"
+    );
+    walk(
+        &mut c,
+        &mut mask,
+        "get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+    );
+    assert!(!c.in_call(), "free again after the closing tag");
+    c.fill_mask(&mut mask).unwrap();
+    assert_eq!(mask.count(), mask.vocab());
+}

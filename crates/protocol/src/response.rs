@@ -80,6 +80,10 @@ pub struct Timings {
     pub prompt_tokens: usize,
     pub cached_prompt_tokens: usize,
     pub preemptions: u32,
+    /// Constrained requests only: time spent computing token masks (on the mask
+    /// thread, beside the forward passes) over the whole output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_ms: Option<f64>,
 }
 
 /// One token's log-probability, with the most likely alternatives (chat format).
