@@ -20,6 +20,9 @@ use inferd_grammar::Grammars;
 use inferd_protocol::ConstraintKind;
 use serde_json::{json, Value};
 
+/// Per-stream decode tok/s, aggregate tok/s, mask ms per token.
+type Sample = (f64, f64, f64);
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
@@ -112,7 +115,7 @@ fn main() {
             false,
         )
         .unwrap();
-    let run = |batch: usize, constrained: bool| -> (f64, f64, f64) {
+    let run = |batch: usize, constrained: bool| -> Sample {
         let streams: Vec<_> = (0..batch)
             .map(|i| {
                 engine.submit(EngineRequest {
@@ -165,14 +168,14 @@ fn main() {
     println!("| batch | constraint | decode tok/s per stream | aggregate tok/s | mask ms/token |");
     println!("| --- | --- | --- | --- | --- |");
     for batch in [1, 8] {
-        let mut rows: Vec<(bool, Vec<(f64, f64, f64)>)> = vec![(false, vec![]), (true, vec![])];
+        let mut rows: Vec<(bool, Vec<Sample>)> = vec![(false, vec![]), (true, vec![])];
         for _ in 0..rounds {
             for (constrained, v) in rows.iter_mut() {
                 v.push(run(batch, *constrained));
             }
         }
         for (constrained, v) in rows {
-            let med = |f: fn(&(f64, f64, f64)) -> f64| {
+            let med = |f: fn(&Sample) -> f64| {
                 let mut x: Vec<f64> = v.iter().map(f).collect();
                 percentile(&mut x, 0.5)
             };
