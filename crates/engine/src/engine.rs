@@ -49,6 +49,13 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Reuse KV blocks of shared prompt prefixes. Default on.
     pub enable_prefix_caching: bool,
+    /// Where constrained requests' token masks are computed: `Some(true)` on a
+    /// thread of their own while the forward pass runs, `Some(false)` on the
+    /// kernel pool just before it (in parallel across sequences). `None`
+    /// (default): overlapped when the machine has a core the kernel pool does
+    /// not use, else on the pool — a third busy thread on a fully used machine
+    /// would steal time slices from the pool's spinning workers.
+    pub overlap_masks: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +65,7 @@ impl Default for EngineConfig {
             kv_cache_mib: 512,
             block_size: 16,
             enable_prefix_caching: true,
+            overlap_masks: None,
         }
     }
 }
@@ -224,7 +232,12 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
         gauges: gauges.clone(),
         context_length,
     };
+    let overlap_masks = config.overlap_masks.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores > inferd_kernels::pool::global().threads()
+    });
     let state = EngineLoop {
+        overlap_masks,
         model,
         scheduler,
         kv,
@@ -244,6 +257,8 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
 }
 
 struct EngineLoop {
+    /// See [`EngineConfig::overlap_masks`].
+    overlap_masks: bool,
     model: LoadedModel,
     scheduler: Scheduler,
     kv: KvStore,
@@ -525,6 +540,16 @@ impl EngineLoop {
             .collect();
         let (model, kv, active) = (&self.model, &mut self.kv, &mut self.active);
         let result = if masked.is_empty() {
+            model.model.forward(&batch, kv)
+        } else if !self.overlap_masks {
+            let mut states: Vec<&mut ConstraintState> = active
+                .iter_mut()
+                .filter(|(id, _)| masked.contains(id))
+                .filter_map(|(_, a)| a.constraint.as_mut())
+                .collect();
+            inferd_kernels::pool::global().for_each_chunk_mut(&mut states, 1, |_, s| {
+                s[0].prepare();
+            });
             model.model.forward(&batch, kv)
         } else {
             std::thread::scope(|s| {

@@ -6,7 +6,7 @@
 //! - engine decode speed at batch 1 and 8 with that schema vs none (the
 //!   unconstrained requests ignore EOS, so both produce `--tokens` tokens).
 //!
-//! `cargo run --release -p inferd-grammar --example grammar_bench -- [SCHEMA] [--tokens N] [--rounds R]`
+//! `cargo run --release -p inferd-grammar --example grammar_bench -- [SCHEMA] [--tokens N] [--rounds R] [--overlap true|false]`
 //! (SCHEMA defaults to benchmarks/structured/schema.json). Results go in
 //! benchmarks/RESULTS.md.
 
@@ -108,7 +108,27 @@ fn main() {
         mean
     );
 
-    let engine = start_engine(model, EngineConfig::default()).unwrap();
+    let overlap = args
+        .iter()
+        .position(|a| a == "--overlap")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v == "true");
+    println!(
+        "mask placement: {}",
+        match overlap {
+            None => "auto",
+            Some(true) => "own thread, overlapped with the forward pass",
+            Some(false) => "kernel pool, before the forward pass",
+        }
+    );
+    let engine = start_engine(
+        model,
+        EngineConfig {
+            overlap_masks: overlap,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
     let prompt = tokenizer
         .encode(
             "<|im_start|>user\nList the products of a kitchen shop as JSON.<|im_end|>\n<|im_start|>assistant\n",

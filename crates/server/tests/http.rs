@@ -538,3 +538,76 @@ async fn wait_for(cond: impl Fn() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_and_forced_tool_calls_over_http() {
+    let app = app();
+    // JSON schema: the content parses and has the required shape; the timings
+    // report the mask time.
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20},
+        "confident": {"type": "boolean"}}, "required": ["answer", "confident"], "additionalProperties": false});
+    let (status, v) = post(
+        app,
+        "/v1/chat/completions",
+        question(
+            json!({"max_tokens": 60, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "a", "schema": schema, "strict": true}}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let content: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(
+        content["answer"].is_string() && content["confident"].is_boolean(),
+        "{content}"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["timings"]["mask_ms"].as_f64().unwrap() > 0.0, "{v}");
+
+    // A forced call, streamed: id, type and name first, then argument fragments.
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string", "maxLength": 30}}, "required": ["query"]}}}]);
+    let body = question(json!({"tools": tools, "stream": true, "max_tokens": 60,
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}}, "parallel_tool_calls": false}));
+    let (status, _, text) = call(app, "POST", "/v1/chat/completions", Some(body), None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let chunks = sse_chunks(&text);
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(deltas[0]["function"]["name"], "lookup");
+    assert_eq!(deltas[0]["type"], "function");
+    assert!(deltas[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert!(deltas[1..]
+        .iter()
+        .all(|d| d.get("id").is_none() && d["function"].get("name").is_none()));
+    let args: String = deltas
+        .iter()
+        .map(|d| d["function"]["arguments"].as_str().unwrap())
+        .collect();
+    let args: Value = serde_json::from_str(&args).unwrap();
+    assert!(args["query"].is_string(), "{args}");
+    let last = chunks
+        .iter()
+        .rev()
+        .find(|c| c["choices"][0]["finish_reason"].is_string())
+        .unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+
+    // What the compiler refuses is a 400 naming the field.
+    let (status, v) = post(
+        app,
+        "/v1/completions",
+        json!({"prompt": "x", "guided_json": {"type": "array", "contains": {"type": "integer"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "guided_json");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("contains"),
+        "{v}"
+    );
+}
