@@ -86,6 +86,13 @@ pub struct Timings {
     pub mask_ms: Option<f64>,
 }
 
+/// Other servers send their own `timings` object (llama-server's has
+/// `prompt_ms`, `predicted_per_second`...): read as absent, not as an error.
+fn foreign_timings<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Timings>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+}
+
 /// One token's log-probability, with the most likely alternatives (chat format).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprob {
@@ -117,7 +124,11 @@ pub struct ChatCompletionResponse {
     pub model: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "foreign_timings"
+    )]
     pub timings: Option<Timings>,
 }
 
@@ -147,7 +158,11 @@ pub struct ChatCompletionChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "foreign_timings"
+    )]
     pub timings: Option<Timings>,
 }
 
@@ -235,7 +250,11 @@ pub struct CompletionResponse {
     pub choices: Vec<CompletionChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "foreign_timings"
+    )]
     pub timings: Option<Timings>,
 }
 
@@ -292,4 +311,17 @@ pub struct ModelObject {
 pub struct ModelList {
     pub object: String,
     pub data: Vec<ModelObject>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_servers_timings_read_as_absent() {
+        let chunk = serde_json::json!({"id": "x", "object": "chat.completion.chunk", "created": 1,
+            "model": "m", "choices": [], "timings": {"prompt_ms": 74.7, "predicted_per_second": 80.1}});
+        let c: ChatCompletionChunk = serde_json::from_value(chunk).unwrap();
+        assert!(c.timings.is_none());
+    }
 }
