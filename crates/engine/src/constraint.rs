@@ -5,10 +5,15 @@
 //!
 //! **Off the critical path.** A sequence's next mask depends only on the tokens
 //! it has already produced, all known when a step starts. So the engine computes
-//! the masks of the step's constrained sequences on a second thread while the
-//! forward pass runs, and applies each one to its row of logits before sampling.
-//! Unconstrained sequences in the same batch never wait for a mask: their rows
-//! are sampled as before, and the forward pass they share is the same one.
+//! the masks of the step's constrained sequences while the forward pass runs, on
+//! a thread of their own, and applies each one to its row of logits before
+//! sampling. On a machine whose every core already runs a kernel-pool worker, a
+//! third busy thread would steal time slices from those spinning workers and
+//! slow the whole batch; there the masks are computed on the pool itself just
+//! before the forward pass, in parallel across sequences
+//! ([`EngineConfig::overlap_masks`](crate::EngineConfig::overlap_masks)).
+//! Unconstrained sequences in the same batch never wait for a mask of their own:
+//! their rows are sampled as before.
 
 use std::fmt;
 use std::time::Duration;
