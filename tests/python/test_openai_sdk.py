@@ -120,6 +120,16 @@ WEATHER = [{"type": "function", "function": {"name": "get_weather", "description
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
 
 
+def tool_deltas(stream):
+    """The tool-call deltas of a streamed chat completion, and its finish reason."""
+    deltas, finish = [], None
+    for chunk in stream:
+        for c in chunk.choices:
+            deltas += c.delta.tool_calls or []
+            finish = c.finish_reason or finish
+    return deltas, finish
+
+
 def weather_call(city, call_id):
     return {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function",
             "function": {"name": "get_weather", "arguments": json.dumps({"city": city})}}]}
@@ -142,11 +152,7 @@ def test_tools_round_trip(client):
 
     # Streamed, the call arrives as a tool-call delta with the same content.
     stream = ask(client, tools=WEATHER, messages=messages, max_tokens=40, stream=True)
-    deltas, finish = [], None
-    for chunk in stream:
-        for c in chunk.choices:
-            deltas += c.delta.tool_calls or []
-            finish = c.finish_reason or finish
+    deltas, finish = tool_deltas(stream)
     assert finish == "tool_calls"
     assert deltas[0].function.name == "get_weather" and json.loads(deltas[0].function.arguments) == {"city": "Paris"}
 
@@ -372,11 +378,7 @@ def test_forced_tool_calls(client):
     # Streamed as OpenAI streams calls: id, type and name first, then argument fragments.
     stream = ask(client, messages=question, tools=TWO_TOOLS, tool_choice=named, max_tokens=60, stream=True,
                  parallel_tool_calls=False)
-    deltas, finish = [], None
-    for chunk in stream:
-        for c in chunk.choices:
-            deltas += c.delta.tool_calls or []
-            finish = c.finish_reason or finish
+    deltas, finish = tool_deltas(stream)
     assert finish == "tool_calls"
     first, rest = deltas[0], deltas[1:]
     assert first.id and first.type == "function" and first.function.name == "get_weather"
