@@ -63,6 +63,19 @@ pub struct GenerateArgs {
     /// Download the model if it is a known alias that is not present.
     #[arg(long)]
     fetch: bool,
+    /// Constrain the output to any JSON object.
+    #[arg(long, conflicts_with_all = ["json_schema", "regex", "grammar"])]
+    json: bool,
+    /// Constrain the output to JSON valid against the schema in this file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["regex", "grammar"])]
+    json_schema: Option<std::path::PathBuf>,
+    /// Constrain the output to a full match of this regular expression.
+    #[arg(long, conflicts_with = "grammar")]
+    regex: Option<String>,
+    /// Constrain the output to the grammar in this file: GBNF (llama.cpp's format,
+    /// starting at `root`) when it has `::=`, else Lark (starting at `start`).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<std::path::PathBuf>,
 }
 
 /// Engine knobs of `bench-engine`. Each may also come from the environment
@@ -199,6 +212,29 @@ fn request_of(args: &GenerateArgs) -> Result<Request> {
     });
     if let Some(seed) = args.seed {
         body["seed"] = json!(seed);
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    if args.json {
+        body["response_format"] = json!({"type": "json_object"});
+    }
+    if let Some(p) = &args.json_schema {
+        let schema: serde_json::Value = serde_json::from_str(&read(p)?)
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+        body["json_schema"] = schema;
+    }
+    if let Some(rx) = &args.regex {
+        body["guided_regex"] = json!(rx);
+    }
+    if let Some(p) = &args.grammar {
+        let text = read(p)?;
+        let field = if text.contains("::=") {
+            "grammar"
+        } else {
+            "guided_grammar"
+        };
+        body[field] = json!(text);
     }
     let arrival = Instant::now();
     let request = if args.chat {

@@ -173,3 +173,67 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn generate_constrains_its_output_and_names_a_schema_it_cannot_use() {
+    let run = |extra: &[&str]| {
+        let out = inferd()
+            .args([
+                "generate",
+                "--model",
+                &model(),
+                "--max-tokens",
+                "40",
+                "--threads",
+                "2",
+            ])
+            .args(extra)
+            .output()
+            .expect("inferd runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        )
+    };
+    let schema = temp_file(
+        "city.json",
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": false}"#,
+    );
+    let (ok, text, log) = run(&[
+        "--chat",
+        "--prompt",
+        "Largest city in Japan?",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    assert!(
+        v["city"].is_string() && v.as_object().unwrap().len() == 1,
+        "{v}"
+    );
+
+    let gbnf = temp_file("yn.gbnf", "root ::= \" \" (\"yes\" | \"no\")\n");
+    let (ok, text, log) = run(&[
+        "--prompt",
+        "Is fire hot? Answer:",
+        "--grammar",
+        gbnf.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    assert!(
+        matches!(text.trim_end_matches('\n'), " yes" | " no"),
+        "{text:?}"
+    );
+
+    let bad = temp_file("bad.json", r#"{"type": "array", "uniqueItems": true}"#);
+    let (ok, _, log) = run(&["--prompt", "x", "--json-schema", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        log.contains("`json_schema`") && log.contains("uniqueItems"),
+        "{log}"
+    );
+}

@@ -143,7 +143,7 @@ pub type EventStream = BoxStream<'static, Event>;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
     /// The request cannot be served as asked (400), naming the field.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] ProtocolError),
     /// Full: retry later (429 with `Retry-After`).
     #[error("{message}")]
