@@ -17,6 +17,8 @@ pub struct Metrics {
     pub queue: HistogramVec,
     pub prefill: HistogramVec,
     pub edge: HistogramVec,
+    /// Constrained requests: mask time per output token.
+    pub mask: HistogramVec,
     pub tpot: HistogramVec,
     pub itl: HistogramVec,
     pub e2e: HistogramVec,
@@ -36,6 +38,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const EDGE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+const MASK_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 ];
 const TOKEN_BUCKETS: &[f64] = &[1.0, 8.0, 32.0, 128.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
 
@@ -78,6 +83,12 @@ impl Metrics {
                 "inferd_request_edge_seconds",
                 "Arrival to submission: validation, templating, tokenizing",
                 EDGE_BUCKETS,
+                m,
+            ),
+            mask: histogram(
+                "inferd_request_mask_per_token_seconds",
+                "Constrained requests: token-mask time over the output, per output token",
+                MASK_BUCKETS,
                 m,
             ),
             tpot: latency(
@@ -143,6 +154,11 @@ impl Metrics {
             .with_label_values(&[model])
             .observe(secs(t.edge_ms));
         self.e2e.with_label_values(&[model]).observe(secs(t.e2e_ms));
+        if let Some(mask) = t.mask_ms.filter(|_| usage.completion_tokens > 0) {
+            self.mask
+                .with_label_values(&[model])
+                .observe(secs(mask) / usage.completion_tokens as f64);
+        }
         if usage.completion_tokens > 1 {
             self.tpot
                 .with_label_values(&[model])

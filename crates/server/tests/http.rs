@@ -564,6 +564,11 @@ async fn structured_output_and_forced_tool_calls_over_http() {
     );
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert!(v["timings"]["mask_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let (_, _, metrics) = call(app, "GET", "/metrics", None, None).await;
+    assert!(
+        metrics.contains("inferd_request_mask_per_token_seconds_count{model=\"smollm2-135m\"}"),
+        "the mask time is a metric"
+    );
 
     // A forced call, streamed: id, type and name first, then argument fragments.
     let tools = json!([{"type": "function", "function": {"name": "lookup",
