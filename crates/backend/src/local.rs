@@ -791,6 +791,11 @@ fn engine_error(e: EngineError) -> BackendError {
         EngineError::EmptyPrompt => invalid("prompt", "the prompt is empty"),
         EngineError::Scheduler(_) => invalid("max_tokens", e.to_string()),
         EngineError::Stopped => BackendError::Unavailable("the engine has stopped".into()),
+        // The request's own grammar ran out of ways forward (or past a parser
+        // limit): the caller's to fix, and the message says why.
+        EngineError::Constraint(msg) => BackendError::Invalid(ProtocolError::body(format!(
+            "the output constraint cannot continue: {msg}"
+        ))),
         EngineError::StepPanicked(msg) => {
             tracing::error!(error = %msg, "engine step panicked; its requests failed, the engine keeps serving");
             BackendError::Internal(format!(

@@ -197,10 +197,17 @@ impl Grammars {
             .create_parser(grammar)
             .map_err(|e| GrammarError::Compile(e.to_string()))?;
         let m = Matcher::new(Ok(parser));
-        match m.get_error() {
-            Some(e) => Err(GrammarError::Compile(e)),
-            None => Ok(m),
+        // The first mask, computed once on a throw-away copy: a grammar that
+        // cannot even start (or trips a parser limit there) is refused now, as a
+        // compile error, not in the middle of a generation.
+        if let Some(e) = m.get_error() {
+            return Err(GrammarError::Compile(e));
         }
+        let mut probe = m.clone();
+        if let Err(e) = probe.compute_mask() {
+            return Err(GrammarError::Compile(runtime_error(e)));
+        }
+        Ok(m)
     }
 }
 
@@ -219,7 +226,9 @@ fn top_level(kind: &ConstraintKind) -> Result<TopLevelGrammar, GrammarError> {
                 .iter()
                 .map(|c| serde_json::to_string(c).expect("a string serializes"))
                 .collect();
-            TopLevelGrammar::from_lark(format!("start: {}", alts.join(" | ")))
+            // One terminal (a lexer-level alternation), so thousands of choices
+            // stay one parser item instead of one each.
+            TopLevelGrammar::from_lark(format!("start: CHOICE\nCHOICE: {}", alts.join(" | ")))
         }
         ConstraintKind::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
         ConstraintKind::Gbnf(src) => {
@@ -314,16 +323,13 @@ impl GrammarConstraint {
 
 impl Constraint for GrammarConstraint {
     fn fill_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| e.to_string())?;
+        let allowed = self.matcher.compute_mask_or_eos().map_err(runtime_error)?;
         copy_mask(allowed.as_slice(), mask);
         Ok(())
     }
 
     fn commit(&mut self, token: u32) -> Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| e.to_string())
+        self.matcher.consume_token(token).map_err(runtime_error)
     }
 
     fn is_end(&self, token: u32) -> bool {
@@ -365,7 +371,7 @@ impl Constraint for LazyToolCalls {
                 Ok(())
             }
             Some(m) => {
-                let allowed = m.compute_mask().map_err(|e| e.to_string())?;
+                let allowed = m.compute_mask().map_err(runtime_error)?;
                 copy_mask(allowed.as_slice(), mask);
                 Ok(())
             }
@@ -374,7 +380,7 @@ impl Constraint for LazyToolCalls {
 
     fn commit(&mut self, token: u32) -> Result<(), String> {
         if let Some(m) = &mut self.active {
-            m.consume_token(token).map_err(|e| e.to_string())?;
+            m.consume_token(token).map_err(runtime_error)?;
             if m.is_stopped() {
                 self.active = None;
             }
@@ -395,7 +401,7 @@ impl Constraint for LazyToolCalls {
                 // Bytes of the same token after the tag belong to the call.
                 if !rest.is_empty() {
                     let ids = self.env.tokenize_bytes(&rest);
-                    m.consume_tokens(&ids).map_err(|e| e.to_string())?;
+                    m.consume_tokens(&ids).map_err(runtime_error)?;
                 }
                 self.active = Some(m);
             }
@@ -428,4 +434,11 @@ fn copy_mask(src: &[u32], mask: &mut TokenMask) {
     let n = src.len().min(dst.len());
     dst[..n].copy_from_slice(&src[..n]);
     dst[n..].fill(0);
+}
+
+/// A parser error during generation: its first line (llguidance follows it with a
+/// dump of the parser state, which is for its developers).
+fn runtime_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    text.lines().next().unwrap_or_default().to_owned()
 }

@@ -368,3 +368,48 @@ fn auto_tool_calls_are_free_until_a_call_opens_then_constrained() {
     c.fill_mask(&mut mask).unwrap();
     assert_eq!(mask.count(), mask.vocab());
 }
+
+#[test]
+fn thousands_of_choices_work_and_a_grammar_past_the_parser_limits_fails_only_its_request() {
+    let f = fixture();
+    let many: Vec<String> = (0..5000).map(|i| format!("option{i}")).collect();
+    let (text, reason) = run(request(
+        chat_prompt("Pick one."),
+        Some(&ConstraintKind::Choice(many.clone())),
+        20,
+    ));
+    assert!(
+        many.contains(&text) && reason == FinishReason::Stop,
+        "{text:?}"
+    );
+    // 5,000 alternatives as parser rules exceed llguidance's row limit once the
+    // first token is in: the request fails with the parser's reason (the HTTP
+    // layer makes it a 400), the engine carries on.
+    let alts: Vec<String> = many.iter().map(|c| format!("\"{c}\"")).collect();
+    let lark = ConstraintKind::Lark(format!("start: {}", alts.join(" | ")));
+    let mut rx = f
+        .engine
+        .submit(request(chat_prompt("Pick one."), Some(&lark), 20));
+    let mut failed = None;
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            TokenEvent::Error(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
+            TokenEvent::Done { .. } => break,
+            _ => {}
+        }
+    }
+    let msg = failed.expect("the row limit is hit");
+    assert!(
+        msg.contains("output constraint") && msg.contains("max is"),
+        "{msg}"
+    );
+    let (text, _) = run(request(
+        chat_prompt("Pick one."),
+        Some(&ConstraintKind::Choice(many.clone())),
+        20,
+    ));
+    assert!(many.contains(&text), "the engine still serves: {text:?}");
+}
