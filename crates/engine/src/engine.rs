@@ -525,8 +525,9 @@ impl EngineLoop {
                 logits: logits_needed(self.active.get(&c.id), c.start_pos, c.sample),
             })
             .collect();
-        // The masks of this step's constrained samples, computed while the
-        // forward pass runs (module docs of `constraint`).
+        // The masks of this step's constrained samples: beside the forward pass
+        // on their own thread, or on the kernel pool just before it (module docs
+        // of `constraint`).
         let masked: Vec<SeqId> = plan
             .chunks
             .iter()
