@@ -20,6 +20,7 @@ use std::path::Path;
 
 pub use config::BertConfig;
 pub use error::{EmbedError, Result};
+pub use inferd_kernels::Isa;
 
 use bert::Bert;
 
@@ -52,6 +53,22 @@ impl Embedder {
     }
 
     /// Width of an embedding (384 for all-MiniLM-L6-v2).
+    /// The kernel path in use: the best this CPU has, unless [`Embedder::with_isa`]
+    /// chose another.
+    pub fn isa(&self) -> Isa {
+        self.bert.isa
+    }
+
+    /// The same model on kernel path `isa` (to check each path this CPU has against
+    /// the reference); `None` when this CPU cannot run it.
+    pub fn with_isa(mut self, isa: Isa) -> Option<Embedder> {
+        if !Isa::available().contains(&isa) {
+            return None;
+        }
+        self.bert.isa = isa;
+        Some(self)
+    }
+
     pub fn dims(&self) -> usize {
         self.bert.config.dim
     }

@@ -66,8 +66,14 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 /// The worst cosine over `got` against the reference, with the sentence it came from.
 fn check(label: &str, got: &[Vec<f32>]) -> f32 {
+    assert_eq!(got.len(), fixture().1.len(), "{label}: one vector per case");
+    check_on(label, inferd_kernels::default_isa(), got)
+}
+
+/// [`check`] for the first `got.len()` cases, computed on kernel path `isa`.
+fn check_on(label: &str, isa: inferd_embed::Isa, got: &[Vec<f32>]) -> f32 {
     let (fixture, want) = fixture();
-    assert_eq!(got.len(), want.len());
+    let want = &want[..got.len()];
     let mut worst = (f32::INFINITY, 0);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert_eq!(g.len(), fixture.dims);
@@ -86,7 +92,7 @@ fn check(label: &str, got: &[Vec<f32>]) -> f32 {
     report(&format!(
         "embed reference ({label}, kernels {}): worst cosine vs sentence-transformers {c:.7} \
          (case {i}, {} tokens) over {} sentences",
-        inferd_kernels::default_isa().name(),
+        isa.name(),
         case.ids.len(),
         got.len()
     ));
@@ -216,4 +222,23 @@ fn inputs_too_long_or_outside_the_vocabulary_are_errors_naming_the_input() {
     assert_eq!(e.tokenize(&text).expect("tokenizes").len(), 602);
     let err = e.embed(&["ok", &text]).expect_err("too long").to_string();
     assert!(err.contains("input 1") && err.contains("602"), "{err}");
+}
+
+#[test]
+fn every_kernel_path_this_cpu_has_matches_sentence_transformers() {
+    // The default path runs the whole fixture above; the others (the slow
+    // scalar twin among them) the first 32 sentences, in one batch.
+    let cases = &fixture().0.cases[..32];
+    let ids: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
+    let mut ran = Vec::new();
+    for isa in inferd_embed::Isa::available() {
+        let e = Embedder::load(inferd_testutil::minilm_path())
+            .expect("loads")
+            .with_isa(isa)
+            .expect("an available path");
+        assert_eq!(e.isa(), isa);
+        check_on("32 sentences", isa, &e.embed_tokens(&ids).expect("embeds"));
+        ran.push(isa.name());
+    }
+    report(&format!("embed reference: kernel paths checked: {ran:?}"));
 }
