@@ -14,6 +14,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+pub mod bf16;
 pub mod dot;
 pub mod matmul;
 #[cfg(target_arch = "aarch64")]
