@@ -6,17 +6,19 @@
 //!
 //! Flags: `--threads N` (kernel worker pool size, default 1), `--secs S` (time
 //! spent on each measurement, default 3), `--model DIR` (default: minilm-l6 in the
-//! models folder). Sentences are "Sentence number {i}: the quick brown fox jumps
+//! models folder), `--precision f32|bf16` (default: bf16 where the CPU has
+//! AVX512-BF16). Sentences are "Sentence number {i}: the quick brown fox jumps
 //! over the lazy dog." (about 16 tokens with [CLS] and [SEP]).
 
 use std::time::{Duration, Instant};
 
-use inferd_embed::Embedder;
+use inferd_embed::{Embedder, Precision};
 
 fn main() {
     let mut threads = 1usize;
     let mut secs = 3.0f64;
     let mut model = None;
+    let mut precision = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -24,12 +26,27 @@ fn main() {
             "--threads" => threads = value().parse().expect("--threads takes a number"),
             "--secs" => secs = value().parse().expect("--secs takes seconds"),
             "--model" => model = Some(std::path::PathBuf::from(value())),
-            other => panic!("unknown flag {other} (flags: --threads N, --secs S, --model DIR)"),
+            "--precision" => {
+                precision = Some(match value().as_str() {
+                    "f32" => Precision::F32,
+                    "bf16" => Precision::Bf16,
+                    other => panic!("--precision takes f32 or bf16, not {other}"),
+                })
+            }
+            other => panic!(
+                "unknown flag {other} (flags: --threads N, --secs S, --model DIR, --precision f32|bf16)"
+            ),
         }
     }
     let threads = inferd_kernels::pool::init_global(threads);
     let dir = model.unwrap_or_else(inferd_testutil::minilm_path);
     let e = Embedder::load(&dir).expect("the model loads");
+    let e = match precision {
+        Some(p) => e
+            .with_precision(p)
+            .unwrap_or_else(|| panic!("this CPU has no {} kernel", p.name())),
+        None => e,
+    };
     let budget = Duration::from_secs_f64(secs);
 
     let sentences: Vec<String> = (0..1024)
@@ -41,8 +58,9 @@ fn main() {
         .collect();
     let mean_tokens = ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len() as f64;
     println!(
-        "all-MiniLM-L6-v2, kernels {}, {threads} thread(s), {mean_tokens:.1} tokens per sentence",
-        inferd_kernels::default_isa().name()
+        "all-MiniLM-L6-v2, kernels {} {}, {threads} thread(s), {mean_tokens:.1} tokens per sentence",
+        e.isa().name(),
+        e.precision().name()
     );
 
     for batch in [1usize, 32, 256] {

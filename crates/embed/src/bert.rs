@@ -20,10 +20,11 @@ use std::ops::Range;
 use std::path::Path;
 
 use inferd_gguf::GgmlType;
+use inferd_kernels::bf16::{self, matmul_bf16_on, Bf16Matrix};
 use inferd_kernels::dot::{dot_f32_f32, weighted_rows};
 use inferd_kernels::matmul::matmul_many_on;
 use inferd_kernels::ops::softmax;
-use inferd_kernels::{Activations, Isa, Precision, WeightMatrix};
+use inferd_kernels::{Activations, Isa, Precision as KernelPrecision, WeightMatrix};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::BertConfig;
@@ -42,12 +43,43 @@ const TOKENS_PER_MATMUL: usize = 128;
 const ROWS_PER_TASK: usize = 16;
 
 /// A dense layer `y = x · Wᵀ + b` (torch's `nn.Linear`): W is `[rows, cols]`, row
-/// major, read in place from the mapped file; the bias is copied out.
+/// major, read in place from the mapped file; the bias is copied out. With
+/// [`Precision::Bf16`], W is also kept rounded to bf16 in the kernel's layout.
 struct Linear {
     rows: usize,
     cols: usize,
     bytes: Range<usize>,
     bias: Vec<f32>,
+    bf16: Option<Bf16Matrix>,
+}
+
+/// The arithmetic of the dense layers (the matmuls: nearly all of the work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights and activations: torch's arithmetic.
+    F32,
+    /// Weights and activations rounded to bf16, products summed in f32
+    /// (`inferd_kernels::bf16`): twice the multiply-adds per instruction on CPUs
+    /// with AVX512-BF16, within a cosine of 0.99995 of f32 on all-MiniLM-L6-v2.
+    Bf16,
+}
+
+impl Precision {
+    /// Bf16 where this CPU has a fast bf16 kernel for `isa`, else F32.
+    pub fn best_for(isa: Isa) -> Precision {
+        if isa != Isa::Scalar && bf16::supported(isa) {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// `y = (x - mean(x)) / sqrt(var(x) + eps) · weight + bias` over each row.
@@ -72,10 +104,30 @@ struct Layer {
     ffn_norm: LayerNorm,
 }
 
+impl Bert {
+    fn residual_norm(&self, x: &mut [f32], y: &[f32], norm: &LayerNorm) {
+        residual_norm_on(self.isa, x, y, norm, self.config.layer_norm_eps);
+    }
+}
+
+impl Layer {
+    fn linears_mut(&mut self) -> [&mut Linear; 6] {
+        [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.attn_out,
+            &mut self.ffn_in,
+            &mut self.ffn_out,
+        ]
+    }
+}
+
 pub struct Bert {
     pub config: BertConfig,
     /// Kernel instruction set. Default: the best this CPU supports.
-    pub isa: Isa,
+    isa: Isa,
+    precision: Precision,
     mmap: memmap2::Mmap,
     /// `[vocab_size, dim]` in the mapped file.
     word: Range<usize>,
@@ -139,6 +191,7 @@ impl Loader<'_> {
             cols,
             bytes: self.tensor(&format!("{name}.weight"), &[rows, cols])?,
             bias: self.vector(&format!("{name}.bias"), rows)?,
+            bf16: None,
         })
     }
 
@@ -208,16 +261,67 @@ impl Bert {
             .collect::<Result<Vec<_>>>()?;
         // The loader borrows the map, which moves into the model.
         drop(l);
-        Ok(Bert {
+        let isa = inferd_kernels::default_isa();
+        let mut bert = Bert {
             config,
-            isa: inferd_kernels::default_isa(),
+            isa,
+            precision: Precision::F32,
             mmap,
             word,
             position,
             token_type0,
             emb_norm,
             layers,
-        })
+        };
+        bert.set_precision(Precision::best_for(isa))
+            .expect("the best precision for this CPU runs on it");
+        Ok(bert)
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Switches the kernel path; bf16 falls back to f32 where `isa` has no bf16
+    /// kernel (AVX2).
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa;
+        if self.precision == Precision::Bf16 && !bf16::supported(isa) {
+            self.precision = Precision::F32;
+        }
+    }
+
+    /// Switches the dense layers' arithmetic, rounding the weights to bf16 the
+    /// first time (about 45 MB for all-MiniLM-L6-v2). Fails, changing nothing,
+    /// where the kernel path has no bf16 kernel.
+    pub fn set_precision(&mut self, precision: Precision) -> std::result::Result<(), String> {
+        if precision == Precision::Bf16 {
+            if !bf16::supported(self.isa) {
+                return Err(format!(
+                    "bf16 needs AVX512-BF16 (or the scalar path); the {} path has none",
+                    self.isa.name()
+                ));
+            }
+            let mmap = &self.mmap;
+            for layer in &mut self.layers {
+                for l in layer.linears_mut() {
+                    if l.bf16.is_none() {
+                        let w: Vec<f32> = f32s(&mmap[l.bytes.clone()]).collect();
+                        l.bf16 = Some(
+                            Bf16Matrix::from_f32(l.rows, l.cols, &w)
+                                .and_then(|m| m.with_bias(&l.bias))
+                                .expect("weight shapes were checked at load: this is a bug"),
+                        );
+                    }
+                }
+            }
+        }
+        self.precision = precision;
+        Ok(())
     }
 
     fn w<'a>(&'a self, l: &Linear) -> WeightMatrix<'a> {
@@ -225,12 +329,37 @@ impl Bert {
             .expect("weight shapes were checked at load: this is a bug")
     }
 
-    /// `outs[m] = x · Wmᵀ + bm` for layers sharing their input (Q, K and V), each
-    /// slice of [`TOKENS_PER_MATMUL`] tokens as one parallel job. x: `[tokens, cols]`,
-    /// outs[m]: `[tokens, rows_m]`.
+    /// `outs[m] = x · Wmᵀ + bm` for layers sharing their input (Q, K and V), in
+    /// this model's precision. x: `[tokens, cols]`, outs[m]: `[tokens, rows_m]`.
     fn linear(&self, ls: &[&Linear], x: &[f32], outs: &mut [&mut [f32]]) {
         let cols = ls[0].cols;
         let n = x.len() / cols;
+        if self.precision == Precision::Bf16 {
+            let ws: Vec<&Bf16Matrix> = ls
+                .iter()
+                .map(|l| {
+                    l.bf16
+                        .as_ref()
+                        .expect("set_precision made the bf16 weights")
+                })
+                .collect();
+            // The bf16 matrices carry their bias.
+            matmul_bf16_on(self.isa, &ws, x, n, outs)
+                .expect("matmul shapes are fixed by the model: this is a bug");
+            return;
+        }
+        self.linear_f32(ls, x, n, outs);
+        for (l, out) in ls.iter().zip(outs.iter_mut()) {
+            for row in out.chunks_exact_mut(l.rows) {
+                add_into(row, &l.bias);
+            }
+        }
+    }
+
+    /// The f32 matmuls of [`Bert::linear`], each slice of [`TOKENS_PER_MATMUL`]
+    /// tokens as one parallel job.
+    fn linear_f32(&self, ls: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+        let cols = ls[0].cols;
         let ws: Vec<WeightMatrix> = ls.iter().map(|l| self.w(l)).collect();
         let mut t0 = 0;
         while t0 < n {
@@ -239,7 +368,7 @@ impl Bert {
                 &x[t0 * cols..t1 * cols],
                 t1 - t0,
                 cols,
-                Precision::F32,
+                KernelPrecision::F32,
             );
             let mut part: Vec<&mut [f32]> = outs
                 .iter_mut()
@@ -249,11 +378,6 @@ impl Bert {
             matmul_many_on(self.isa, &ws, &mut acts, &mut part)
                 .expect("matmul shapes are fixed by the model: this is a bug");
             t0 = t1;
-        }
-        for (l, out) in ls.iter().zip(outs.iter_mut()) {
-            for row in out.chunks_exact_mut(l.rows) {
-                add_into(row, &l.bias);
-            }
         }
     }
 
@@ -284,7 +408,9 @@ impl Bert {
                 }
             }
         }
-        par_rows(&mut x, dim, |rows| layer_norm(rows, &self.emb_norm, eps));
+        par_rows(&mut x, dim, |rows| {
+            layer_norm_on(self.isa, rows, &self.emb_norm, eps)
+        });
 
         // q, k, v, ctx, proj: [tokens, dim] (q/k/v as [tokens, heads, head_dim]);
         // h: [tokens, ffn_dim]
@@ -303,14 +429,12 @@ impl Bert {
             self.attention(&q, &k, &v, &span_of, &mut ctx);
             // a = LN(x + Wo·ctx + bo)
             self.linear(&[&layer.attn_out], &ctx, &mut [&mut proj]);
-            residual_norm(&mut x, &proj, dim, &layer.attn_norm, eps);
+            self.residual_norm(&mut x, &proj, &layer.attn_norm);
             // y = LN(a + W2·gelu(W1·a + b1) + b2)
             self.linear(&[&layer.ffn_in], &x, &mut [&mut h]);
-            par_rows(&mut h, c.ffn_dim, |rows| {
-                rows.iter_mut().for_each(|v| *v = gelu(*v))
-            });
+            par_rows(&mut h, c.ffn_dim, |rows| gelu_on(self.isa, rows));
             self.linear(&[&layer.ffn_out], &h, &mut [&mut proj]);
-            residual_norm(&mut x, &proj, dim, &layer.ffn_norm, eps);
+            self.residual_norm(&mut x, &proj, &layer.ffn_norm);
         }
         x
     }
@@ -378,20 +502,60 @@ fn par_rows(data: &mut [f32], row_len: usize, f: impl Fn(&mut [f32]) + Sync) {
 }
 
 /// `x = LN(x + y)` row by row (the post-LN residual of a BERT layer).
-fn residual_norm(x: &mut [f32], y: &[f32], dim: usize, norm: &LayerNorm, eps: f32) {
-    let chunk = dim * ROWS_PER_TASK;
+fn residual_norm_on(isa: Isa, x: &mut [f32], y: &[f32], norm: &LayerNorm, eps: f32) {
+    let chunk = norm.weight.len() * ROWS_PER_TASK;
     inferd_kernels::pool::global().for_each_chunk_mut(x, chunk, |i, rows| {
         add_into(rows, &y[i * chunk..i * chunk + rows.len()]);
-        layer_norm(rows, norm, eps);
+        layer_norm_on(isa, rows, norm, eps);
     });
 }
 
+/// The elementwise passes compiled for the kernel path's vector width. They are
+/// plain Rust (no fused multiply-adds, the same operations in the same order), so
+/// every path computes the same bits as the portable one, which is their twin.
+macro_rules! vector_versions {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) => $plain:ident;)*) => {$(
+        fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $plain($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn narrow($($arg: $ty),*) {
+                    $plain($($arg),*)
+                }
+                match isa {
+                    // SAFETY: the path was detected on this CPU (`Isa::available`).
+                    Isa::Avx512 | Isa::Amx => return unsafe { wide($($arg),*) },
+                    Isa::Avx2 => return unsafe { narrow($($arg),*) },
+                    _ => {}
+                }
+            }
+            let _ = isa;
+            $plain($($arg),*)
+        }
+    )*};
+}
+
+vector_versions! {
+    fn gelu_on(x: &mut [f32]) => gelu_rows;
+    fn layer_norm_on(x: &mut [f32], norm: &LayerNorm, eps: f32) => layer_norm;
+}
+
+#[inline(always)]
+fn gelu_rows(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = gelu(*v));
+}
+
 /// LayerNorm in place over each row: biased variance, as torch's `nn.LayerNorm`.
+#[inline(always)]
 fn layer_norm(x: &mut [f32], norm: &LayerNorm, eps: f32) {
     let dim = norm.weight.len();
     for row in x.chunks_exact_mut(dim) {
-        let mean = row.iter().sum::<f32>() / dim as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let mean = lane_sum(row, |v| v) / dim as f32;
+        let var = lane_sum(row, |v| (v - mean) * (v - mean)) / dim as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for ((v, &g), &b) in row.iter_mut().zip(&norm.weight).zip(&norm.bias) {
             *v = (*v - mean) * inv * g + b;
@@ -399,8 +563,26 @@ fn layer_norm(x: &mut [f32], norm: &LayerNorm, eps: f32) {
     }
 }
 
+/// `Σ f(v)` over `row` in 16 interleaved partial sums, an order a vector unit
+/// can follow exactly (a single running sum cannot be vectorised).
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(v);
+    }
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum()
+}
+
 /// HF's `"gelu"` (torch's default `F.gelu`): the erf form `x/2 · (1 + erf(x/√2))`,
 /// not the tanh approximation (`"gelu_new"`).
+#[inline(always)]
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
@@ -411,6 +593,7 @@ fn gelu(x: f32) -> f32 {
 /// CPU erf, Abramowitz-Stegun 7.1.26, is within 1.5e-7), and branch-free, so the
 /// GELU loop vectorises (plain `*` and `+`: without a compile-time FMA target,
 /// `mul_add` becomes a call per operation): libm's `erff` took a fifth of a forward pass.
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;

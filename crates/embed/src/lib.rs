@@ -18,6 +18,7 @@ mod error;
 use std::ops::Range;
 use std::path::Path;
 
+pub use bert::Precision;
 pub use config::BertConfig;
 pub use error::{EmbedError, Result};
 pub use inferd_kernels::Isa;
@@ -48,27 +49,49 @@ impl Embedder {
             config::check_pooling(&pooling, config.dim)?;
         }
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), config.vocab_size)?;
-        let bert = Bert::load(config, &dir.join("model.safetensors"))?;
+        let mut bert = Bert::load(config, &dir.join("model.safetensors"))?;
+        if let Some(p) = precision_from_env()? {
+            bert.set_precision(p)
+                .map_err(|what| EmbedError::Precision {
+                    var: PRECISION_VAR,
+                    what,
+                })?;
+        }
         Ok(Embedder { bert, tokenizer })
     }
 
-    /// Width of an embedding (384 for all-MiniLM-L6-v2).
     /// The kernel path in use: the best this CPU has, unless [`Embedder::with_isa`]
     /// chose another.
     pub fn isa(&self) -> Isa {
-        self.bert.isa
+        self.bert.isa()
     }
 
     /// The same model on kernel path `isa` (to check each path this CPU has against
-    /// the reference); `None` when this CPU cannot run it.
+    /// the reference); `None` when this CPU cannot run it. A path without a bf16
+    /// kernel (AVX2) computes in f32.
     pub fn with_isa(mut self, isa: Isa) -> Option<Embedder> {
         if !Isa::available().contains(&isa) {
             return None;
         }
-        self.bert.isa = isa;
+        self.bert.set_isa(isa);
         Some(self)
     }
 
+    /// The dense layers' arithmetic: [`Precision::Bf16`] where the CPU has
+    /// AVX512-BF16, else [`Precision::F32`]; `INFERD_EMBED_PRECISION=f32|bf16`
+    /// chooses at load.
+    pub fn precision(&self) -> Precision {
+        self.bert.precision()
+    }
+
+    /// The same model in `precision`; `None` when the kernel path has no kernel
+    /// for it (bf16 without AVX512-BF16).
+    pub fn with_precision(mut self, precision: Precision) -> Option<Embedder> {
+        self.bert.set_precision(precision).ok()?;
+        Some(self)
+    }
+
+    /// Width of an embedding (384 for all-MiniLM-L6-v2).
     pub fn dims(&self) -> usize {
         self.bert.config.dim
     }
@@ -154,6 +177,23 @@ impl Embedder {
             .collect::<Result<Vec<_>>>()?;
         let batch: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
         self.embed_tokens(&batch)
+    }
+}
+
+const PRECISION_VAR: &str = "INFERD_EMBED_PRECISION";
+
+/// `INFERD_EMBED_PRECISION` when set: `f32` or `bf16`.
+fn precision_from_env() -> Result<Option<Precision>> {
+    match std::env::var(PRECISION_VAR) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.as_str() {
+            "f32" => Ok(Some(Precision::F32)),
+            "bf16" => Ok(Some(Precision::Bf16)),
+            other => Err(EmbedError::Precision {
+                var: PRECISION_VAR,
+                what: format!("{other:?} is not one of f32, bf16"),
+            }),
+        },
     }
 }
 

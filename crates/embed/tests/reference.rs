@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use inferd_embed::Embedder;
+use inferd_embed::{Embedder, Precision};
 use inferd_testutil::report;
 use serde::Deserialize;
 
@@ -67,7 +67,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// The worst cosine over `got` against the reference, with the sentence it came from.
 fn check(label: &str, got: &[Vec<f32>]) -> f32 {
     assert_eq!(got.len(), fixture().1.len(), "{label}: one vector per case");
-    check_on(label, inferd_kernels::default_isa(), got)
+    let e = embedder();
+    check_on(&format!("{label}, {}", e.precision().name()), e.isa(), got)
 }
 
 /// [`check`] for the first `got.len()` cases, computed on kernel path `isa`.
@@ -227,18 +228,42 @@ fn inputs_too_long_or_outside_the_vocabulary_are_errors_naming_the_input() {
 #[test]
 fn every_kernel_path_this_cpu_has_matches_sentence_transformers() {
     // The default path runs the whole fixture above; the others (the slow
-    // scalar twin among them) the first 32 sentences, in one batch.
+    // scalar twins among them) the first 32 sentences, in one batch, in each
+    // precision the path has a kernel for.
     let cases = &fixture().0.cases[..32];
     let ids: Vec<&[u32]> = cases.iter().map(|c| c.ids.as_slice()).collect();
     let mut ran = Vec::new();
     for isa in inferd_embed::Isa::available() {
-        let e = Embedder::load(inferd_testutil::minilm_path())
-            .expect("loads")
-            .with_isa(isa)
-            .expect("an available path");
-        assert_eq!(e.isa(), isa);
-        check_on("32 sentences", isa, &e.embed_tokens(&ids).expect("embeds"));
-        ran.push(isa.name());
+        for precision in [Precision::F32, Precision::Bf16] {
+            let Some(e) = Embedder::load(inferd_testutil::minilm_path())
+                .expect("loads")
+                .with_isa(isa)
+                .expect("an available path")
+                .with_precision(precision)
+            else {
+                continue;
+            };
+            assert_eq!((e.isa(), e.precision()), (isa, precision));
+            let label = format!("32 sentences, {}", precision.name());
+            check_on(&label, isa, &e.embed_tokens(&ids).expect("embeds"));
+            ran.push(format!("{}/{}", isa.name(), precision.name()));
+        }
     }
     report(&format!("embed reference: kernel paths checked: {ran:?}"));
+}
+
+/// Bf16 is the default exactly where the CPU has a bf16 kernel, and both
+/// precisions agree with each other as closely as each agrees with the reference.
+#[test]
+fn the_default_precision_is_bf16_only_with_a_bf16_kernel() {
+    let e = embedder();
+    let want = Precision::best_for(e.isa());
+    if std::env::var("INFERD_EMBED_PRECISION").is_err() {
+        assert_eq!(e.precision(), want);
+    }
+    report(&format!(
+        "embed default precision on this CPU ({}): {}",
+        e.isa().name(),
+        e.precision().name()
+    ));
 }
