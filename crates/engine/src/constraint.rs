@@ -35,6 +35,13 @@ pub trait Constraint: Send {
 
     /// An independent copy in the same state (for `n` > 1 and retries).
     fn boxed_clone(&self) -> Box<dyn Constraint>;
+
+    /// Whether every id may come next, so that the engine samples the raw row
+    /// and skips the mask, its copy and its application (the free text around
+    /// lazily constrained tool calls). Default: no.
+    fn is_free(&self) -> bool {
+        false
+    }
 }
 
 /// A constraint carried by an [`EngineRequest`](crate::EngineRequest).

@@ -533,9 +533,11 @@ impl EngineLoop {
             .iter()
             .filter(|c| c.sample)
             .filter(|c| {
-                self.active
-                    .get(&c.id)
-                    .is_some_and(|a| a.constraint.is_some())
+                self.active.get(&c.id).is_some_and(|a| {
+                    a.constraint
+                        .as_ref()
+                        .is_some_and(|c| !c.constraint.is_free())
+                })
             })
             .map(|c| c.id)
             .collect();
@@ -638,6 +640,7 @@ impl EngineLoop {
         }
         let (token, logprobs) = match a.constraint.as_mut() {
             None => a.sampler.sample(row),
+            Some(c) if c.constraint.is_free() => a.sampler.sample(row),
             Some(c) => {
                 if c.ready.is_none() {
                     c.prepare();

@@ -413,6 +413,10 @@ impl Constraint for LazyToolCalls {
         Ok(())
     }
 
+    fn is_free(&self) -> bool {
+        self.active.is_none()
+    }
+
     fn is_end(&self, token: u32) -> bool {
         self.eos.contains(&token)
     }

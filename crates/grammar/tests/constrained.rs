@@ -347,12 +347,13 @@ fn auto_tool_calls_are_free_until_a_call_opens_then_constrained() {
             c.commit(id).unwrap();
         }
     };
+    assert!(c.is_free(), "free text needs no mask");
     walk(&mut c, &mut mask, "Let me check the weather. ");
-    assert!(!c.in_call());
+    assert!(!c.in_call() && c.is_free());
     c.fill_mask(&mut mask).unwrap();
     assert_eq!(mask.count(), mask.vocab(), "free text: everything allowed");
     walk(&mut c, &mut mask, "<tool_call>\n{\"name\": \"");
-    assert!(c.in_call());
+    assert!(c.in_call() && !c.is_free());
     c.fill_mask(&mut mask).unwrap();
     let bogus = f.tokenizer.encode("delete", false).unwrap()[0];
     assert!(
@@ -364,7 +365,10 @@ fn auto_tool_calls_are_free_until_a_call_opens_then_constrained() {
         &mut mask,
         "get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
     );
-    assert!(!c.in_call(), "free again after the closing tag");
+    assert!(
+        !c.in_call() && c.is_free(),
+        "free again after the closing tag"
+    );
     c.fill_mask(&mut mask).unwrap();
     assert_eq!(mask.count(), mask.vocab());
 }
