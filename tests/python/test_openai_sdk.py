@@ -394,3 +394,48 @@ def test_forced_tool_calls(client):
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TWO_TOOLS}
     for c in calls:
         jsonschema.validate(json.loads(c.function.arguments), schemas[c.function.name])
+
+
+def test_an_upstream_through_a_front_server(server, tmp_path):
+    """`[[upstreams]]`: a second `inferd serve` answers for this one under another
+    name; the SDK sees the same answers, streamed chunk by chunk, and forced
+    tool calls travel through."""
+    config = tmp_path / "front.toml"
+    config.write_text(
+        "[[upstreams]]\n"
+        'name = "remote"\n'
+        f'base_url = "{server}/v1"\n'
+        'model = "smollm2-135m"\n'
+        'api_key_env = "INFERD_TEST_UPSTREAM_KEY"\n'
+    )
+    os.environ["INFERD_TEST_UPSTREAM_KEY"] = API_KEY
+    try:
+        proc, front = start_server("--config", str(config))
+    finally:
+        del os.environ["INFERD_TEST_UPSTREAM_KEY"]
+    try:
+        direct = openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
+        via = openai.OpenAI(base_url=front + "/v1", api_key=API_KEY, max_retries=0)
+        want = ask(direct)
+        got = ask(via, model="remote")
+        assert got.model == "remote"
+        assert got.choices[0].message.content == want.choices[0].message.content
+        assert got.usage.completion_tokens == want.usage.completion_tokens
+        stream = ask(via, model="remote", stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == want.choices[0].message.content
+        assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 2
+        assert chunks[-1].usage.completion_tokens == want.usage.completion_tokens
+        call = via.chat.completions.create(
+            model="remote", messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=WEATHER, tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0, max_tokens=60)
+        fn = call.choices[0].message.tool_calls[0].function
+        assert fn.name == "get_weather" and "city" in json.loads(fn.arguments)
+        assert call.choices[0].finish_reason == "tool_calls"
+        with pytest.raises(openai.NotFoundError):
+            ask(via, model="smollm2-135m")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -20,6 +20,7 @@
 //! server's in [`ServeConfig::default`].
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Result;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -121,6 +122,81 @@ impl ModelSettings {
     }
 }
 
+/// One `[[upstreams]]` entry: an OpenAI-compatible server that `inferd serve`
+/// answers for under `name`, relaying its streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// The id clients send in `model`.
+    pub name: String,
+    /// The API root, e.g. `http://127.0.0.1:8081/v1`.
+    pub base_url: String,
+    /// The model name the upstream knows; default: `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The environment variable holding the upstream's API key (never the key
+    /// itself: a config file gets copied around).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Prompt plus output tokens the upstream's model takes.
+    #[serde(default = "UpstreamSettings::default_context_window")]
+    pub context_window: usize,
+    #[serde(default = "UpstreamSettings::default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// From sending the request to the first token.
+    #[serde(default = "UpstreamSettings::default_ttft_timeout")]
+    pub ttft_timeout_secs: f64,
+    /// From sending the request to the end of the answer.
+    #[serde(default = "UpstreamSettings::default_total_timeout")]
+    pub total_timeout_secs: f64,
+    /// Requests in flight at once; more wait (up to the TTFT timeout).
+    #[serde(default = "UpstreamSettings::default_max_concurrent")]
+    pub max_concurrent: usize,
+}
+
+impl UpstreamSettings {
+    fn default_context_window() -> usize {
+        8192
+    }
+    fn default_connect_timeout() -> f64 {
+        5.0
+    }
+    fn default_ttft_timeout() -> f64 {
+        30.0
+    }
+    fn default_total_timeout() -> f64 {
+        600.0
+    }
+    fn default_max_concurrent() -> usize {
+        256
+    }
+
+    /// The client's settings, with the key read from its variable.
+    pub fn resolve(&self) -> Result<inferd_gateway::UpstreamConfig> {
+        let api_key = match &self.api_key_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "upstream `{}`: api_key_env names {var}, which is not set",
+                    self.name
+                )
+            })?),
+        };
+        let secs = Duration::from_secs_f64;
+        Ok(inferd_gateway::UpstreamConfig {
+            name: self.name.clone(),
+            base_url: self.base_url.clone(),
+            model: self.model.clone().unwrap_or_else(|| self.name.clone()),
+            api_key,
+            context_window: self.context_window,
+            connect_timeout: secs(self.connect_timeout_secs),
+            ttft_timeout: secs(self.ttft_timeout_secs),
+            total_timeout: secs(self.total_timeout_secs),
+            max_concurrent: self.max_concurrent,
+        })
+    }
+}
+
 /// Everything `inferd serve` runs on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +218,9 @@ pub struct ServeConfig {
     /// Several models, each in its own engine; the first is the default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<ModelSettings>,
+    /// OpenAI-compatible servers answered for by name, after the local models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamSettings>,
     /// Engine settings for every model (a model's own entry overrides them).
     #[serde(flatten)]
     pub engine: EngineSettings,
@@ -158,6 +237,7 @@ impl Default for ServeConfig {
             request_timeout_secs: 600,
             model: None,
             models: Vec::new(),
+            upstreams: Vec::new(),
             engine: EngineSettings::default(),
         }
     }
@@ -200,8 +280,12 @@ impl ServeConfig {
         Ok(config)
     }
 
-    /// The models to serve, each with its engine settings resolved.
+    /// The models to serve, each with its engine settings resolved. With
+    /// upstreams and no model named, none: a pure gateway.
     pub fn models(&self) -> Vec<(ModelSettings, EngineConfig)> {
+        if self.models.is_empty() && self.model.is_none() && !self.upstreams.is_empty() {
+            return Vec::new();
+        }
         let list = if self.models.is_empty() {
             vec![ModelSettings {
                 model: self
@@ -256,6 +340,40 @@ impl ServeConfig {
                 problems.push(format!(
                     "`{at}name` {name:?} is used by two models; give each a distinct `name`"
                 ));
+            }
+        }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = format!("upstreams[{i}]");
+            let taken = models.iter().any(|(m, _)| m.name() == u.name)
+                || self.upstreams[..i].iter().any(|o| o.name == u.name);
+            if taken {
+                problems.push(format!(
+                    "`{at}.name` {:?} is already the name of a model or upstream",
+                    u.name
+                ));
+            }
+            for (key, v) in [
+                ("connect_timeout_secs", u.connect_timeout_secs),
+                ("ttft_timeout_secs", u.ttft_timeout_secs),
+                ("total_timeout_secs", u.total_timeout_secs),
+            ] {
+                if !(v > 0.0 && v.is_finite()) {
+                    problems.push(format!(
+                        "`{at}.{key}` must be a positive number of seconds, got {v}"
+                    ));
+                }
+            }
+            if u.max_concurrent == 0 {
+                problems.push(format!("`{at}.max_concurrent` must be at least 1, got 0"));
+            }
+            if u.context_window == 0 {
+                problems.push(format!("`{at}.context_window` must be at least 1, got 0"));
+            }
+            if let Err(e) = u
+                .resolve()
+                .and_then(|c| Ok(inferd_gateway::Upstream::new(c)?))
+            {
+                problems.push(format!("`{at}`: {e}"));
             }
         }
         if problems.is_empty() {

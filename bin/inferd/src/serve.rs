@@ -151,6 +151,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Ok((m.name(), path, engine))
         })
         .collect::<Result<_>>()?;
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|u| u.resolve())
+        .collect::<Result<Vec<_>>>()?;
     let options = ServerOptions {
         api_key: config.api_key.clone(),
         request_timeout: match config.request_timeout_secs {
@@ -177,14 +182,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         // Bound before loading: /health answers 503 "loading" until the models are in.
-        tracing::info!(%local, models = models.len(), "listening; loading");
-        let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+        tracing::info!(%local, models = models.len(), upstreams = upstreams.len(), "listening; loading");
+        let names: Vec<String> = models
+            .iter()
+            .map(|m| m.0.clone())
+            .chain(upstreams.iter().map(|u| u.name.clone()))
+            .collect();
         let app = Arc::new(OnceLock::new());
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         {
             let app = Arc::clone(&app);
             std::thread::spawn(move || {
-                let result = load_all(models, options).map(|router| {
+                let result = load_all(models, upstreams, options).map(|router| {
                     let _ = app.set(router);
                 });
                 let _ = loaded_tx.send(result);
@@ -246,6 +255,7 @@ fn rss_mib() -> Option<u64> {
 /// Loads every model into its own engine, logging each stage, and builds the router.
 fn load_all(
     models: Vec<(String, PathBuf, EngineConfig)>,
+    upstreams: Vec<inferd_gateway::UpstreamConfig>,
     options: ServerOptions,
 ) -> Result<axum::Router> {
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
@@ -296,6 +306,12 @@ fn load_all(
             "engine started"
         );
         backends.push(Arc::new(local));
+    }
+    for u in upstreams {
+        let upstream = inferd_gateway::Upstream::new(u)?;
+        let c = upstream.config();
+        tracing::info!(upstream = %c.name, base_url = %c.base_url, model = %c.model, "upstream added");
+        backends.push(Arc::new(upstream));
     }
     let state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
     Ok(router(Arc::new(state)))

@@ -2,18 +2,9 @@
 //! `serve` reads a config file with a `[[models]]` table and serves every model
 //! from one process, and configuration errors name the key.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-fn inferd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_inferd"))
-}
-
-fn model() -> String {
-    inferd_testutil::smollm2_path().display().to_string()
-}
+use common::{http, inferd, model, serve, temp_file};
 
 fn generate(activations: Option<&str>) -> (String, String) {
     let mut c = inferd();
@@ -47,14 +38,6 @@ fn generate_applies_the_activations_flag() {
     assert_ne!(default_text, q8_text);
 }
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("inferd-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 /// `inferd serve --config` on a file with `text`: it must fail; its stderr.
 fn serve_fails_on(name: &str, text: &str) -> String {
     let out = inferd()
@@ -80,25 +63,6 @@ fn serve_config_errors_name_the_key() {
     );
 }
 
-/// One HTTP/1.1 request with `Connection: close`; the status and body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn serve_runs_two_models_from_a_config_file() {
     let m = model();
@@ -106,36 +70,7 @@ fn serve_runs_two_models_from_a_config_file() {
         "port = 0\nthreads = 2\nmax_running = 8\n\n[[models]]\nmodel = {m:?}\nname = \"big\"\n\n[[models]]\nmodel = {m:?}\nname = \"small\"\nkv_cache_mib = 32\n"
     );
     let p = temp_file("two.toml", &config);
-    let mut child = Killed(
-        inferd()
-            .args(["serve", "--config"])
-            .arg(&p)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut log = String::new();
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs");
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.split("ready: http://").nth(1) {
-            let url = rest.split_whitespace().next().unwrap_or_default();
-            break url.trim_end_matches("/v1").to_owned();
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "{log}");
-    };
+    let (_child, addr, log) = serve(&["--config", p.to_str().unwrap()], &[]);
     assert!(
         log.contains("kv_mib=32"),
         "each model has its own KV budget: {log}"
@@ -162,16 +97,6 @@ fn serve_runs_two_models_from_a_config_file() {
         &chat.replace("small", "medium"),
     );
     assert_eq!(status, 404);
-}
-
-/// A child process that is killed when the test ends, passing or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -1,0 +1,477 @@
+//! An OpenAI-compatible server as a [`Backend`].
+//!
+//! One pooled HTTP client per upstream (keep-alive connections reused across
+//! requests), at most `max_concurrent` requests in flight (the rest wait, up to
+//! the TTFT timeout, and are then refused with 429), and three deadlines: to
+//! connect, to the first token, to the end of the answer. A reader task per
+//! request turns the upstream's SSE chunks into [`Event`]s as they arrive;
+//! dropping the event stream drops the task and its connection, which cancels
+//! the request upstream. An answer the upstream cuts off (the connection closes
+//! before every choice finished, or a deadline passes) ends with an error
+//! event, never as a shorter answer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use inferd_backend::{
+    Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
+};
+use inferd_protocol::{
+    ChatCompletionChunk, ChoiceLogprobs, CompletionResponse, ErrorBody, FinishReason,
+    ProtocolError, Timings, Usage,
+};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::sse::SseLines;
+use crate::wire::{chat_body, completion_body};
+
+/// Where an upstream is and how it is used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// The id clients send in `model`.
+    pub name: String,
+    /// The API root, e.g. `http://127.0.0.1:8081/v1`.
+    pub base_url: String,
+    /// The model name the upstream knows (defaults to `name` in the config).
+    pub model: String,
+    /// Sent as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+    /// Prompt plus output tokens the upstream's model takes.
+    pub context_window: usize,
+    pub connect_timeout: Duration,
+    /// From sending the request to the first token.
+    pub ttft_timeout: Duration,
+    /// From sending the request to the end of the answer.
+    pub total_timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{name}`: base_url {url:?} {what}")]
+    BaseUrl {
+        name: String,
+        url: String,
+        what: &'static str,
+    },
+    #[error("upstream `{name}`: cannot build its HTTP client: {source}")]
+    Client {
+        name: String,
+        source: reqwest::Error,
+    },
+}
+
+pub struct Upstream {
+    config: UpstreamConfig,
+    client: reqwest::Client,
+    slots: Arc<Semaphore>,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, UpstreamError> {
+        let url_err = |what| UpstreamError::BaseUrl {
+            name: config.name.clone(),
+            url: config.base_url.clone(),
+            what,
+        };
+        let parsed = reqwest::Url::parse(&config.base_url)
+            .map_err(|_| url_err("is not a URL (e.g. http://127.0.0.1:8081/v1)"))?;
+        match parsed.scheme() {
+            "http" => {}
+            "https" => return Err(url_err("is https, and this build has no TLS")),
+            _ => return Err(url_err("must start with http://")),
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|source| UpstreamError::Client {
+                name: config.name.clone(),
+                source,
+            })?;
+        let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        Ok(Upstream {
+            config: UpstreamConfig {
+                base_url: config.base_url.trim_end_matches('/').to_owned(),
+                ..config
+            },
+            client,
+            slots,
+        })
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+}
+
+impl Backend for Upstream {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn context_window(&self) -> usize {
+        self.config.context_window
+    }
+
+    /// What the request may ask for; the upstream refuses what its model
+    /// cannot do, and that refusal reaches the client.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            chat: true,
+            completions: true,
+            tools: true,
+            logprobs: true,
+            echo: true,
+            embeddings: false,
+            constraints: true,
+        }
+    }
+
+    fn health(&self) -> Health {
+        Health::Ready
+    }
+
+    fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
+        let c = self.config.clone();
+        let (client, slots) = (self.client.clone(), Arc::clone(&self.slots));
+        Box::pin(async move {
+            let sent = Instant::now();
+            let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
+            let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
+            let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
+                .await
+                .map_err(|_| BackendError::Overloaded {
+                    message: format!(
+                        "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
+                        c.name,
+                        c.max_concurrent,
+                        c.ttft_timeout.as_secs_f64()
+                    ),
+                    retry_after_secs: 1,
+                })?
+                .map_err(|_| {
+                    BackendError::Unavailable(format!("upstream `{}` is closed", c.name))
+                })?;
+            let (path, body, kind) = match &request {
+                Request::Chat(r) => (
+                    "chat/completions",
+                    serde_json::to_value(chat_body(r, &c.model)),
+                    Kind::Chat,
+                ),
+                Request::Completion(r) => (
+                    "completions",
+                    serde_json::to_value(completion_body(r, &c.model)),
+                    Kind::Completion,
+                ),
+            };
+            let body = body.map_err(|e| BackendError::Internal(e.to_string()))?;
+            let mut req = client.post(format!("{}/{path}", c.base_url)).json(&body);
+            if let Some(key) = &c.api_key {
+                req = req.bearer_auth(key);
+            }
+            let unreachable = |what: String| {
+                BackendError::Unavailable(format!("upstream `{}` ({}): {what}", c.name, c.base_url))
+            };
+            let resp = tokio::time::timeout_at(first_deadline, req.send())
+                .await
+                .map_err(|_| {
+                    unreachable(format!(
+                        "no answer within the TTFT timeout of {:.1} s",
+                        c.ttft_timeout.as_secs_f64()
+                    ))
+                })?
+                .map_err(|e| unreachable(describe(&e)))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = tokio::time::timeout_at(first_deadline, resp.text())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                return Err(refusal(&c.name, status.as_u16(), &text));
+            }
+            let choices = request.choices();
+            let arrival = request.common().arrival;
+            let (tx, mut rx) = mpsc::channel(64);
+            let reader = Reader {
+                name: c.name.clone(),
+                kind,
+                choices,
+                arrival,
+                first_token: None,
+                finished: BTreeMap::new(),
+                usage: None,
+                timings: None,
+                tx,
+            };
+            tokio::spawn(reader.run(resp.bytes_stream(), deadline, permit));
+            // The contract: resolve once the answer has started, so that a
+            // failure before the first token is a plain HTTP error.
+            let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
+                Err(_) => {
+                    return Err(unreachable(format!(
+                        "no token within the TTFT timeout of {:.1} s",
+                        c.ttft_timeout.as_secs_f64()
+                    )))
+                }
+                Ok(None) => return Err(unreachable("the answer ended before it began".into())),
+                Ok(Some(Event::Error(e))) => return Err(e),
+                Ok(Some(ev)) => ev,
+            };
+            let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|ev| (ev, rx))
+            });
+            Ok(futures_util::stream::once(async move { first })
+                .chain(rest)
+                .boxed())
+        })
+    }
+}
+
+/// The error an upstream's non-2xx answer becomes: its own message and field
+/// for a request it refuses, an overload for 429, unavailability otherwise.
+fn refusal(name: &str, status: u16, text: &str) -> BackendError {
+    let parsed = serde_json::from_str::<ErrorBody>(text).ok();
+    let message = parsed
+        .as_ref()
+        .map(|b| b.error.message.clone())
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    match status {
+        400 | 404 | 413 | 422 => BackendError::Invalid(ProtocolError {
+            param: parsed.and_then(|b| b.error.param),
+            message: format!("upstream `{name}`: {message}"),
+        }),
+        429 => BackendError::Overloaded {
+            message: format!("upstream `{name}` is overloaded: {message}"),
+            retry_after_secs: 1,
+        },
+        401 | 403 => BackendError::Unavailable(format!(
+            "upstream `{name}` refused the gateway's credentials ({status}): {message}"
+        )),
+        _ => BackendError::Unavailable(format!("upstream `{name}` answered {status}: {message}")),
+    }
+}
+
+/// A transport error in a sentence (reqwest's Display hides the cause).
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_connect() {
+        "cannot connect".to_owned()
+    } else if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Reads one upstream answer into events (module docs).
+struct Reader {
+    name: String,
+    kind: Kind,
+    choices: usize,
+    arrival: Instant,
+    first_token: Option<Instant>,
+    /// Finished choices, held until the usage chunk: `Done` carries usage.
+    finished: BTreeMap<usize, FinishReason>,
+    usage: Option<Usage>,
+    /// The upstream's own timings (an inferd upstream sends them).
+    timings: Option<Timings>,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Reader {
+    async fn run(
+        mut self,
+        mut bytes: impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+        deadline: tokio::time::Instant,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let mut lines = SseLines::default();
+        let mut pending = VecDeque::new();
+        let outcome = loop {
+            let chunk = match tokio::time::timeout_at(deadline, bytes.next()).await {
+                Err(_) => break Err("did not finish within its total timeout".to_owned()),
+                Ok(None) => break Err("closed the stream before the answer finished".to_owned()),
+                Ok(Some(Err(e))) => break Err(format!("stream broke: {}", describe(&e))),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            let mut done = false;
+            for data in lines.push(&chunk) {
+                if data == "[DONE]" {
+                    done = true;
+                    break;
+                }
+                if let Err(e) = self.chunk(&data, &mut pending) {
+                    pending.push_back(Event::Error(e));
+                    done = true;
+                    break;
+                }
+            }
+            while let Some(ev) = pending.pop_front() {
+                let failed = matches!(ev, Event::Error(_));
+                if self.tx.send(ev).await.is_err() || failed {
+                    return; // The client went away (or the answer failed): stop reading.
+                }
+            }
+            if done {
+                break Ok(());
+            }
+        };
+        let unfinished = (0..self.choices).any(|i| !self.finished.contains_key(&i));
+        let error = match outcome {
+            Err(why) => Some(why),
+            Ok(()) if unfinished => Some("ended the answer before every choice finished".into()),
+            Ok(()) => None,
+        };
+        if let Some(why) = error {
+            let _ = self
+                .tx
+                .send(Event::Error(BackendError::Unavailable(format!(
+                    "upstream `{}` {why}",
+                    self.name
+                ))))
+                .await;
+            return;
+        }
+        for ev in self.dones() {
+            if self.tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One SSE event's JSON: its text, tool calls and finish reasons.
+    fn chunk(&mut self, data: &str, out: &mut VecDeque<Event>) -> Result<(), BackendError> {
+        let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "upstream `{}` sent a chunk that is not JSON: {e}",
+                self.name
+            ))
+        })?;
+        if let Ok(err) = serde_json::from_value::<ErrorBody>(value.clone()) {
+            return Err(BackendError::Unavailable(format!(
+                "upstream `{}` failed mid-answer: {}",
+                self.name, err.error.message
+            )));
+        }
+        let bad = |e: serde_json::Error| {
+            BackendError::Unavailable(format!(
+                "upstream `{}` sent a chunk this gateway cannot read: {e}",
+                self.name
+            ))
+        };
+        let now = Instant::now();
+        match self.kind {
+            Kind::Chat => {
+                let chunk: ChatCompletionChunk = serde_json::from_value(value).map_err(bad)?;
+                self.usage = chunk.usage.or(self.usage);
+                self.timings = chunk.timings.or(self.timings);
+                for ch in chunk.choices {
+                    let text = ch.delta.content.unwrap_or_default();
+                    let tokens = ch.logprobs.map(logged).unwrap_or_default();
+                    if !text.is_empty() || !tokens.is_empty() {
+                        self.first_token.get_or_insert(now);
+                        out.push_back(Event::Delta {
+                            index: ch.index,
+                            text,
+                            tokens,
+                        });
+                    }
+                    for call in ch.delta.tool_calls.unwrap_or_default() {
+                        self.first_token.get_or_insert(now);
+                        out.push_back(Event::ToolCall {
+                            index: ch.index,
+                            call,
+                        });
+                    }
+                    if let Some(f) = ch.finish_reason {
+                        self.finished.insert(ch.index, f);
+                    }
+                }
+            }
+            Kind::Completion => {
+                let chunk: CompletionResponse = serde_json::from_value(value).map_err(bad)?;
+                self.usage = chunk.usage.or(self.usage);
+                self.timings = chunk.timings.or(self.timings);
+                for ch in chunk.choices {
+                    if !ch.text.is_empty() {
+                        self.first_token.get_or_insert(now);
+                        out.push_back(Event::Delta {
+                            index: ch.index,
+                            text: ch.text,
+                            tokens: Vec::new(),
+                        });
+                    }
+                    if let Some(f) = ch.finish_reason {
+                        self.finished.insert(ch.index, f);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Done` for every choice, in order. The upstream reports usage for the
+    /// whole request: it goes to choice 0 (the server adds choices' output
+    /// tokens and takes prompt tokens from the first choice of each prompt, so
+    /// the totals it reports are the upstream's).
+    fn dones(&self) -> Vec<Event> {
+        let now = Instant::now();
+        let usage = self.usage.unwrap_or_default();
+        let first = self.first_token.unwrap_or(now);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let decode = now.saturating_duration_since(first);
+        let upstream = self.timings.unwrap_or_default();
+        let timings = Timings {
+            ttft_ms: ms(first.saturating_duration_since(self.arrival)),
+            decode_ms: ms(decode),
+            e2e_ms: ms(now.saturating_duration_since(self.arrival)),
+            decode_tokens_per_second: if decode.is_zero() {
+                0.0
+            } else {
+                usage.completion_tokens as f64 / decode.as_secs_f64()
+            },
+            prompt_tokens: usage.prompt_tokens,
+            cached_prompt_tokens: usage.cached_tokens(),
+            ..upstream
+        };
+        self.finished
+            .iter()
+            .map(|(&index, &finish)| Event::Done {
+                index,
+                finish,
+                usage: if index == 0 { usage } else { Usage::default() },
+                timings,
+            })
+            .collect()
+    }
+}
+
+fn logged(l: ChoiceLogprobs) -> Vec<LoggedToken> {
+    l.content
+        .into_iter()
+        .map(|t| LoggedToken {
+            bytes: t.bytes.unwrap_or_else(|| t.token.as_bytes().to_vec()),
+            token: t.token,
+            logprob: Some(t.logprob),
+            top: t.top_logprobs,
+        })
+        .collect()
+}
