@@ -192,7 +192,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     return Ok(());
                 }
                 Event::Error(e) => bail!(e),
-                Event::Echo { .. } | Event::ToolCall { .. } => {}
+                Event::Echo { .. } | Event::ToolCall { .. } | Event::Route(_) => {}
             }
         }
         bail!("the engine stopped before finishing")

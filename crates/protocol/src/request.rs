@@ -68,6 +68,10 @@ pub struct ChatCompletionRequest {
     /// Extension: only requests with the same salt share prefix-cache blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// Key-value tags (OpenAI's `metadata`: up to 16 keys, string values).
+    /// `"private": "true"` keeps the request on local tiers of a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
     /// Extension (vLLM): the output is JSON matching this schema (object or JSON text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<Value>,
@@ -147,6 +151,10 @@ pub struct CompletionRequest {
     /// Extension: only requests with the same salt share prefix-cache blocks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_salt: Option<String>,
+    /// Key-value tags (OpenAI's `metadata`: up to 16 keys, string values).
+    /// `"private": "true"` keeps the request on local tiers of a gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
     /// Extension (vLLM): the output is JSON matching this schema (object or JSON text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<Value>,

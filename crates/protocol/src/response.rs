@@ -325,3 +325,41 @@ mod tests {
         assert!(c.timings.is_none());
     }
 }
+
+/// How a gateway chose what answered: the `route` object of a response (an
+/// extension; the first chunk of a stream) and the `x-inferd-route` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The tier that answered.
+    pub tier: String,
+    /// The model or upstream within it.
+    pub backend: String,
+    /// The policy that decided: `explicit` (the request named the tier),
+    /// `cost` (the cheapest eligible tier), `context` (cheaper tiers are too
+    /// small for it), `privacy` (private: local tiers only), `fallback` (the
+    /// tiers before failed).
+    pub reason: String,
+    /// What was tried before, in order, and why each failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<RouteAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteAttempt {
+    pub tier: String,
+    pub backend: String,
+    pub error: String,
+}
+
+impl Route {
+    /// The `x-inferd-route` header: `tier=local; backend=small; reason=cost; attempts=0`.
+    pub fn header(&self) -> String {
+        format!(
+            "tier={}; backend={}; reason={}; attempts={}",
+            self.tier,
+            self.backend,
+            self.reason,
+            self.attempts.len()
+        )
+    }
+}

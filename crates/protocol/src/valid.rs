@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::constraint::{ConstraintFields, OutputConstraint};
 use crate::error::ProtocolError;
@@ -74,6 +75,8 @@ pub struct Common {
     pub cache_salt: Option<String>,
     /// Generate exactly `max_tokens`, past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// `metadata`, as strings.
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// When the request reached the server; every timing is measured from here.
     pub arrival: Instant,
 }
@@ -133,6 +136,16 @@ pub enum PromptInput {
     Tokens(Vec<u32>),
 }
 
+impl Common {
+    /// Tagged private (`metadata.private` is `"true"`): a gateway keeps it on
+    /// local tiers.
+    pub fn is_private(&self) -> bool {
+        self.metadata
+            .get("private")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
 impl ValidCompletionRequest {
     pub fn choices(&self) -> usize {
         self.prompts.len() * self.common.n
@@ -177,6 +190,7 @@ macro_rules! common_fields {
             ignore_eos: $r.ignore_eos,
             priority: $r.priority,
             cache_salt: $r.cache_salt,
+            metadata: $r.metadata,
         }
     };
 }
@@ -494,7 +508,12 @@ struct CommonFields {
     ignore_eos: Option<bool>,
     priority: Option<i64>,
     cache_salt: Option<String>,
+    metadata: Option<serde_json::Map<String, Value>>,
 }
+
+/// OpenAI's limits on `metadata`.
+const MAX_METADATA_KEYS: usize = 16;
+const MAX_METADATA_VALUE: usize = 512;
 
 impl CommonFields {
     fn validate(self, arrival: Instant, prompts: usize) -> Result<Common, ProtocolError> {
@@ -574,9 +593,48 @@ impl CommonFields {
             priority: in_range("priority", self.priority.unwrap_or(0), -1000, 1000)? as i32,
             cache_salt: self.cache_salt,
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            metadata: metadata(self.metadata)?,
             arrival,
         })
     }
+}
+
+/// `metadata`: string values (booleans and numbers are taken as their text).
+fn metadata(
+    m: Option<serde_json::Map<String, Value>>,
+) -> Result<std::collections::BTreeMap<String, String>, ProtocolError> {
+    let m = m.unwrap_or_default();
+    if m.len() > MAX_METADATA_KEYS {
+        return Err(ProtocolError::field(
+            "metadata",
+            format!(
+                "`metadata` takes at most {MAX_METADATA_KEYS} keys, got {}",
+                m.len()
+            ),
+        ));
+    }
+    m.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s,
+                Value::Bool(b) => b.to_string(),
+                Value::Number(n) => n.to_string(),
+                _ => {
+                    return Err(ProtocolError::field(
+                        format!("metadata.{k}"),
+                        format!("`metadata.{k}` must be a string"),
+                    ))
+                }
+            };
+            if text.len() > MAX_METADATA_VALUE {
+                return Err(ProtocolError::field(
+                    format!("metadata.{k}"),
+                    format!("`metadata.{k}` is longer than {MAX_METADATA_VALUE} characters"),
+                ));
+            }
+            Ok((k, text))
+        })
+        .collect()
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -698,6 +756,30 @@ mod tests {
         assert_eq!(r.common.cache_salt.as_deref(), Some("s"));
         assert_eq!(r.messages[0].text(), "hi");
         assert!(r.logprobs.is_none() && r.tools.is_empty());
+    }
+
+    #[test]
+    fn metadata_takes_strings_and_marks_private_requests() {
+        let r = chat(user(
+            json!({"metadata": {"private": "TRUE", "team": "a", "n": 3}}),
+        ))
+        .unwrap();
+        assert!(r.common.is_private());
+        assert_eq!(r.common.metadata["n"], "3");
+        let r = completion(json!({"prompt": "p", "metadata": {"private": true}})).unwrap();
+        assert!(r.common.is_private());
+        assert!(!chat(user(json!({}))).unwrap().common.is_private());
+        let e = chat(user(json!({"metadata": {"k": {"nested": 1}}}))).unwrap_err();
+        assert_eq!(param(e), "metadata.k");
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let e = chat(user(json!({ "metadata": many }))).unwrap_err();
+        assert!(
+            param(e.clone()) == "metadata" && e.message.contains("16"),
+            "{e}"
+        );
+        let e = chat(user(json!({"metadata": {"k": "x".repeat(513)}}))).unwrap_err();
+        assert_eq!(param(e), "metadata.k");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use inferd_backend::{Backend, Event, EventStream, LoggedToken, Request};
 use inferd_protocol::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, FinishReason,
-    Timings, TokenLogprob, ToolCall, ToolMode, Usage,
+    Route, Timings, TokenLogprob, ToolCall, ToolMode, Usage,
 };
 use serde::Serialize;
 use serde_json::{json, Map};
@@ -115,11 +115,33 @@ async fn answer(
         deadline,
     };
     let events = within(deadline, backend.generate(request)).await??;
-    if reply.stream {
-        Ok(stream_response(Arc::clone(s), reply, events))
+    let (route, events) = take_route(reply.deadline, events).await?;
+    let mut resp = if reply.stream {
+        stream_response(Arc::clone(s), reply, events, route.as_ref())
     } else {
-        collect(s, reply, events).await
+        collect(s, reply, events, route.as_ref()).await?
+    };
+    if let Some(v) = route.and_then(|r| HeaderValue::from_str(&r.header()).ok()) {
+        resp.headers_mut().insert("x-inferd-route", v);
     }
+    Ok(resp)
+}
+
+/// A gateway's route, when the stream starts with one (the rest unchanged).
+async fn take_route(
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    mut events: EventStream,
+) -> Result<(Option<Route>, EventStream), ApiError> {
+    Ok(match within(deadline, events.next()).await? {
+        Some(Event::Route(r)) => (Some(r), events),
+        Some(first) => (
+            None,
+            futures_util::stream::once(async move { first })
+                .chain(events)
+                .boxed(),
+        ),
+        None => (None, events),
+    })
 }
 
 fn check_capabilities(b: &dyn Backend, r: &Request) -> Result<(), ApiError> {
@@ -258,6 +280,7 @@ async fn collect(
     s: &Arc<ServerState>,
     r: Reply,
     mut events: EventStream,
+    route: Option<&Route>,
 ) -> Result<Response, ApiError> {
     let mut choices: Vec<Choice> = (0..r.choices).map(|_| Choice::default()).collect();
     while let Some(ev) = within(r.deadline, events.next()).await? {
@@ -294,6 +317,8 @@ async fn collect(
                 (c.finish, c.usage, c.timings) = (Some(finish), usage, timings);
             }
             Event::Error(e) => return Err(e.into()),
+            // Only the first event may be a route (`take_route`).
+            Event::Route(_) => {}
         }
     }
     drop(events);
@@ -362,6 +387,10 @@ async fn collect(
         }),
     }
     .expect("response types serialize: this is a bug");
+    let mut body = body;
+    if let Some(route) = route {
+        body["route"] = serde_json::to_value(route).expect("a route serializes: this is a bug");
+    }
     log_request(&r, &choices, 200);
     let mut resp = (StatusCode::OK, axum::Json(body)).into_response();
     let ttft_ms = choices[0].timings.ttft_ms.round() as u64;
@@ -517,16 +546,48 @@ impl Reply {
                 }
             }),
             (_, Event::Error(e)) => Some(sse(&ApiError::from(e).body())),
+            (_, Event::Route(_)) => None,
         }
+    }
+
+    /// The stream's first chunk when a gateway chose the route: no choices,
+    /// and the `route` object.
+    fn route_chunk(&self, route: &Route) -> SseEvent {
+        let mut chunk = match self.kind {
+            Kind::Chat => {
+                let mut ch = self.chat_chunk(0, Delta::default(), None, None);
+                ch.choices.clear();
+                serde_json::to_value(ch)
+            }
+            Kind::Text => {
+                let mut ch = self.text_chunk(0, String::new(), None, None);
+                ch.choices.clear();
+                serde_json::to_value(ch)
+            }
+        }
+        .expect("chunks serialize: this is a bug");
+        chunk["route"] = serde_json::to_value(route).expect("a route serializes: this is a bug");
+        sse(&chunk)
     }
 }
 
 /// Streams the events as SSE chunks. A task forwards them; when the client
 /// disconnects the channel closes, the task ends and drops the event stream,
 /// which cancels the request and frees its blocks.
-fn stream_response(s: Arc<ServerState>, r: Reply, mut events: EventStream) -> Response {
+fn stream_response(
+    s: Arc<ServerState>,
+    r: Reply,
+    mut events: EventStream,
+    route: Option<&Route>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let route = route.map(|route| r.route_chunk(route));
     tokio::spawn(async move {
+        if let Some(chunk) = route {
+            if tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
         let mut choices: Vec<Choice> = (0..r.choices).map(|_| Choice::default()).collect();
         if r.kind == Kind::Chat {
             for i in 0..r.choices {
@@ -563,7 +624,7 @@ fn stream_response(s: Arc<ServerState>, r: Reply, mut events: EventStream) -> Re
                 | Event::Delta { index, .. }
                 | Event::ToolCall { index, .. }
                 | Event::Done { index, .. } => Some(*index),
-                Event::Error(_) => None,
+                Event::Error(_) | Event::Route(_) => None,
             };
             let c = match index {
                 Some(i) => &mut choices[i],
