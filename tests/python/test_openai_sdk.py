@@ -396,6 +396,16 @@ def test_forced_tool_calls(client):
         jsonschema.validate(json.loads(c.function.arguments), schemas[c.function.name])
 
 
+def start_front(config):
+    """A second `inferd serve` on `config`, which names this suite's server as an
+    upstream whose key is in INFERD_TEST_UPSTREAM_KEY."""
+    os.environ["INFERD_TEST_UPSTREAM_KEY"] = API_KEY
+    try:
+        return start_server("--config", str(config))
+    finally:
+        del os.environ["INFERD_TEST_UPSTREAM_KEY"]
+
+
 def test_an_upstream_through_a_front_server(server, tmp_path):
     """`[[upstreams]]`: a second `inferd serve` answers for this one under another
     name; the SDK sees the same answers, streamed chunk by chunk, and forced
@@ -408,11 +418,7 @@ def test_an_upstream_through_a_front_server(server, tmp_path):
         'model = "smollm2-135m"\n'
         'api_key_env = "INFERD_TEST_UPSTREAM_KEY"\n'
     )
-    os.environ["INFERD_TEST_UPSTREAM_KEY"] = API_KEY
-    try:
-        proc, front = start_server("--config", str(config))
-    finally:
-        del os.environ["INFERD_TEST_UPSTREAM_KEY"]
+    proc, front = start_front(config)
     try:
         direct = openai.OpenAI(base_url=server + "/v1", api_key=API_KEY, max_retries=0)
         via = openai.OpenAI(base_url=front + "/v1", api_key=API_KEY, max_retries=0)
@@ -436,6 +442,49 @@ def test_an_upstream_through_a_front_server(server, tmp_path):
         assert call.choices[0].finish_reason == "tool_calls"
         with pytest.raises(openai.NotFoundError):
             ask(via, model="smollm2-135m")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
+    """`model="auto"` over a local tier and an upstream tier: the SDK reads the
+    routed answer and the routed stream (whose first chunk, the route, has no
+    choices) unchanged."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[[models]]\n"
+        'name = "local"\n'
+        'model = "smollm2-135m"\n'
+        "[[upstreams]]\n"
+        'name = "remote"\n'
+        f'base_url = "{server}/v1"\n'
+        'model = "smollm2-135m"\n'
+        'api_key_env = "INFERD_TEST_UPSTREAM_KEY"\n'
+        "price_in_per_mtok = 1.0\n"
+        "[[tiers]]\n"
+        'name = "on-box"\n'
+        'backends = ["local"]\n'
+        "[[tiers]]\n"
+        'name = "big"\n'
+        'backends = ["remote"]\n'
+    )
+    proc, front = start_front(config)
+    try:
+        via = openai.OpenAI(base_url=front + "/v1", api_key=API_KEY, max_retries=0)
+        raw = via.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0, max_tokens=24)
+        assert raw.headers["x-inferd-route"].startswith("tier=on-box; backend=local; reason=cost")
+        got = raw.parse()
+        assert got.model == "auto" and "Paris" in got.choices[0].message.content
+        assert got.model_extra["route"]["tier"] == "on-box"
+        chunks = list(ask(via, model="auto", stream=True))
+        assert chunks[0].choices == [] and chunks[0].model_extra["route"]["backend"] == "local"
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == got.choices[0].message.content[:len(text)] and text
+        big = ask(via, model="big")
+        assert big.model_extra["route"] == {"tier": "big", "backend": "remote", "reason": "explicit"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

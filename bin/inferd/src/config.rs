@@ -152,6 +152,61 @@ pub struct UpstreamSettings {
     /// Requests in flight at once; more wait (up to the TTFT timeout).
     #[serde(default = "UpstreamSettings::default_max_concurrent")]
     pub max_concurrent: usize,
+    /// USD per 1M prompt tokens, for cost routing.
+    #[serde(default)]
+    pub price_in_per_mtok: f64,
+    /// USD per 1M output tokens.
+    #[serde(default)]
+    pub price_out_per_mtok: f64,
+}
+
+/// One `[[tiers]]` entry: interchangeable models or upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSettings {
+    /// Also the id clients send in `model` to route within this tier alone.
+    pub name: String,
+    /// Names of `[[models]]` or `[[upstreams]]` entries, tried in order.
+    pub backends: Vec<String>,
+    /// Send this tier only requests that fit this many tokens (below its
+    /// backends' own windows); default: the backends' windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<usize>,
+}
+
+/// `[routing]`: how requests are routed over the tiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSettings {
+    /// The id clients send in `model` to let the gateway choose.
+    #[serde(default = "RoutingSettings::default_name")]
+    pub name: String,
+    /// Backends tried for one request at most, first try included.
+    #[serde(default = "RoutingSettings::default_max_attempts")]
+    pub max_attempts: usize,
+    /// Requests whose text matches one of these stay on local tiers: built-in
+    /// detectors `email`, `phone`, `card`, `api_key`, or regexes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_patterns: Vec<String>,
+}
+
+impl RoutingSettings {
+    fn default_name() -> String {
+        "auto".into()
+    }
+    fn default_max_attempts() -> usize {
+        3
+    }
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            name: Self::default_name(),
+            max_attempts: Self::default_max_attempts(),
+            private_patterns: Vec::new(),
+        }
+    }
 }
 
 impl UpstreamSettings {
@@ -221,6 +276,11 @@ pub struct ServeConfig {
     /// OpenAI-compatible servers answered for by name, after the local models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamSettings>,
+    /// Tiers of models and upstreams for the gateway (`model: "auto"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierSettings>,
+    #[serde(default)]
+    pub routing: RoutingSettings,
     /// Engine settings for every model (a model's own entry overrides them).
     #[serde(flatten)]
     pub engine: EngineSettings,
@@ -238,6 +298,8 @@ impl Default for ServeConfig {
             model: None,
             models: Vec::new(),
             upstreams: Vec::new(),
+            tiers: Vec::new(),
+            routing: RoutingSettings::default(),
             engine: EngineSettings::default(),
         }
     }
@@ -376,10 +438,63 @@ impl ServeConfig {
                 problems.push(format!("`{at}`: {e}"));
             }
         }
+        self.validate_tiers(&models, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+}
+
+impl ServeConfig {
+    fn validate_tiers(&self, models: &[(ModelSettings, EngineConfig)], problems: &mut Vec<String>) {
+        let backend_names: Vec<String> = models
+            .iter()
+            .map(|(m, _)| m.name())
+            .chain(self.upstreams.iter().map(|u| u.name.clone()))
+            .collect();
+        for (i, t) in self.tiers.iter().enumerate() {
+            let at = format!("tiers[{i}]");
+            if backend_names.contains(&t.name)
+                || self.tiers[..i].iter().any(|o| o.name == t.name)
+                || t.name == self.routing.name
+            {
+                problems.push(format!(
+                    "`{at}.name` {:?} is already the name of a model, upstream, tier or the router",
+                    t.name
+                ));
+            }
+            if t.backends.is_empty() {
+                problems.push(format!(
+                    "`{at}.backends` is empty; name at least one model or upstream"
+                ));
+            }
+            for (j, b) in t.backends.iter().enumerate() {
+                if !backend_names.contains(b) {
+                    problems.push(format!(
+                        "`{at}.backends[{j}]` {b:?} is not the name of a model or upstream (known: {})",
+                        backend_names.join(", ")
+                    ));
+                }
+            }
+            if t.context_window == Some(0) {
+                problems.push(format!("`{at}.context_window` must be at least 1, got 0"));
+            }
+        }
+        if !self.tiers.is_empty() && backend_names.contains(&self.routing.name) {
+            problems.push(format!(
+                "`routing.name` {:?} is already the name of a model or upstream",
+                self.routing.name
+            ));
+        }
+        if self.routing.max_attempts == 0 {
+            problems.push("`routing.max_attempts` must be at least 1, got 0".to_owned());
+        }
+        for (i, p) in self.routing.private_patterns.iter().enumerate() {
+            if let Err(e) = inferd_gateway::Detector::new(p) {
+                problems.push(format!("`routing.private_patterns[{i}]`: {e}"));
+            }
         }
     }
 }

@@ -156,6 +156,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .iter()
         .map(|u| u.resolve())
         .collect::<Result<Vec<_>>>()?;
+    let gateway = GatewayPlan {
+        tiers: config.tiers.clone(),
+        routing: config.routing.clone(),
+        prices: config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.price_in_per_mtok + u.price_out_per_mtok))
+            .collect(),
+    };
     let options = ServerOptions {
         api_key: config.api_key.clone(),
         request_timeout: match config.request_timeout_secs {
@@ -187,13 +196,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .iter()
             .map(|m| m.0.clone())
             .chain(upstreams.iter().map(|u| u.name.clone()))
+            .chain(gateway.tiers.iter().map(|t| t.name.clone()))
+            .chain((!gateway.tiers.is_empty()).then(|| gateway.routing.name.clone()))
             .collect();
         let app = Arc::new(OnceLock::new());
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         {
             let app = Arc::clone(&app);
             std::thread::spawn(move || {
-                let result = load_all(models, upstreams, options).map(|router| {
+                let result = load_all(models, upstreams, gateway, options).map(|router| {
                     let _ = app.set(router);
                 });
                 let _ = loaded_tx.send(result);
@@ -253,11 +264,77 @@ fn rss_mib() -> Option<u64> {
 }
 
 /// Loads every model into its own engine, logging each stage, and builds the router.
+/// What the gateway is built from: the config's tiers and routing, and each
+/// upstream's price.
+pub struct GatewayPlan {
+    pub tiers: Vec<crate::config::TierSettings>,
+    pub routing: crate::config::RoutingSettings,
+    /// Upstream name → USD per 1M input + output tokens.
+    pub prices: Vec<(String, f64)>,
+}
+
+/// `auto` and one gateway per tier, over the backends already built.
+fn build_gateway(
+    plan: &GatewayPlan,
+    backends: &[Arc<dyn Backend>],
+    local_names: Vec<String>,
+) -> Result<Vec<inferd_gateway::Gateway>> {
+    let find = |name: &str| {
+        backends
+            .iter()
+            .find(|b| b.name() == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("tier backend `{name}` is not loaded"))
+    };
+    let tiers = plan
+        .tiers
+        .iter()
+        .map(|t| {
+            let members = t
+                .backends
+                .iter()
+                .map(|b| find(b))
+                .collect::<Result<Vec<_>>>()?;
+            let price = t
+                .backends
+                .iter()
+                .filter_map(|b| plan.prices.iter().find(|p| &p.0 == b).map(|p| p.1))
+                .fold(0.0, f64::max);
+            Ok(inferd_gateway::Tier {
+                name: t.name.clone(),
+                local: t.backends.iter().all(|b| local_names.contains(b)),
+                backends: members,
+                price,
+                context_window: t.context_window,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let detectors = plan
+        .routing
+        .private_patterns
+        .iter()
+        .map(|p| inferd_gateway::Detector::new(p).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    for t in &tiers {
+        tracing::info!(tier = %t.name, local = t.local, price = t.price, backends = t.backends.len(), "tier");
+    }
+    Ok(inferd_gateway::Gateway::all(
+        &plan.routing.name,
+        inferd_gateway::Routing {
+            tiers,
+            detectors,
+            max_attempts: plan.routing.max_attempts,
+        },
+    ))
+}
+
 fn load_all(
     models: Vec<(String, PathBuf, EngineConfig)>,
     upstreams: Vec<inferd_gateway::UpstreamConfig>,
+    gateway: GatewayPlan,
     options: ServerOptions,
 ) -> Result<axum::Router> {
+    let local_names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
     for (name, path, config) in models {
         let started = Instant::now();
@@ -312,6 +389,11 @@ fn load_all(
         let c = upstream.config();
         tracing::info!(upstream = %c.name, base_url = %c.base_url, model = %c.model, "upstream added");
         backends.push(Arc::new(upstream));
+    }
+    if !gateway.tiers.is_empty() {
+        for g in build_gateway(&gateway, &backends, local_names)? {
+            backends.push(Arc::new(g));
+        }
     }
     let state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
     Ok(router(Arc::new(state)))

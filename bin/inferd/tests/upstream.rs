@@ -25,22 +25,26 @@ fn sse(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The upstream: SmolLM2 as `small`, behind [`KEY`].
+fn start_upstream() -> (common::Killed, String) {
+    let small = format!("small={}", model());
+    let args = [
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        "--api-key",
+        KEY,
+        "--model",
+        &small,
+    ];
+    let (child, addr, _) = serve(&args, &[]);
+    (child, addr)
+}
+
 #[test]
 fn an_upstream_is_served_by_name_streams_relay_and_failures_are_named() {
-    let small = format!("small={}", model());
-    let (upstream, up_addr, _) = serve(
-        &[
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--api-key",
-            KEY,
-            "--model",
-            &small,
-        ],
-        &[],
-    );
+    let (upstream, up_addr) = start_upstream();
     let config = format!(
         "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"remote\"\nbase_url = \"http://{up_addr}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\ncontext_window = 2048\n"
     );
@@ -216,4 +220,217 @@ fn upstream_config_errors_name_the_entry() {
         "[[upstreams]]\nname = \"r\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmax_conurrent = 3\n",
     );
     assert!(err.contains("max_conurrent"), "{err}");
+    let err = fails(
+        "tiers.toml",
+        "[[upstreams]]\nname = \"r\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n[[tiers]]\nname = \"r\"\nbackends = [\"nope\"]\n\n[[tiers]]\nname = \"t\"\nbackends = []\n\n[routing]\nmax_attempts = 0\nprivate_patterns = [\"(\"]\n",
+    );
+    for want in [
+        "tiers[0].name` \"r\" is already",
+        "tiers[0].backends[0]` \"nope\"",
+        "tiers[1].backends` is empty",
+        "routing.max_attempts",
+        "routing.private_patterns[0]",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+/// `inferd_prompt_tokens_total` summed over models: what a server was asked.
+fn prompt_tokens_served(addr: &str) -> f64 {
+    let (_, body) = http_with(
+        addr,
+        "GET",
+        "/metrics",
+        &format!("Authorization: Bearer {KEY}\r\n"),
+        "",
+    );
+    body.lines()
+        .filter(|l| l.starts_with("inferd_prompt_tokens_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn ask_auto(addr: &str, model: &str, content: &str, extra: &str) -> (u16, String, Value) {
+    let body = format!(
+        r#"{{"model": "{model}", "messages": [{{"role": "user", "content": {content:?}}}], "temperature": 0, "max_tokens": 8{extra}}}"#
+    );
+    let (status, head, body) = common::request(addr, "POST", "/v1/chat/completions", "", &body);
+    let v = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (status, head, v)
+}
+
+/// Tiers over a dead upstream (free), the front's own model (free, capped at
+/// 200 tokens) and a real upstream (priced): cheapest first, fallbacks named
+/// in the route, context and privacy policies, explicit tiers, and one clear
+/// error once every tier failed.
+#[test]
+fn tiers_route_by_cost_context_and_privacy_and_fall_back() {
+    let (upstream, up_addr) = start_upstream();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let config = format!(
+        r#"port = 0
+threads = 1
+
+[[models]]
+name = "local"
+model = {m:?}
+
+[[upstreams]]
+name = "remote"
+base_url = "http://{up_addr}/v1"
+model = "small"
+api_key_env = "INFERD_TEST_UPSTREAM_KEY"
+price_in_per_mtok = 0.5
+price_out_per_mtok = 1.5
+
+[[upstreams]]
+name = "spot"
+base_url = "http://127.0.0.1:{dead_port}/v1"
+
+[[tiers]]
+name = "cheap"
+backends = ["spot"]
+
+[[tiers]]
+name = "on-box"
+backends = ["local"]
+context_window = 200
+
+[[tiers]]
+name = "big"
+backends = ["remote"]
+
+[routing]
+private_patterns = ["email"]
+"#,
+        m = model()
+    );
+    let p = temp_file("tiers.toml", &config);
+    let (_front, addr, log) = serve(
+        &["--config", p.to_str().unwrap()],
+        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
+    );
+    assert!(
+        log.contains("tier=on-box local=true") && log.contains("tier=big local=false"),
+        "{log}"
+    );
+    let short = "What is the capital of France?";
+    let long = format!(
+        "{} What is the capital of France?",
+        "Tell me about the weather in spring. ".repeat(20)
+    );
+
+    // Cheapest first: the dead upstream fails to connect, the free local tier answers.
+    let before = prompt_tokens_served(&up_addr);
+    let (status, head, v) = ask_auto(&addr, "auto", short, "");
+    assert_eq!(status, 200, "{v}");
+    let route = &v["route"];
+    assert_eq!(
+        (route["tier"].as_str(), route["backend"].as_str()),
+        (Some("on-box"), Some("local")),
+        "{v}"
+    );
+    assert_eq!(route["reason"], "fallback", "{v}");
+    assert_eq!(route["attempts"][0]["backend"], "spot", "{v}");
+    assert!(
+        route["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{v}"
+    );
+    assert!(
+        head.contains("x-inferd-route: tier=on-box; backend=local; reason=fallback; attempts=1"),
+        "{head}"
+    );
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{v}"
+    );
+
+    // Too long for the local tier's 200 tokens: the priced upstream answers.
+    let (status, _, v) = ask_auto(&addr, "auto", &long, "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["route"]["tier"].as_str(), v["route"]["reason"].as_str()),
+        (Some("big"), Some("context+fallback")),
+        "{v}"
+    );
+    assert!(
+        prompt_tokens_served(&up_addr) > before,
+        "the upstream served it"
+    );
+
+    // Private (tagged, or by a detector): never upstream; too long to stay local is a 400.
+    let before = prompt_tokens_served(&up_addr);
+    let (status, _, v) = ask_auto(&addr, "auto", short, r#", "metadata": {"private": "true"}"#);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["route"]["tier"].as_str(), v["route"]["reason"].as_str()),
+        (Some("on-box"), Some("privacy")),
+        "{v}"
+    );
+    assert!(
+        v["route"].get("attempts").is_none(),
+        "the dead upstream was not tried: {v}"
+    );
+    let (status, _, v) = ask_auto(
+        &addr,
+        "auto",
+        &format!("{long} Mail me at ann@example.com."),
+        "",
+    );
+    assert_eq!(status, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("private") && msg.contains("email") && msg.contains("on-box"),
+        "{msg}"
+    );
+    let (status, _, v) = ask_auto(&addr, "big", short, r#", "metadata": {"private": true}"#);
+    assert_eq!(
+        status, 400,
+        "a private request naming an upstream tier is refused: {v}"
+    );
+    assert_eq!(
+        prompt_tokens_served(&up_addr),
+        before,
+        "nothing private reached the upstream"
+    );
+
+    // A tier by name: explicit.
+    let (status, _, v) = ask_auto(&addr, "big", short, "");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["route"]["tier"].as_str(), v["route"]["reason"].as_str()),
+        (Some("big"), Some("explicit")),
+        "{v}"
+    );
+
+    // Streamed: the route comes first, as a chunk without choices.
+    let body = format!(
+        r#"{{"model": "auto", "messages": [{{"role": "user", "content": {short:?}}}], "temperature": 0, "max_tokens": 8, "stream": true}}"#
+    );
+    let (status, head, body) = common::request(&addr, "POST", "/v1/chat/completions", "", &body);
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("x-inferd-route: tier=on-box"), "{head}");
+    let first: Value = serde_json::from_str(&sse(&body)[0]).unwrap();
+    assert_eq!(first["route"]["tier"], "on-box", "{body}");
+    assert_eq!(first["choices"], Value::Array(vec![]));
+
+    // The upstream dies: the long request has nowhere left, one 503 naming each attempt.
+    drop(upstream);
+    let (status, _, v) = ask_auto(&addr, "auto", &long, "");
+    assert_eq!(status, 503, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("every eligible tier failed")
+            && msg.contains("spot")
+            && msg.contains("remote"),
+        "{msg}"
+    );
 }

@@ -65,8 +65,14 @@ pub fn serve(args: &[&str], env: &[(&str, &str)]) -> (Killed, String, String) {
 }
 
 /// One HTTP/1.1 request with `Connection: close` and optional extra headers;
-/// the status and the body (de-chunked).
-pub fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+/// the status, the response head, and the body (de-chunked).
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     write!(
@@ -79,17 +85,20 @@ pub fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str
     s.read_to_string(&mut text).unwrap();
     let status = text[9..12].parse().unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    (
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    )
+    let head = head.to_ascii_lowercase();
+    let chunked = head.contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, head, body)
+}
+
+/// [`request`] without the head.
+pub fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = request(addr, method, path, headers, body);
+    (status, body)
 }
 
 pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {

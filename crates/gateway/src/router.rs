@@ -1,0 +1,497 @@
+//! Tiers and routing: a [`Gateway`] is a backend that answers by choosing among
+//! other backends (local models, upstreams), grouped in tiers.
+//!
+//! For each request the policies run in order, each a small [`Policy`] with a
+//! name that keeps or drops tiers:
+//! - explicit: `model` naming a tier keeps that tier alone (the gateway is
+//!   registered once per tier under the tier's name, and once as `auto`);
+//! - capability: a tier that cannot do what the request asks (tools,
+//!   constraints, logprobs, echo) is dropped;
+//! - privacy: a request tagged private (`metadata.private = "true"`) or whose
+//!   text matches one of the configured detectors (emails, phone numbers, card
+//!   numbers, API keys, or any regex) keeps local tiers only; if none is left
+//!   it is refused (400), never sent upstream;
+//! - context: a tier whose window cannot hold the prompt plus `max_tokens`
+//!   is dropped. Prompt tokens are estimated at one per 3 bytes of text (BPE
+//!   vocabularies average about 4 bytes per token on English; the margin covers
+//!   code and other languages), plus 8 per message for the chat template.
+//!
+//! The tiers left are tried cheapest first (price per 1M input + output
+//! tokens; ties keep config order), each backend of a tier in turn. A backend
+//! that fails before its first token (unreachable, overloaded, timed out) or
+//! that counts the prompt with its own tokenizer and finds it too long for its
+//! window hands the request to the next, up to `max_attempts`; a request a
+//! backend refuses as invalid otherwise is answered with that refusal. Nothing
+//! is retried once a token has been relayed. What
+//! answered, why, and every attempt before it are reported as a [`Route`]
+//! event, which the server writes as the `route` object and the
+//! `x-inferd-route` header.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use inferd_backend::{Backend, BackendError, Capabilities, Event, EventStream, Health, Request};
+use inferd_protocol::{PromptInput, ProtocolError, Route, RouteAttempt, ToolMode};
+use regex::Regex;
+
+/// A group of interchangeable backends with one price.
+pub struct Tier {
+    pub name: String,
+    pub backends: Vec<Arc<dyn Backend>>,
+    /// Every backend runs in this process: private requests may use it.
+    pub local: bool,
+    /// USD per 1M input tokens plus per 1M output tokens (0 for local tiers):
+    /// the order in which eligible tiers are tried.
+    pub price: f64,
+    /// A cap below the backends' own windows (keep a small tier for short
+    /// prompts); `None`: the smallest of its backends' windows.
+    pub context_window: Option<usize>,
+}
+
+impl Tier {
+    fn window(&self) -> usize {
+        let own = self
+            .backends
+            .iter()
+            .map(|b| b.context_window())
+            .min()
+            .unwrap_or(0);
+        self.context_window.map_or(own, |cap| cap.min(own))
+    }
+
+    /// What every backend of the tier can do.
+    fn capabilities(&self) -> Capabilities {
+        combine(|f| self.backends.iter().all(|b| f(&b.capabilities())))
+    }
+}
+
+/// Capabilities built one flag at a time by `holds` (all of a tier's backends,
+/// any of a gateway's tiers). Never embeddings: the gateway routes generation.
+fn combine(holds: impl Fn(fn(&Capabilities) -> bool) -> bool) -> Capabilities {
+    Capabilities {
+        chat: holds(|c| c.chat),
+        completions: holds(|c| c.completions),
+        tools: holds(|c| c.tools),
+        logprobs: holds(|c| c.logprobs),
+        echo: holds(|c| c.echo),
+        embeddings: false,
+        constraints: holds(|c| c.constraints),
+    }
+}
+
+/// A named detector of text that must not leave this machine.
+pub struct Detector {
+    pub name: String,
+    pub pattern: Regex,
+}
+
+impl Detector {
+    /// A built-in detector by name (`email`, `phone`, `card`, `api_key`), or
+    /// `name` itself as a regex.
+    pub fn new(name: &str) -> Result<Detector, String> {
+        let pattern = match name {
+            "email" => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+            "phone" => r"\+?\d{1,3}[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}",
+            // 13 to 19 digits in groups, as card numbers are written.
+            "card" => r"\b(?:\d[ -]?){12,18}\d\b",
+            "api_key" => r"\b(?:sk|pk|rk|ghp|xox[bap])[-_][A-Za-z0-9_-]{16,}\b",
+            other => other,
+        };
+        let pattern = Regex::new(pattern)
+            .map_err(|e| format!("private pattern {name:?} is not a regex: {e}"))?;
+        Ok(Detector {
+            name: name.to_owned(),
+            pattern,
+        })
+    }
+}
+
+/// How the gateway routes, shared by its per-tier registrations.
+pub struct Routing {
+    pub tiers: Vec<Tier>,
+    pub detectors: Vec<Detector>,
+    /// Backends tried for one request at most (first try included).
+    pub max_attempts: usize,
+}
+
+/// One policy's verdict on one tier.
+enum Verdict {
+    Keep,
+    /// Dropped, with the reason named in a refusal when no tier is left.
+    Drop(String),
+}
+
+/// A routing rule with a name (reported as the route's `reason` when it is what
+/// decided).
+trait Policy: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict;
+}
+
+/// What the policies look at, worked out once per request.
+struct Ask {
+    capabilities: Capabilities,
+    /// Estimated prompt tokens plus `max_tokens`.
+    tokens: usize,
+    /// Why the request must stay local (`None`: it may leave).
+    private: Option<String>,
+}
+
+struct Capability;
+struct Privacy;
+struct Context;
+
+impl Policy for Capability {
+    fn name(&self) -> &'static str {
+        "capability"
+    }
+    fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict {
+        let (have, want) = (tier.capabilities(), ask.capabilities);
+        let missing: Vec<&str> = [
+            (want.chat && !have.chat, "chat"),
+            (want.completions && !have.completions, "completions"),
+            (want.tools && !have.tools, "tools"),
+            (want.logprobs && !have.logprobs, "logprobs"),
+            (want.echo && !have.echo, "echo"),
+            (want.constraints && !have.constraints, "constrained output"),
+        ]
+        .into_iter()
+        .filter_map(|(m, name)| m.then_some(name))
+        .collect();
+        if missing.is_empty() {
+            Verdict::Keep
+        } else {
+            Verdict::Drop(format!(
+                "tier `{}` has no {}",
+                tier.name,
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+impl Policy for Privacy {
+    fn name(&self) -> &'static str {
+        "privacy"
+    }
+    fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict {
+        match &ask.private {
+            Some(why) if !tier.local => Verdict::Drop(format!(
+                "tier `{}` is not local and the request is private ({why})",
+                tier.name
+            )),
+            _ => Verdict::Keep,
+        }
+    }
+}
+
+impl Policy for Context {
+    fn name(&self) -> &'static str {
+        "context"
+    }
+    fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict {
+        let window = tier.window();
+        if ask.tokens <= window {
+            Verdict::Keep
+        } else {
+            Verdict::Drop(format!(
+                "tier `{}` holds {window} tokens and the request needs about {}",
+                tier.name, ask.tokens
+            ))
+        }
+    }
+}
+
+const POLICIES: [&dyn Policy; 3] = [&Capability, &Privacy, &Context];
+
+/// The gateway as a backend: `auto` routes over every tier; a tier's name
+/// routes within that tier.
+pub struct Gateway {
+    name: String,
+    routing: Arc<Routing>,
+    /// `Some(i)`: registered as tier `i`'s name (explicit routing).
+    only: Option<usize>,
+}
+
+impl Gateway {
+    /// `auto` and one gateway per tier, sharing `routing`.
+    pub fn all(auto: &str, routing: Routing) -> Vec<Gateway> {
+        let routing = Arc::new(routing);
+        let mut all = vec![Gateway {
+            name: auto.to_owned(),
+            routing: Arc::clone(&routing),
+            only: None,
+        }];
+        for (i, t) in routing.tiers.iter().enumerate() {
+            all.push(Gateway {
+                name: t.name.clone(),
+                routing: Arc::clone(&routing),
+                only: Some(i),
+            });
+        }
+        all
+    }
+
+    fn tiers(&self) -> impl Iterator<Item = (usize, &Tier)> {
+        self.routing
+            .tiers
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.only.is_none_or(|o| o == *i))
+    }
+
+    /// The tiers to try in order, each with the policies that dropped a tier
+    /// at least as cheap (what, besides price, sent the request there); or the
+    /// refusal naming why no tier is left.
+    fn plan(&self, ask: &Ask) -> Result<Vec<(usize, Vec<&'static str>)>, BackendError> {
+        let mut kept = Vec::new();
+        let mut dropped: Vec<(usize, &'static str, String)> = Vec::new();
+        for (i, tier) in self.tiers() {
+            let verdict = POLICIES.iter().find_map(|p| match p.judge(tier, ask) {
+                Verdict::Keep => None,
+                Verdict::Drop(why) => Some((p.name(), why)),
+            });
+            match verdict {
+                None => kept.push(i),
+                Some((policy, why)) => dropped.push((i, policy, why)),
+            }
+        }
+        if kept.is_empty() {
+            let whys: Vec<String> = dropped.into_iter().map(|d| d.2).collect();
+            return Err(BackendError::Invalid(ProtocolError::field(
+                "model",
+                format!("no tier can serve this request: {}", whys.join("; ")),
+            )));
+        }
+        let tiers = &self.routing.tiers;
+        kept.sort_by(|&a, &b| tiers[a].price.total_cmp(&tiers[b].price));
+        Ok(kept
+            .into_iter()
+            .map(|k| {
+                let mut why: Vec<&'static str> = Vec::new();
+                for (_, policy, _) in dropped
+                    .iter()
+                    .filter(|d| tiers[d.0].price <= tiers[k].price)
+                {
+                    if !why.contains(policy) {
+                        why.push(policy);
+                    }
+                }
+                (k, why)
+            })
+            .collect())
+    }
+
+    /// The route's `reason`: `explicit` when the request named the tier; else
+    /// the policies that dropped cheaper tiers, and `fallback` when tiers
+    /// before it failed, joined with `+`; `cost` when price alone decided.
+    fn reason(&self, policies: &[&'static str], fell_back: bool) -> String {
+        if self.only.is_some() {
+            return if fell_back {
+                "explicit+fallback"
+            } else {
+                "explicit"
+            }
+            .to_owned();
+        }
+        let mut parts: Vec<&str> = policies.to_vec();
+        if fell_back {
+            parts.push("fallback");
+        }
+        if parts.is_empty() {
+            "cost".to_owned()
+        } else {
+            parts.join("+")
+        }
+    }
+}
+
+impl Backend for Gateway {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn context_window(&self) -> usize {
+        self.tiers().map(|(_, t)| t.window()).max().unwrap_or(0)
+    }
+
+    /// Anything one of its tiers can do: the policies drop tiers that cannot.
+    fn capabilities(&self) -> Capabilities {
+        combine(|f| self.tiers().any(|(_, t)| f(&t.capabilities())))
+    }
+
+    fn health(&self) -> Health {
+        let ready = self
+            .tiers()
+            .flat_map(|(_, t)| &t.backends)
+            .any(|b| b.health() == Health::Ready);
+        if ready {
+            Health::Ready
+        } else {
+            Health::Unavailable(format!("no backend of `{}` is ready", self.name))
+        }
+    }
+
+    fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
+        let ask = ask(&request, &self.routing.detectors);
+        let plan = self.plan(&ask).map(|p| {
+            p.into_iter()
+                .map(|(t, why)| (t, self.reason(&why, false), self.reason(&why, true)))
+                .collect::<Vec<_>>()
+        });
+        let routing = Arc::clone(&self.routing);
+        Box::pin(async move {
+            let plan = plan?;
+            let mut attempts: Vec<RouteAttempt> = Vec::new();
+            for (t, first_try, after_failures) in plan {
+                let tier = &routing.tiers[t];
+                for backend in &tier.backends {
+                    if attempts.len() >= routing.max_attempts {
+                        break;
+                    }
+                    match backend.generate(request.clone()).await {
+                        Ok(events) => {
+                            let route = Route {
+                                tier: tier.name.clone(),
+                                backend: backend.name().to_owned(),
+                                reason: if attempts.is_empty() {
+                                    first_try
+                                } else {
+                                    after_failures
+                                },
+                                attempts,
+                            };
+                            let first =
+                                futures_util::stream::once(async move { Event::Route(route) });
+                            return Ok(first.chain(events).boxed());
+                        }
+                        // A backend that counted the prompt with its own
+                        // tokenizer and found it too long: a larger tier may
+                        // take it.
+                        Err(BackendError::Invalid(p)) if p.message.contains("context window") => {
+                            attempts.push(RouteAttempt {
+                                tier: tier.name.clone(),
+                                backend: backend.name().to_owned(),
+                                error: p.message,
+                            })
+                        }
+                        // The request itself is wrong: every tier would say so.
+                        Err(e @ BackendError::Invalid(_)) => return Err(e),
+                        Err(e) => attempts.push(RouteAttempt {
+                            tier: tier.name.clone(),
+                            backend: backend.name().to_owned(),
+                            error: e.to_string(),
+                        }),
+                    }
+                }
+            }
+            let tried: Vec<String> = attempts
+                .iter()
+                .map(|a| format!("{} ({}): {}", a.tier, a.backend, a.error))
+                .collect();
+            Err(BackendError::Unavailable(format!(
+                "every eligible tier failed: {}",
+                tried.join("; ")
+            )))
+        })
+    }
+}
+
+/// Prompt tokens estimated from text (module docs): one per 3 bytes.
+fn estimate(text_bytes: usize) -> usize {
+    text_bytes.div_ceil(3)
+}
+
+/// Works out what the policies need from a request.
+fn ask(request: &Request, detectors: &[Detector]) -> Ask {
+    // The text the detectors read, and the longest prompt's estimated tokens.
+    let (texts, prompt_tokens): (Vec<String>, usize) = match request {
+        Request::Chat(r) => {
+            let mut texts: Vec<String> = r.messages.iter().map(|m| m.text()).collect();
+            texts.extend(
+                r.tools
+                    .iter()
+                    .map(|t| serde_json::to_string(&t.function).unwrap_or_default()),
+            );
+            let bytes: usize = texts.iter().map(String::len).sum();
+            (texts, estimate(bytes) + 8 * r.messages.len())
+        }
+        Request::Completion(r) => {
+            let longest = r
+                .prompts
+                .iter()
+                .map(|p| match p {
+                    PromptInput::Text(t) => estimate(t.len()),
+                    PromptInput::Tokens(ids) => ids.len(),
+                })
+                .max()
+                .unwrap_or(0);
+            let texts = r
+                .prompts
+                .iter()
+                .filter_map(|p| match p {
+                    PromptInput::Text(t) => Some(t.clone()),
+                    PromptInput::Tokens(_) => None,
+                })
+                .collect();
+            (texts, longest)
+        }
+    };
+    let common = request.common();
+    let private = if common.is_private() {
+        Some("tagged private in metadata".to_owned())
+    } else {
+        detectors
+            .iter()
+            .find(|d| texts.iter().any(|t| d.pattern.is_match(t)))
+            .map(|d| format!("it matches the `{}` detector", d.name))
+    };
+    let forced_tools = matches!(
+        request,
+        Request::Chat(r) if matches!(r.tool_choice, ToolMode::Required | ToolMode::Named(_))
+    );
+    let capabilities = Capabilities {
+        chat: matches!(request, Request::Chat(_)),
+        completions: matches!(request, Request::Completion(_)),
+        tools: matches!(request, Request::Chat(r) if !r.tools.is_empty()),
+        logprobs: request.logprobs().is_some(),
+        echo: matches!(request, Request::Completion(r) if r.echo),
+        embeddings: false,
+        constraints: request.constraint().is_some() || forced_tools,
+    };
+    Ask {
+        capabilities,
+        tokens: prompt_tokens + common.max_tokens.unwrap_or(0),
+        private,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_detectors_find_what_they_name_and_little_else() {
+        let cases = [
+            ("email", "write to ann.lee+x@mail.example.org today", true),
+            ("email", "the @ sign and example.org", false),
+            ("card", "card 4111 1111 1111 1111 exp 12/29", true),
+            ("card", "order 12345 shipped", false),
+            ("phone", "call +1 415 555 0100", true),
+            ("phone", "in 2024 we had 3 cats", false),
+            ("api_key", "key sk-abcdefghijklmnop1234", true),
+            ("api_key", "a sketchy skate", false),
+        ];
+        for (name, text, hit) in cases {
+            let d = Detector::new(name).expect("built in");
+            assert_eq!(d.pattern.is_match(text), hit, "{name}: {text:?}");
+        }
+        assert!(Detector::new("secret-[0-9]+")
+            .unwrap()
+            .pattern
+            .is_match("secret-42"));
+        let err = Detector::new("(").err().expect("not a regex");
+        assert!(err.contains("not a regex"), "{err}");
+    }
+}
