@@ -152,6 +152,13 @@ pub struct UpstreamSettings {
     /// Requests in flight at once; more wait (up to the TTFT timeout).
     #[serde(default = "UpstreamSettings::default_max_concurrent")]
     pub max_concurrent: usize,
+    /// Consecutive failures that open the upstream's circuit (requests then
+    /// fail at once, and a gateway moves on without waiting).
+    #[serde(default = "UpstreamSettings::default_failure_threshold")]
+    pub failure_threshold: usize,
+    /// Seconds an open circuit refuses before one request probes it.
+    #[serde(default = "UpstreamSettings::default_open_secs")]
+    pub open_secs: f64,
     /// USD per 1M prompt tokens, for cost routing.
     #[serde(default)]
     pub price_in_per_mtok: f64,
@@ -225,6 +232,12 @@ impl UpstreamSettings {
     fn default_max_concurrent() -> usize {
         256
     }
+    fn default_failure_threshold() -> usize {
+        5
+    }
+    fn default_open_secs() -> f64 {
+        10.0
+    }
 
     /// The client's settings, with the key read from its variable.
     pub fn resolve(&self) -> Result<inferd_gateway::UpstreamConfig> {
@@ -237,7 +250,8 @@ impl UpstreamSettings {
                 )
             })?),
         };
-        let secs = Duration::from_secs_f64;
+        // Validation names a bad number; here it only must not panic.
+        let secs = |v: f64| Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO);
         Ok(inferd_gateway::UpstreamConfig {
             name: self.name.clone(),
             base_url: self.base_url.clone(),
@@ -248,6 +262,8 @@ impl UpstreamSettings {
             ttft_timeout: secs(self.ttft_timeout_secs),
             total_timeout: secs(self.total_timeout_secs),
             max_concurrent: self.max_concurrent,
+            failure_threshold: self.failure_threshold,
+            open_for: secs(self.open_secs),
         })
     }
 }
@@ -418,10 +434,26 @@ impl ServeConfig {
                 ("connect_timeout_secs", u.connect_timeout_secs),
                 ("ttft_timeout_secs", u.ttft_timeout_secs),
                 ("total_timeout_secs", u.total_timeout_secs),
+                ("open_secs", u.open_secs),
             ] {
                 if !(v > 0.0 && v.is_finite()) {
                     problems.push(format!(
                         "`{at}.{key}` must be a positive number of seconds, got {v}"
+                    ));
+                }
+            }
+            if u.failure_threshold == 0 {
+                problems.push(format!(
+                    "`{at}.failure_threshold` must be at least 1, got 0"
+                ));
+            }
+            for (key, v) in [
+                ("price_in_per_mtok", u.price_in_per_mtok),
+                ("price_out_per_mtok", u.price_out_per_mtok),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    problems.push(format!(
+                        "`{at}.{key}` must be a price of 0 or more, got {v}"
                     ));
                 }
             }

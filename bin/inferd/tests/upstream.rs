@@ -434,3 +434,56 @@ private_patterns = ["email"]
         "{msg}"
     );
 }
+
+/// A circuit opens after `failure_threshold` failures (then refuses at once),
+/// and the first request after `open_secs` probes it: once the upstream is
+/// back, the probe succeeds and the circuit closes.
+#[test]
+fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"flaky\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nfailure_threshold = 2\nopen_secs = 1.5\n"
+    );
+    let p = temp_file("circuit.toml", &config);
+    let (_front, addr, _) = serve(
+        &["--config", p.to_str().unwrap()],
+        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
+    );
+    let ask = || {
+        let (status, body) = http(&addr, "POST", "/v1/chat/completions", &chat("flaky", false));
+        (status, body)
+    };
+    for _ in 0..2 {
+        let (status, body) = ask();
+        assert!(status == 503 && body.contains("connect"), "{status} {body}");
+    }
+    let (status, body) = ask();
+    assert!(
+        status == 503 && body.contains("circuit open"),
+        "{status} {body}"
+    );
+    let (status, body) = http(&addr, "GET", "/health", "");
+    assert_eq!(status, 503, "an open circuit is not ready: {body}");
+
+    // The upstream comes up on that port; after open_secs the probe closes the circuit.
+    let small = format!("small={}", model());
+    let port_arg = port.to_string();
+    let args = [
+        "--port",
+        &port_arg,
+        "--threads",
+        "1",
+        "--api-key",
+        KEY,
+        "--model",
+        &small,
+    ];
+    let (_upstream, _, _) = serve(&args, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let (status, body) = ask();
+    assert_eq!(status, 200, "the probe went through: {body}");
+    let (status, body) = ask();
+    assert_eq!(status, 200, "closed again: {body}");
+}

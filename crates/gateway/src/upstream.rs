@@ -47,6 +47,12 @@ pub struct UpstreamConfig {
     /// From sending the request to the end of the answer.
     pub total_timeout: Duration,
     pub max_concurrent: usize,
+    /// Consecutive failures (unreachable, 5xx, no first token in time) that
+    /// open the circuit.
+    pub failure_threshold: usize,
+    /// How long an open circuit refuses at once before it lets one request
+    /// through as a probe (half-open).
+    pub open_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,7 @@ pub struct Upstream {
     config: UpstreamConfig,
     client: reqwest::Client,
     slots: Arc<Semaphore>,
+    circuit: Arc<Circuit>,
 }
 
 impl Upstream {
@@ -94,7 +101,9 @@ impl Upstream {
                 source,
             })?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        let circuit = Arc::new(Circuit::new(config.failure_threshold, config.open_for));
         Ok(Upstream {
+            circuit,
             config: UpstreamConfig {
                 base_url: config.base_url.trim_end_matches('/').to_owned(),
                 ..config
@@ -106,6 +115,11 @@ impl Upstream {
 
     pub fn config(&self) -> &UpstreamConfig {
         &self.config
+    }
+
+    /// `closed`, `open` or `half-open`.
+    pub fn circuit_state(&self) -> &'static str {
+        self.circuit.state()
     }
 }
 
@@ -133,103 +147,217 @@ impl Backend for Upstream {
     }
 
     fn health(&self) -> Health {
-        Health::Ready
+        match self.circuit.refusal(&self.config.name) {
+            Some(why) => Health::Unavailable(why),
+            None => Health::Ready,
+        }
     }
 
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
         let c = self.config.clone();
         let (client, slots) = (self.client.clone(), Arc::clone(&self.slots));
+        let circuit = Arc::clone(&self.circuit);
+        if let Err(e) = circuit.admit(&c.name) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         Box::pin(async move {
-            let sent = Instant::now();
-            let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
-            let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
-            let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
-                .await
-                .map_err(|_| BackendError::Overloaded {
-                    message: format!(
-                        "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
-                        c.name,
-                        c.max_concurrent,
-                        c.ttft_timeout.as_secs_f64()
-                    ),
-                    retry_after_secs: 1,
-                })?
-                .map_err(|_| {
-                    BackendError::Unavailable(format!("upstream `{}` is closed", c.name))
-                })?;
-            let (path, body, kind) = match &request {
-                Request::Chat(r) => (
-                    "chat/completions",
-                    serde_json::to_value(chat_body(r, &c.model)),
-                    Kind::Chat,
-                ),
-                Request::Completion(r) => (
-                    "completions",
-                    serde_json::to_value(completion_body(r, &c.model)),
-                    Kind::Completion,
-                ),
-            };
-            let body = body.map_err(|e| BackendError::Internal(e.to_string()))?;
-            let mut req = client.post(format!("{}/{path}", c.base_url)).json(&body);
-            if let Some(key) = &c.api_key {
-                req = req.bearer_auth(key);
-            }
-            let unreachable = |what: String| {
-                BackendError::Unavailable(format!("upstream `{}` ({}): {what}", c.name, c.base_url))
-            };
-            let resp = tokio::time::timeout_at(first_deadline, req.send())
-                .await
-                .map_err(|_| {
-                    unreachable(format!(
-                        "no answer within the TTFT timeout of {:.1} s",
-                        c.ttft_timeout.as_secs_f64()
-                    ))
-                })?
-                .map_err(|e| unreachable(describe(&e)))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let text = tokio::time::timeout_at(first_deadline, resp.text())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                return Err(refusal(&c.name, status.as_u16(), &text));
-            }
-            let choices = request.choices();
-            let arrival = request.common().arrival;
-            let (tx, mut rx) = mpsc::channel(64);
-            let reader = Reader {
-                name: c.name.clone(),
-                kind,
-                choices,
-                arrival,
-                first_token: None,
-                finished: BTreeMap::new(),
-                usage: None,
-                timings: None,
-                tx,
-            };
-            tokio::spawn(reader.run(resp.bytes_stream(), deadline, permit));
-            // The contract: resolve once the answer has started, so that a
-            // failure before the first token is a plain HTTP error.
-            let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
-                Err(_) => {
-                    return Err(unreachable(format!(
-                        "no token within the TTFT timeout of {:.1} s",
-                        c.ttft_timeout.as_secs_f64()
-                    )))
-                }
-                Ok(None) => return Err(unreachable("the answer ended before it began".into())),
-                Ok(Some(Event::Error(e))) => return Err(e),
-                Ok(Some(ev)) => ev,
-            };
-            let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|ev| (ev, rx))
-            });
-            Ok(futures_util::stream::once(async move { first })
-                .chain(rest)
-                .boxed())
+            let result = start(c, client, slots, request).await;
+            circuit.record(&result);
+            result
         })
+    }
+}
+
+/// Sends the request and waits for the answer's first event (the `Backend`
+/// contract).
+async fn start(
+    c: UpstreamConfig,
+    client: reqwest::Client,
+    slots: Arc<Semaphore>,
+    request: Request,
+) -> Result<EventStream, BackendError> {
+    {
+        let sent = Instant::now();
+        let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
+        let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
+        let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
+            .await
+            .map_err(|_| BackendError::Overloaded {
+                message: format!(
+                    "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
+                    c.name,
+                    c.max_concurrent,
+                    c.ttft_timeout.as_secs_f64()
+                ),
+                retry_after_secs: 1,
+            })?
+            .map_err(|_| BackendError::Unavailable(format!("upstream `{}` is closed", c.name)))?;
+        let (path, body, kind) = match &request {
+            Request::Chat(r) => (
+                "chat/completions",
+                serde_json::to_value(chat_body(r, &c.model)),
+                Kind::Chat,
+            ),
+            Request::Completion(r) => (
+                "completions",
+                serde_json::to_value(completion_body(r, &c.model)),
+                Kind::Completion,
+            ),
+        };
+        let body = body.map_err(|e| BackendError::Internal(e.to_string()))?;
+        let mut req = client.post(format!("{}/{path}", c.base_url)).json(&body);
+        if let Some(key) = &c.api_key {
+            req = req.bearer_auth(key);
+        }
+        let unreachable = |what: String| {
+            BackendError::Unavailable(format!("upstream `{}` ({}): {what}", c.name, c.base_url))
+        };
+        let resp = tokio::time::timeout_at(first_deadline, req.send())
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer within the TTFT timeout of {:.1} s",
+                    c.ttft_timeout.as_secs_f64()
+                ))
+            })?
+            .map_err(|e| unreachable(describe(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = tokio::time::timeout_at(first_deadline, resp.text())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            return Err(refusal(&c.name, status.as_u16(), &text));
+        }
+        let choices = request.choices();
+        let arrival = request.common().arrival;
+        let (tx, mut rx) = mpsc::channel(64);
+        let reader = Reader {
+            name: c.name.clone(),
+            kind,
+            choices,
+            arrival,
+            first_token: None,
+            finished: BTreeMap::new(),
+            usage: None,
+            timings: None,
+            tx,
+        };
+        tokio::spawn(reader.run(resp.bytes_stream(), deadline, permit));
+        // The contract: resolve once the answer has started, so that a
+        // failure before the first token is a plain HTTP error.
+        let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no token within the TTFT timeout of {:.1} s",
+                    c.ttft_timeout.as_secs_f64()
+                )))
+            }
+            Ok(None) => return Err(unreachable("the answer ended before it began".into())),
+            Ok(Some(Event::Error(e))) => return Err(e),
+            Ok(Some(ev)) => ev,
+        };
+        let rest =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+            );
+        Ok(futures_util::stream::once(async move { first })
+            .chain(rest)
+            .boxed())
+    }
+}
+
+/// The circuit breaker of one upstream: closed (requests go through), open
+/// after `threshold` consecutive failures (requests are refused at once, so a
+/// gateway moves on without waiting for a timeout), half-open once `open_for`
+/// has passed (one request goes through as a probe: success closes the
+/// circuit, failure opens it again).
+struct Circuit {
+    threshold: usize,
+    open_for: Duration,
+    state: std::sync::Mutex<CircuitState>,
+}
+
+#[derive(Default)]
+struct CircuitState {
+    failures: usize,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+impl Circuit {
+    fn new(threshold: usize, open_for: Duration) -> Circuit {
+        Circuit {
+            threshold: threshold.max(1),
+            open_for,
+            state: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CircuitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state(&self) -> &'static str {
+        let s = self.lock();
+        match s.open_until {
+            None => "closed",
+            Some(t) if Instant::now() < t || s.probing => "open",
+            Some(_) => "half-open",
+        }
+    }
+
+    /// Why a request would be refused now (`None`: it would go through).
+    fn refusal(&self, name: &str) -> Option<String> {
+        let s = self.lock();
+        let until = s.open_until?;
+        let now = Instant::now();
+        if now < until {
+            Some(format!(
+                "upstream `{name}`: circuit open after {} consecutive failures; next probe in {:.1} s",
+                self.threshold,
+                (until - now).as_secs_f64()
+            ))
+        } else if s.probing {
+            Some(format!(
+                "upstream `{name}`: circuit open, a probe request is in flight"
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Lets a request through, or refuses it while the circuit is open; the
+    /// first request after `open_for` becomes the probe.
+    fn admit(&self, name: &str) -> Result<(), BackendError> {
+        if let Some(why) = self.refusal(name) {
+            return Err(BackendError::Unavailable(why));
+        }
+        let mut s = self.lock();
+        if s.open_until.is_some() {
+            s.probing = true;
+        }
+        Ok(())
+    }
+
+    /// Counts the outcome of an admitted request. The upstream's fault:
+    /// unreachable, 5xx, timeouts (`Unavailable`, `Internal`). Not its fault:
+    /// a refused request, an overload (its 429, or this side's slots).
+    fn record(&self, result: &Result<EventStream, BackendError>) {
+        let mut s = self.lock();
+        match result {
+            Ok(_) => *s = CircuitState::default(),
+            Err(BackendError::Unavailable(_) | BackendError::Internal(_)) => {
+                s.failures += 1;
+                if s.probing || s.failures >= self.threshold {
+                    s.open_until = Some(Instant::now() + self.open_for);
+                }
+                s.probing = false;
+            }
+            Err(_) => s.probing = false,
+        }
     }
 }
 
@@ -474,4 +602,38 @@ fn logged(l: ChoiceLogprobs) -> Vec<LoggedToken> {
             top: t.top_logprobs,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> Result<EventStream, BackendError> {
+        Err(BackendError::Unavailable("down".into()))
+    }
+
+    #[test]
+    fn the_circuit_opens_probes_once_and_closes_on_success() {
+        let c = Circuit::new(2, Duration::from_millis(40));
+        assert!(c.admit("u").is_ok());
+        c.record(&failed());
+        assert_eq!(c.state(), "closed", "one failure is not enough");
+        // A refused request or an overload is not the upstream failing.
+        c.record(&Err(BackendError::Invalid(ProtocolError::body("bad"))));
+        c.record(&failed());
+        assert_eq!(c.state(), "open");
+        let err = c.admit("u").expect_err("open").to_string();
+        assert!(err.contains("circuit open after 2"), "{err}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.state(), "half-open");
+        assert!(c.admit("u").is_ok(), "the probe");
+        assert!(c.admit("u").is_err(), "one probe at a time");
+        c.record(&failed());
+        assert_eq!(c.state(), "open", "a failed probe opens it again");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(c.admit("u").is_ok());
+        c.record(&Ok(futures_util::stream::empty().boxed()));
+        assert_eq!(c.state(), "closed");
+        assert!(c.admit("u").is_ok() && c.admit("u").is_ok());
+    }
 }
