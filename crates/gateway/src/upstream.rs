@@ -176,97 +176,95 @@ async fn start(
     slots: Arc<Semaphore>,
     request: Request,
 ) -> Result<EventStream, BackendError> {
-    {
-        let sent = Instant::now();
-        let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
-        let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
-        let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
-            .await
-            .map_err(|_| BackendError::Overloaded {
-                message: format!(
-                    "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
-                    c.name,
-                    c.max_concurrent,
-                    c.ttft_timeout.as_secs_f64()
-                ),
-                retry_after_secs: 1,
-            })?
-            .map_err(|_| BackendError::Unavailable(format!("upstream `{}` is closed", c.name)))?;
-        let (path, body, kind) = match &request {
-            Request::Chat(r) => (
-                "chat/completions",
-                serde_json::to_value(chat_body(r, &c.model)),
-                Kind::Chat,
+    let sent = Instant::now();
+    let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
+    let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
+    let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
+        .await
+        .map_err(|_| BackendError::Overloaded {
+            message: format!(
+                "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
+                c.name,
+                c.max_concurrent,
+                c.ttft_timeout.as_secs_f64()
             ),
-            Request::Completion(r) => (
-                "completions",
-                serde_json::to_value(completion_body(r, &c.model)),
-                Kind::Completion,
-            ),
-        };
-        let body = body.map_err(|e| BackendError::Internal(e.to_string()))?;
-        let mut req = client.post(format!("{}/{path}", c.base_url)).json(&body);
-        if let Some(key) = &c.api_key {
-            req = req.bearer_auth(key);
-        }
-        let unreachable = |what: String| {
-            BackendError::Unavailable(format!("upstream `{}` ({}): {what}", c.name, c.base_url))
-        };
-        let resp = tokio::time::timeout_at(first_deadline, req.send())
-            .await
-            .map_err(|_| {
-                unreachable(format!(
-                    "no answer within the TTFT timeout of {:.1} s",
-                    c.ttft_timeout.as_secs_f64()
-                ))
-            })?
-            .map_err(|e| unreachable(describe(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = tokio::time::timeout_at(first_deadline, resp.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            return Err(refusal(&c.name, status.as_u16(), &text));
-        }
-        let choices = request.choices();
-        let arrival = request.common().arrival;
-        let (tx, mut rx) = mpsc::channel(64);
-        let reader = Reader {
-            name: c.name.clone(),
-            kind,
-            choices,
-            arrival,
-            first_token: None,
-            finished: BTreeMap::new(),
-            usage: None,
-            timings: None,
-            tx,
-        };
-        tokio::spawn(reader.run(resp.bytes_stream(), deadline, permit));
-        // The contract: resolve once the answer has started, so that a
-        // failure before the first token is a plain HTTP error.
-        let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
-            Err(_) => {
-                return Err(unreachable(format!(
-                    "no token within the TTFT timeout of {:.1} s",
-                    c.ttft_timeout.as_secs_f64()
-                )))
-            }
-            Ok(None) => return Err(unreachable("the answer ended before it began".into())),
-            Ok(Some(Event::Error(e))) => return Err(e),
-            Ok(Some(ev)) => ev,
-        };
-        let rest =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
-            );
-        Ok(futures_util::stream::once(async move { first })
-            .chain(rest)
-            .boxed())
+            retry_after_secs: 1,
+        })?
+        .map_err(|_| BackendError::Unavailable(format!("upstream `{}` is closed", c.name)))?;
+    let (path, body, kind) = match &request {
+        Request::Chat(r) => (
+            "chat/completions",
+            serde_json::to_value(chat_body(r, &c.model)),
+            Kind::Chat,
+        ),
+        Request::Completion(r) => (
+            "completions",
+            serde_json::to_value(completion_body(r, &c.model)),
+            Kind::Completion,
+        ),
+    };
+    let body = body.map_err(|e| BackendError::Internal(e.to_string()))?;
+    let mut req = client.post(format!("{}/{path}", c.base_url)).json(&body);
+    if let Some(key) = &c.api_key {
+        req = req.bearer_auth(key);
     }
+    let unreachable = |what: String| {
+        BackendError::Unavailable(format!("upstream `{}` ({}): {what}", c.name, c.base_url))
+    };
+    let resp = tokio::time::timeout_at(first_deadline, req.send())
+        .await
+        .map_err(|_| {
+            unreachable(format!(
+                "no answer within the TTFT timeout of {:.1} s",
+                c.ttft_timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| unreachable(describe(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = tokio::time::timeout_at(first_deadline, resp.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        return Err(refusal(&c.name, status.as_u16(), &text));
+    }
+    let choices = request.choices();
+    let arrival = request.common().arrival;
+    let (tx, mut rx) = mpsc::channel(64);
+    let reader = Reader {
+        name: c.name.clone(),
+        kind,
+        choices,
+        arrival,
+        first_token: None,
+        finished: BTreeMap::new(),
+        usage: None,
+        timings: None,
+        tx,
+    };
+    tokio::spawn(reader.run(resp.bytes_stream(), deadline, permit));
+    // The contract: resolve once the answer has started, so that a
+    // failure before the first token is a plain HTTP error.
+    let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no token within the TTFT timeout of {:.1} s",
+                c.ttft_timeout.as_secs_f64()
+            )))
+        }
+        Ok(None) => return Err(unreachable("the answer ended before it began".into())),
+        Ok(Some(Event::Error(e))) => return Err(e),
+        Ok(Some(ev)) => ev,
+    };
+    let rest =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|ev| (ev, rx)) },
+        );
+    Ok(futures_util::stream::once(async move { first })
+        .chain(rest)
+        .boxed())
 }
 
 /// The circuit breaker of one upstream: closed (requests go through), open

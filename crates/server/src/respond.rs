@@ -324,7 +324,7 @@ async fn collect(
     drop(events);
     let usage = total_usage(r.n, &choices);
     let timings = Some(choices[0].timings);
-    let body = match r.kind {
+    let mut body = match r.kind {
         Kind::Chat => serde_json::to_value(ChatCompletionResponse {
             id: r.id.clone(),
             object: "chat.completion".into(),
@@ -387,7 +387,6 @@ async fn collect(
         }),
     }
     .expect("response types serialize: this is a bug");
-    let mut body = body;
     if let Some(route) = route {
         body["route"] = serde_json::to_value(route).expect("a route serializes: this is a bug");
     }
