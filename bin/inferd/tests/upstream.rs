@@ -235,19 +235,21 @@ fn upstream_config_errors_name_the_entry() {
     }
 }
 
-/// `inferd_prompt_tokens_total` summed over models: what a server was asked.
-fn prompt_tokens_served(addr: &str) -> f64 {
-    let (_, body) = http_with(
-        addr,
-        "GET",
-        "/metrics",
-        &format!("Authorization: Bearer {KEY}\r\n"),
-        "",
-    );
+/// The sum of metric `name` over the series whose labels contain every one of
+/// `labels` (`tier="on-box"`), from a server's `/metrics`.
+fn metric(addr: &str, name: &str, labels: &[&str]) -> f64 {
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let (_, body) = http_with(addr, "GET", "/metrics", &auth, "");
+    let series = format!("{name}{{");
     body.lines()
-        .filter(|l| l.starts_with("inferd_prompt_tokens_total"))
+        .filter(|l| l.starts_with(&series) && labels.iter().all(|w| l.contains(w)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `inferd_prompt_tokens_total` summed over models: what a server was asked.
+fn prompt_tokens_served(addr: &str) -> f64 {
+    metric(addr, "inferd_prompt_tokens_total", &[])
 }
 
 fn ask_auto(addr: &str, model: &str, content: &str, extra: &str) -> (u16, String, Value) {
@@ -422,6 +424,59 @@ private_patterns = ["email"]
     assert_eq!(first["route"]["tier"], "on-box", "{body}");
     assert_eq!(first["choices"], Value::Array(vec![]));
 
+    // Routing and pool metrics.
+    let routed = |tier: &str, reason: &str| {
+        let (t, r) = (format!("tier=\"{tier}\""), format!("reason=\"{reason}\""));
+        metric(
+            &addr,
+            "inferd_gateway_routes_total",
+            &["router=\"auto\"", &t, &r],
+        )
+    };
+    assert_eq!(
+        routed("on-box", "fallback"),
+        2.0,
+        "the short chat and the stream"
+    );
+    assert_eq!(routed("big", "context+fallback"), 1.0);
+    assert_eq!(routed("on-box", "privacy"), 1.0);
+    assert_eq!(
+        metric(
+            &addr,
+            "inferd_gateway_routes_total",
+            &["router=\"big\"", "reason=\"explicit\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            "inferd_gateway_fallbacks_total",
+            &["backend=\"spot\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            "inferd_upstream_failures_total",
+            &["upstream=\"spot\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(&addr, "inferd_upstream_slots", &["upstream=\"remote\""]),
+        256.0
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            "inferd_upstream_requests_in_flight",
+            &["upstream=\"remote\""]
+        ),
+        0.0
+    );
+
     // The upstream dies: the long request has nowhere left, one 503 naming each attempt.
     drop(upstream);
     let (status, _, v) = ask_auto(&addr, "auto", &long, "");
@@ -466,6 +521,14 @@ fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
     );
     let (status, body) = http(&addr, "GET", "/health", "");
     assert_eq!(status, 503, "an open circuit is not ready: {body}");
+    let open = |addr: &str| {
+        metric(
+            addr,
+            "inferd_upstream_circuit_open",
+            &["upstream=\"flaky\""],
+        )
+    };
+    assert_eq!(open(&addr), 1.0);
 
     // The upstream comes up on that port; after open_secs the probe closes the circuit.
     let small = format!("small={}", model());
@@ -486,4 +549,5 @@ fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
     assert_eq!(status, 200, "the probe went through: {body}");
     let (status, body) = ask();
     assert_eq!(status, 200, "closed again: {body}");
+    assert_eq!(open(&addr), 0.0);
 }

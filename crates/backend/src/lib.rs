@@ -213,6 +213,26 @@ pub trait Backend: Send + Sync {
     fn engine_stats(&self) -> Option<EngineStats> {
         None
     }
+    /// Connection-pool and circuit gauges, for backends that relay to an upstream.
+    fn upstream_stats(&self) -> Option<UpstreamStats> {
+        None
+    }
+}
+
+/// What an upstream's pool and circuit look like at scrape time: the
+/// bottleneck that otherwise passes for model slowness.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpstreamStats {
+    /// Requests holding one of the `max_concurrent` slots.
+    pub in_flight: usize,
+    /// Requests waiting for a slot.
+    pub waiting: usize,
+    pub max_concurrent: usize,
+    pub circuit_open: bool,
+    /// Requests that got no slot or no first token in time.
+    pub timeouts_total: u64,
+    /// Failures counted by the circuit (unreachable, 5xx, timeouts).
+    pub failures_total: u64,
 }
 
 /// A random 128-bit id in hex, for response and tool-call ids.

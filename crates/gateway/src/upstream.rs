@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use inferd_backend::{
     Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
+    UpstreamStats,
 };
 use inferd_protocol::{
     ChatCompletionChunk, ChoiceLogprobs, CompletionResponse, ErrorBody, FinishReason,
@@ -75,6 +76,14 @@ pub struct Upstream {
     client: reqwest::Client,
     slots: Arc<Semaphore>,
     circuit: Arc<Circuit>,
+    counters: Arc<Counters>,
+}
+
+/// What `upstream_stats` reports beyond the slots themselves.
+#[derive(Default)]
+struct Counters {
+    waiting: std::sync::atomic::AtomicUsize,
+    timeouts: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -104,6 +113,7 @@ impl Upstream {
         let circuit = Arc::new(Circuit::new(config.failure_threshold, config.open_for));
         Ok(Upstream {
             circuit,
+            counters: Arc::default(),
             config: UpstreamConfig {
                 base_url: config.base_url.trim_end_matches('/').to_owned(),
                 ..config
@@ -156,14 +166,27 @@ impl Backend for Upstream {
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
         let c = self.config.clone();
         let (client, slots) = (self.client.clone(), Arc::clone(&self.slots));
-        let circuit = Arc::clone(&self.circuit);
+        let (circuit, counters) = (Arc::clone(&self.circuit), Arc::clone(&self.counters));
         if let Err(e) = circuit.admit(&c.name) {
             return Box::pin(std::future::ready(Err(e)));
         }
         Box::pin(async move {
-            let result = start(c, client, slots, request).await;
+            let result = start(c, client, slots, &counters, request).await;
             circuit.record(&result);
             result
+        })
+    }
+
+    fn upstream_stats(&self) -> Option<UpstreamStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.config.max_concurrent.max(1);
+        Some(UpstreamStats {
+            in_flight: max - self.slots.available_permits().min(max),
+            waiting: self.counters.waiting.load(Relaxed),
+            max_concurrent: max,
+            circuit_open: self.circuit.state() != "closed",
+            timeouts_total: self.counters.timeouts.load(Relaxed),
+            failures_total: self.circuit.failures_total(),
         })
     }
 }
@@ -174,21 +197,29 @@ async fn start(
     c: UpstreamConfig,
     client: reqwest::Client,
     slots: Arc<Semaphore>,
+    counters: &Counters,
     request: Request,
 ) -> Result<EventStream, BackendError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let sent = Instant::now();
     let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
     let first_deadline = tokio::time::Instant::from_std(sent + c.ttft_timeout);
-    let permit = tokio::time::timeout_at(first_deadline, slots.acquire_owned())
-        .await
-        .map_err(|_| BackendError::Overloaded {
-            message: format!(
-                "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
-                c.name,
-                c.max_concurrent,
-                c.ttft_timeout.as_secs_f64()
-            ),
-            retry_after_secs: 1,
+    let timed_out = || counters.timeouts.fetch_add(1, Relaxed);
+    counters.waiting.fetch_add(1, Relaxed);
+    let slot = tokio::time::timeout_at(first_deadline, slots.acquire_owned()).await;
+    counters.waiting.fetch_sub(1, Relaxed);
+    let permit = slot
+        .map_err(|_| {
+            timed_out();
+            BackendError::Overloaded {
+                message: format!(
+                    "upstream `{}`: all {} of its request slots stayed busy for {:.1} s",
+                    c.name,
+                    c.max_concurrent,
+                    c.ttft_timeout.as_secs_f64()
+                ),
+                retry_after_secs: 1,
+            }
         })?
         .map_err(|_| BackendError::Unavailable(format!("upstream `{}` is closed", c.name)))?;
     let (path, body, kind) = match &request {
@@ -214,6 +245,7 @@ async fn start(
     let resp = tokio::time::timeout_at(first_deadline, req.send())
         .await
         .map_err(|_| {
+            timed_out();
             unreachable(format!(
                 "no answer within the TTFT timeout of {:.1} s",
                 c.ttft_timeout.as_secs_f64()
@@ -248,10 +280,11 @@ async fn start(
     // failure before the first token is a plain HTTP error.
     let first = match tokio::time::timeout_at(first_deadline, rx.recv()).await {
         Err(_) => {
+            timed_out();
             return Err(unreachable(format!(
                 "no token within the TTFT timeout of {:.1} s",
                 c.ttft_timeout.as_secs_f64()
-            )))
+            )));
         }
         Ok(None) => return Err(unreachable("the answer ended before it began".into())),
         Ok(Some(Event::Error(e))) => return Err(e),
@@ -280,7 +313,10 @@ struct Circuit {
 
 #[derive(Default)]
 struct CircuitState {
+    /// Consecutive failures (reset by a success).
     failures: usize,
+    /// Every failure counted, for metrics.
+    failures_total: u64,
     open_until: Option<Instant>,
     probing: bool,
 }
@@ -296,6 +332,10 @@ impl Circuit {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CircuitState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn failures_total(&self) -> u64 {
+        self.lock().failures_total
     }
 
     fn state(&self) -> &'static str {
@@ -346,9 +386,15 @@ impl Circuit {
     fn record(&self, result: &Result<EventStream, BackendError>) {
         let mut s = self.lock();
         match result {
-            Ok(_) => *s = CircuitState::default(),
+            Ok(_) => {
+                *s = CircuitState {
+                    failures_total: s.failures_total,
+                    ..CircuitState::default()
+                }
+            }
             Err(BackendError::Unavailable(_) | BackendError::Internal(_)) => {
                 s.failures += 1;
+                s.failures_total += 1;
                 if s.probing || s.failures >= self.threshold {
                     s.open_until = Some(Instant::now() + self.open_for);
                 }

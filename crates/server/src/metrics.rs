@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use inferd_backend::{Backend, EngineStats};
+use inferd_backend::{Backend, EngineStats, UpstreamStats};
 use inferd_protocol::{Timings, Usage};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -28,6 +28,10 @@ pub struct Metrics {
     pub prompt_tokens: IntCounterVec,
     pub output_tokens: IntCounterVec,
     pub cached_tokens: IntCounterVec,
+    /// Gateway: requests by what answered and why.
+    pub routes: IntCounterVec,
+    /// Gateway: failed attempts before the answer (or before giving up).
+    pub fallbacks: IntCounterVec,
 }
 
 /// The `model` label of a request that named no served model.
@@ -131,7 +135,29 @@ impl Metrics {
                 "Prompt tokens served from the prefix cache",
                 m,
             ),
+            routes: counter(
+                "inferd_gateway_routes_total",
+                "Routed requests by router, tier and backend that answered, and reason",
+                &["router", "tier", "backend", "reason"],
+            ),
+            fallbacks: counter(
+                "inferd_gateway_fallbacks_total",
+                "Attempts that failed before another backend answered, by the tier and backend that failed",
+                &["router", "tier", "backend"],
+            ),
             registry: r,
+        }
+    }
+
+    /// A gateway's choice (`router` is the name the request asked for).
+    pub fn observe_route(&self, router: &str, route: &inferd_protocol::Route) {
+        self.routes
+            .with_label_values(&[router, &route.tier, &route.backend, &route.reason])
+            .inc();
+        for a in &route.attempts {
+            self.fallbacks
+                .with_label_values(&[router, &a.tier, &a.backend])
+                .inc();
         }
     }
 
@@ -258,7 +284,74 @@ impl Metrics {
             "Engine steps that failed (their requests got a 500; the engine kept serving)",
             &|g| vec![("", g.step_failures_total)],
         );
+        render_upstreams(&mut s, backends);
         s
+    }
+}
+
+/// One upstream series: name, Prometheus type, help, and its value.
+type UpstreamSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&UpstreamStats) -> u64,
+);
+
+/// Each upstream's pool and circuit, read at scrape time.
+fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
+    let stats: Vec<(&str, UpstreamStats)> = backends
+        .iter()
+        .filter_map(|b| b.upstream_stats().map(|st| (b.name(), st)))
+        .collect();
+    let rows: [UpstreamSeries; 6] = [
+        (
+            "inferd_upstream_requests_in_flight",
+            "gauge",
+            "Requests holding a connection slot",
+            |u| u.in_flight as u64,
+        ),
+        (
+            "inferd_upstream_requests_waiting",
+            "gauge",
+            "Requests waiting for a connection slot",
+            |u| u.waiting as u64,
+        ),
+        (
+            "inferd_upstream_slots",
+            "gauge",
+            "Connection slots (max_concurrent)",
+            |u| u.max_concurrent as u64,
+        ),
+        (
+            "inferd_upstream_circuit_open",
+            "gauge",
+            "1 while the circuit is open or half-open",
+            |u| u.circuit_open as u64,
+        ),
+        (
+            "inferd_upstream_timeouts_total",
+            "counter",
+            "Requests with no slot or no first token in time",
+            |u| u.timeouts_total,
+        ),
+        (
+            "inferd_upstream_failures_total",
+            "counter",
+            "Failures counted by the circuit breaker",
+            |u| u.failures_total,
+        ),
+    ];
+    if stats.is_empty() {
+        return;
+    }
+    for (name, kind, help, value) in rows {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (upstream, st) in &stats {
+            s.push_str(&format!(
+                "{name}{{upstream=\"{upstream}\"}} {}\n",
+                value(st)
+            ));
+        }
     }
 }
 

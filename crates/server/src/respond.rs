@@ -116,6 +116,9 @@ async fn answer(
     };
     let events = within(deadline, backend.generate(request)).await??;
     let (route, events) = take_route(reply.deadline, events).await?;
+    if let Some(r) = &route {
+        s.metrics.observe_route(&reply.model, r);
+    }
     let mut resp = if reply.stream {
         stream_response(Arc::clone(s), reply, events, route.as_ref())
     } else {
