@@ -90,6 +90,20 @@ pub struct Capabilities {
     pub constraints: bool,
 }
 
+impl Capabilities {
+    /// Everything a text-generation backend can offer (no embeddings): a local
+    /// model with a chat template, or an upstream that refuses what it lacks.
+    pub const GENERATION: Capabilities = Capabilities {
+        chat: true,
+        completions: true,
+        tools: true,
+        logprobs: true,
+        echo: true,
+        embeddings: false,
+        constraints: true,
+    };
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     Ready,
@@ -147,6 +161,11 @@ pub enum BackendError {
     /// The request cannot be served as asked (400), naming the field.
     #[error(transparent)]
     Invalid(#[from] ProtocolError),
+    /// The prompt plus `max_tokens`, counted with this backend's tokenizer, do
+    /// not fit its context window (400, naming the field). A gateway tries a
+    /// larger tier instead.
+    #[error(transparent)]
+    TooLong(ProtocolError),
     /// Full: retry later (429 with `Retry-After`).
     #[error("{message}")]
     Overloaded {

@@ -107,12 +107,7 @@ impl Backend for LocalBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             chat: self.inner.template.is_some(),
-            completions: true,
-            tools: true,
-            logprobs: true,
-            echo: true,
-            embeddings: false,
-            constraints: true,
+            ..Capabilities::GENERATION
         }
     }
 
@@ -226,25 +221,25 @@ impl Inner {
             } else {
                 param.to_owned()
             };
-            return Err(invalid(
-                &param,
+            return Err(BackendError::TooLong(ProtocolError::field(
+                param,
                 format!(
                     "the prompt is {} tokens, but the model's context window is {ctx} tokens",
                     p.len()
                 ),
-            ));
+            )));
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let room = ctx - longest;
         let max_tokens = match common.max_tokens {
             Some(m) if m > room => {
-                return Err(invalid(
+                return Err(BackendError::TooLong(ProtocolError::field(
                     "max_tokens",
                     format!(
                         "the prompt is {longest} tokens and max_tokens is {m}: {} in total exceeds the model's context window of {ctx} tokens",
                         longest + m
                     ),
-                ))
+                )))
             }
             Some(m) => m,
             None => room,

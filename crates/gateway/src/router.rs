@@ -369,13 +369,11 @@ impl Backend for Gateway {
                         // A backend that counted the prompt with its own
                         // tokenizer and found it too long: a larger tier may
                         // take it.
-                        Err(BackendError::Invalid(p)) if p.message.contains("context window") => {
-                            attempts.push(RouteAttempt {
-                                tier: tier.name.clone(),
-                                backend: backend.name().to_owned(),
-                                error: p.message,
-                            })
-                        }
+                        Err(BackendError::TooLong(p)) => attempts.push(RouteAttempt {
+                            tier: tier.name.clone(),
+                            backend: backend.name().to_owned(),
+                            error: p.message,
+                        }),
                         // The request itself is wrong: every tier would say so.
                         Err(e @ BackendError::Invalid(_)) => return Err(e),
                         Err(e) => attempts.push(RouteAttempt {

@@ -145,15 +145,7 @@ impl Backend for Upstream {
     /// What the request may ask for; the upstream refuses what its model
     /// cannot do, and that refusal reaches the client.
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            chat: true,
-            completions: true,
-            tools: true,
-            logprobs: true,
-            echo: true,
-            embeddings: false,
-            constraints: true,
-        }
+        Capabilities::GENERATION
     }
 
     fn health(&self) -> Health {
@@ -537,10 +529,15 @@ impl Reader {
                 self.name
             ))
         })?;
-        if let Ok(err) = serde_json::from_value::<ErrorBody>(value.clone()) {
+        // An error event (`{"error": {...}}`) instead of a chunk. Checked by key,
+        // so that ordinary chunks are not copied to try it.
+        if value.get("error").is_some() {
+            let message = serde_json::from_value::<ErrorBody>(value)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| "an error event without a message".into());
             return Err(BackendError::Unavailable(format!(
-                "upstream `{}` failed mid-answer: {}",
-                self.name, err.error.message
+                "upstream `{}` failed mid-answer: {message}",
+                self.name
             )));
         }
         let bad = |e: serde_json::Error| {

@@ -111,7 +111,7 @@ impl From<ProtocolError> for ApiError {
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> ApiError {
         match e {
-            BackendError::Invalid(p) => p.into(),
+            BackendError::Invalid(p) | BackendError::TooLong(p) => p.into(),
             BackendError::Overloaded {
                 message,
                 retry_after_secs,
