@@ -159,6 +159,18 @@ pub struct UpstreamSettings {
     /// Seconds an open circuit refuses before one request probes it.
     #[serde(default = "UpstreamSettings::default_open_secs")]
     pub open_secs: f64,
+    /// Tries again after a failure to connect or a 502/503/504, before any
+    /// token (0: none). The waits grow from `retry_backoff_ms`, doubling, each
+    /// drawn at random up to its bound (full jitter).
+    #[serde(default = "UpstreamSettings::default_retries")]
+    pub retries: usize,
+    #[serde(default = "UpstreamSettings::default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Seconds between active health checks (`GET {base_url}/models`); a
+    /// failed check counts as a failure toward the circuit, a passing one
+    /// closes an open circuit. 0: no active checks.
+    #[serde(default)]
+    pub health_check_secs: f64,
     /// USD per 1M prompt tokens, for cost routing.
     #[serde(default)]
     pub price_in_per_mtok: f64,
@@ -173,12 +185,43 @@ pub struct UpstreamSettings {
 pub struct TierSettings {
     /// Also the id clients send in `model` to route within this tier alone.
     pub name: String,
-    /// Names of `[[models]]` or `[[upstreams]]` entries, tried in order.
+    /// Names of `[[models]]` or `[[upstreams]]` entries: replicas of one
+    /// model, or interchangeable upstreams.
     pub backends: Vec<String>,
+    /// How a request picks among `backends`: `cache_aware` (default),
+    /// `least_outstanding`, `round_robin` or `ordered` (as listed: a primary
+    /// and its backups). The others are tried next, on failure.
+    #[serde(default = "TierSettings::default_balance")]
+    pub balance: String,
+    /// Cache-aware only: requests a replica may have in flight above the
+    /// least loaded one and still be chosen for the prefix it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_slack: Option<usize>,
     /// Send this tier only requests that fit this many tokens (below its
     /// backends' own windows); default: the backends' windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<usize>,
+}
+
+impl TierSettings {
+    fn default_balance() -> String {
+        "cache_aware".into()
+    }
+
+    /// The balancing policy this entry names (validated at load).
+    pub fn policy(&self) -> Option<inferd_gateway::balance::Policy> {
+        use inferd_gateway::balance::Policy;
+        match Policy::parse(&self.balance)? {
+            Policy::CacheAware {
+                capacity,
+                load_slack,
+            } => Some(Policy::CacheAware {
+                capacity,
+                load_slack: self.load_slack.unwrap_or(load_slack),
+            }),
+            p => Some(p),
+        }
+    }
 }
 
 /// `[routing]`: how requests are routed over the tiers.
@@ -195,6 +238,46 @@ pub struct RoutingSettings {
     /// detectors `email`, `phone`, `card`, `api_key`, or regexes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private_patterns: Vec<String>,
+    /// Re-ask the next tier when the first tier's answer is unsure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationSettings>,
+}
+
+/// `[routing.escalation]`: confidence escalation (the gateway's `escalate`
+/// module gives the formulas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSettings {
+    /// `mean_logprob` (default), `min_logprob` or `neg_entropy`.
+    #[serde(default = "EscalationSettings::default_signal")]
+    pub signal: String,
+    /// A score below this escalates.
+    pub threshold: f64,
+    /// Streamed requests: tokens held back and scored first (0: streamed
+    /// requests are not escalated).
+    #[serde(default)]
+    pub hold_tokens: usize,
+    /// Alternatives logged per token, for `neg_entropy`.
+    #[serde(default = "EscalationSettings::default_top")]
+    pub top_logprobs: usize,
+}
+
+impl EscalationSettings {
+    fn default_signal() -> String {
+        "mean_logprob".into()
+    }
+    fn default_top() -> usize {
+        5
+    }
+
+    pub fn build(&self) -> Option<inferd_gateway::escalate::Escalation> {
+        Some(inferd_gateway::escalate::Escalation {
+            signal: inferd_gateway::escalate::Signal::parse(&self.signal)?,
+            threshold: self.threshold,
+            hold_tokens: self.hold_tokens,
+            top_logprobs: self.top_logprobs,
+        })
+    }
 }
 
 impl RoutingSettings {
@@ -212,6 +295,7 @@ impl Default for RoutingSettings {
             name: Self::default_name(),
             max_attempts: Self::default_max_attempts(),
             private_patterns: Vec::new(),
+            escalation: None,
         }
     }
 }
@@ -237,6 +321,12 @@ impl UpstreamSettings {
     }
     fn default_open_secs() -> f64 {
         10.0
+    }
+    fn default_retries() -> usize {
+        1
+    }
+    fn default_retry_backoff_ms() -> u64 {
+        50
     }
 
     /// The client's settings, with the key read from its variable.
@@ -264,6 +354,9 @@ impl UpstreamSettings {
             max_concurrent: self.max_concurrent,
             failure_threshold: self.failure_threshold,
             open_for: secs(self.open_secs),
+            retries: self.retries,
+            retry_backoff: Duration::from_millis(self.retry_backoff_ms),
+            health_check: (self.health_check_secs > 0.0).then(|| secs(self.health_check_secs)),
         })
     }
 }
@@ -442,6 +535,12 @@ impl ServeConfig {
                     ));
                 }
             }
+            if !(u.health_check_secs >= 0.0 && u.health_check_secs.is_finite()) {
+                problems.push(format!(
+                    "`{at}.health_check_secs` must be 0 (off) or a positive number of seconds, got {}",
+                    u.health_check_secs
+                ));
+            }
             if u.failure_threshold == 0 {
                 problems.push(format!(
                     "`{at}.failure_threshold` must be at least 1, got 0"
@@ -510,6 +609,18 @@ impl ServeConfig {
                     ));
                 }
             }
+            if t.policy().is_none() {
+                problems.push(format!(
+                    "`{at}.balance` {:?} is not a balancing policy; use one of {}",
+                    t.balance,
+                    inferd_gateway::balance::Policy::NAMES.join(", ")
+                ));
+            } else if t.load_slack.is_some() && t.balance != "cache_aware" {
+                problems.push(format!(
+                    "`{at}.load_slack` applies to `balance = \"cache_aware\"` only, not {:?}",
+                    t.balance
+                ));
+            }
             if t.context_window == Some(0) {
                 problems.push(format!("`{at}.context_window` must be at least 1, got 0"));
             }
@@ -522,6 +633,24 @@ impl ServeConfig {
         }
         if self.routing.max_attempts == 0 {
             problems.push("`routing.max_attempts` must be at least 1, got 0".to_owned());
+        }
+        if let Some(e) = &self.routing.escalation {
+            if e.build().is_none() {
+                problems.push(format!(
+                    "`routing.escalation.signal` {:?} is not a signal; use one of {}",
+                    e.signal,
+                    inferd_gateway::escalate::Signal::NAMES.join(", ")
+                ));
+            }
+            if !e.threshold.is_finite() {
+                problems.push("`routing.escalation.threshold` must be a finite number".to_owned());
+            }
+            if !(1..=20).contains(&e.top_logprobs) {
+                problems.push(format!(
+                    "`routing.escalation.top_logprobs` must be 1 to 20, got {}",
+                    e.top_logprobs
+                ));
+            }
         }
         for (i, p) in self.routing.private_patterns.iter().enumerate() {
             if let Err(e) = inferd_gateway::Detector::new(p) {

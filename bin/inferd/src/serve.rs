@@ -300,9 +300,13 @@ fn build_gateway(
                 .iter()
                 .filter_map(|b| plan.prices.iter().find(|p| &p.0 == b).map(|p| p.1))
                 .fold(0.0, f64::max);
+            let policy = t
+                .policy()
+                .ok_or_else(|| anyhow::anyhow!("tier `{}`: unknown balance", t.name))?;
             Ok(inferd_gateway::Tier {
                 name: t.name.clone(),
                 local: t.backends.iter().all(|b| local_names.contains(b)),
+                balancer: inferd_gateway::balance::Balancer::new(policy, members.len()),
                 backends: members,
                 price,
                 context_window: t.context_window,
@@ -316,7 +320,7 @@ fn build_gateway(
         .map(|p| inferd_gateway::Detector::new(p).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     for t in &tiers {
-        tracing::info!(tier = %t.name, local = t.local, price = t.price, backends = t.backends.len(), "tier");
+        tracing::info!(tier = %t.name, local = t.local, price = t.price, backends = t.backends.len(), balance = %t.balancer.policy().name(), "tier");
     }
     Ok(inferd_gateway::Gateway::all(
         &plan.routing.name,
@@ -324,6 +328,7 @@ fn build_gateway(
             tiers,
             detectors,
             max_attempts: plan.routing.max_attempts,
+            escalation: plan.routing.escalation.as_ref().and_then(|e| e.build()),
         },
     ))
 }

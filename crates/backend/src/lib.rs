@@ -252,6 +252,8 @@ pub struct UpstreamStats {
     pub timeouts_total: u64,
     /// Failures counted by the circuit (unreachable, 5xx, timeouts).
     pub failures_total: u64,
+    /// Requests sent again after a failure before their first token.
+    pub retries_total: u64,
 }
 
 /// A random 128-bit id in hex, for response and tool-call ids.

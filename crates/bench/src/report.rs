@@ -14,7 +14,7 @@ fn ms1(x: Option<f64>) -> String {
     x.map_or("-".into(), |s| format!("{:.1}", s * 1e3))
 }
 
-const HEADER: [&str; 15] = [
+const HEADER: [&str; 16] = [
     "target",
     "level",
     "ok/fail",
@@ -30,6 +30,7 @@ const HEADER: [&str; 15] = [
     "e2e p50",
     "goodput",
     "srv TTFT p50",
+    "prefix hit",
 ];
 
 fn row(l: &LevelResult) -> Vec<String> {
@@ -54,6 +55,8 @@ fn row(l: &LevelResult) -> Vec<String> {
             _ => "-".into(),
         },
         ms(s.server_ttft.p50),
+        s.prefix_hit_rate
+            .map_or("-".into(), |h| format!("{:.0}%", h * 100.0)),
     ]
 }
 

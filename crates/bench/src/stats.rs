@@ -180,6 +180,11 @@ pub struct Summary {
     pub goodput_rps: Option<f64>,
     /// Share of successful requests that met every SLO.
     pub slo_attainment: Option<f64>,
+    /// Prompt tokens the servers reported as read from their prefix caches
+    /// (`usage.prompt_tokens_details.cached_tokens`), over all prompt tokens;
+    /// `None` when no response reported it.
+    #[serde(default)]
+    pub prefix_hit_rate: Option<f64>,
 }
 
 impl Summary {
@@ -207,6 +212,11 @@ impl Summary {
             goodput_rps: (!slo.is_empty()).then(|| good as f64 / secs),
             slo_attainment: (!slo.is_empty() && !ok.is_empty())
                 .then(|| good as f64 / ok.len() as f64),
+            prefix_hit_rate: (prompt_tokens > 0 && ok.iter().any(|r| r.cached_tokens.is_some()))
+                .then(|| {
+                    let cached: usize = ok.iter().filter_map(|r| r.cached_tokens).sum();
+                    cached as f64 / prompt_tokens as f64
+                }),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! same for both, the server writes one JSON body or SSE from them, and the
 //! time to the first token is measured and bounded the same way.
 
+pub mod balance;
+pub mod escalate;
 mod router;
 mod sse;
 mod upstream;

@@ -31,9 +31,14 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use inferd_backend::{Backend, BackendError, Capabilities, Event, EventStream, Health, Request};
-use inferd_protocol::{PromptInput, ProtocolError, Route, RouteAttempt, ToolMode};
+use inferd_backend::{
+    Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
+};
+use inferd_protocol::{Confidence, PromptInput, ProtocolError, Route, RouteAttempt, ToolMode};
 use regex::Regex;
+
+use crate::balance::{Balancer, PrefixKey};
+use crate::escalate::{self, Escalation};
 
 /// A group of interchangeable backends with one price.
 pub struct Tier {
@@ -47,6 +52,8 @@ pub struct Tier {
     /// A cap below the backends' own windows (keep a small tier for short
     /// prompts); `None`: the smallest of its backends' windows.
     pub context_window: Option<usize>,
+    /// Orders the backends per request (`balance` module), one slot per backend.
+    pub balancer: Balancer,
 }
 
 impl Tier {
@@ -113,6 +120,8 @@ pub struct Routing {
     pub detectors: Vec<Detector>,
     /// Backends tried for one request at most (first try included).
     pub max_attempts: usize,
+    /// Re-ask the next tier when the first answer's confidence is low.
+    pub escalation: Option<Escalation>,
 }
 
 /// One policy's verdict on one tier.
@@ -337,62 +346,287 @@ impl Backend for Gateway {
         let ask = ask(&request, &self.routing.detectors);
         let plan = self.plan(&ask).map(|p| {
             p.into_iter()
-                .map(|(t, why)| (t, self.reason(&why, false), self.reason(&why, true)))
+                .map(|(tier, why)| Step {
+                    tier,
+                    first_try: self.reason(&why, false),
+                    after_failures: self.reason(&why, true),
+                })
                 .collect::<Vec<_>>()
         });
         let routing = Arc::clone(&self.routing);
+        // Escalation re-asks a later tier: only when routing chose the tier,
+        // for one choice, and (streamed) with tokens to hold.
+        let escalation = routing.escalation.filter(|e| {
+            self.only.is_none()
+                && request.choices() == 1
+                && (!request.common().stream || e.hold_tokens > 0)
+        });
         Box::pin(async move {
             let plan = plan?;
-            let mut attempts: Vec<RouteAttempt> = Vec::new();
-            for (t, first_try, after_failures) in plan {
-                let tier = &routing.tiers[t];
-                for backend in &tier.backends {
-                    if attempts.len() >= routing.max_attempts {
-                        break;
+            let prefix = plan
+                .iter()
+                .any(|p| routing.tiers[p.tier].balancer.wants_prefix())
+                .then(|| prefix_key(&request))
+                .unwrap_or_default();
+            let mut tries = Tries {
+                routing: &routing,
+                prefix: &prefix,
+                attempts: Vec::new(),
+            };
+            let scored_first = escalation
+                .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
+            let Some(esc) = scored_first else {
+                return tries.run(&plan, &request).await.map(routed);
+            };
+            let scored = escalate::with_logprobs(&request, esc.top_logprobs);
+            let (route, events) = match tries.run(&plan[..1], &scored).await {
+                Ok(first) => first,
+                Err(e @ BackendError::Invalid(_)) => return Err(e),
+                Err(_) => return tries.run(&plan[1..], &request).await.map(routed),
+            };
+            let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
+            if let Some(e) = held.failed {
+                // Nothing was relayed: the next tiers may still answer.
+                tries.failed(&route.tier, &route.backend, &e);
+                return tries.run(&plan[1..], &request).await.map(routed);
+            }
+            let client_top = request.logprobs();
+            let Some(scores) = escalate::Scores::of(&held.tokens) else {
+                return Ok(routed((route, held.replay(client_top))));
+            };
+            let score = esc.signal.of(&scores);
+            let mut confidence = Confidence {
+                tier: route.tier.clone(),
+                backend: route.backend.clone(),
+                tokens: scores.tokens,
+                mean_logprob: scores.mean_logprob,
+                min_logprob: scores.min_logprob,
+                mean_entropy: scores.mean_entropy,
+                signal: esc.signal.name().to_owned(),
+                score,
+                threshold: esc.threshold,
+                escalated: false,
+            };
+            if score < esc.threshold {
+                let before = tries.attempts.len();
+                match tries.run(&plan[1..], &request).await {
+                    Ok((mut upper, events)) => {
+                        upper.reason = if upper.attempts.len() > before {
+                            "escalation+fallback".into()
+                        } else {
+                            "escalation".into()
+                        };
+                        confidence.escalated = true;
+                        upper.confidence = Some(confidence);
+                        return Ok(routed((upper, events)));
                     }
-                    match backend.generate(request.clone()).await {
-                        Ok(events) => {
-                            let route = Route {
-                                tier: tier.name.clone(),
-                                backend: backend.name().to_owned(),
-                                reason: if attempts.is_empty() {
-                                    first_try
-                                } else {
-                                    after_failures
-                                },
-                                attempts,
-                            };
-                            let first =
-                                futures_util::stream::once(async move { Event::Route(route) });
-                            return Ok(first.chain(events).boxed());
-                        }
-                        // A backend that counted the prompt with its own
-                        // tokenizer and found it too long: a larger tier may
-                        // take it.
-                        Err(BackendError::TooLong(p)) => attempts.push(RouteAttempt {
-                            tier: tier.name.clone(),
-                            backend: backend.name().to_owned(),
-                            error: p.message,
-                        }),
-                        // The request itself is wrong: every tier would say so.
-                        Err(e @ BackendError::Invalid(_)) => return Err(e),
-                        Err(e) => attempts.push(RouteAttempt {
-                            tier: tier.name.clone(),
-                            backend: backend.name().to_owned(),
-                            error: e.to_string(),
-                        }),
-                    }
+                    // The next tiers failed: the first answer stands, with
+                    // those attempts named in its route.
+                    Err(_) => {}
                 }
             }
-            let tried: Vec<String> = attempts
-                .iter()
-                .map(|a| format!("{} ({}): {}", a.tier, a.backend, a.error))
-                .collect();
-            Err(BackendError::Unavailable(format!(
-                "every eligible tier failed: {}",
-                tried.join("; ")
-            )))
+            let mut route = route;
+            route.attempts = std::mem::take(&mut tries.attempts);
+            route.confidence = Some(confidence);
+            Ok(routed((route, held.replay(client_top))))
         })
+    }
+}
+
+/// One tier of a request's plan, with its route reasons.
+struct Step {
+    tier: usize,
+    first_try: String,
+    after_failures: String,
+}
+
+/// The backends tried for one request so far.
+struct Tries<'a> {
+    routing: &'a Routing,
+    prefix: &'a PrefixKey,
+    attempts: Vec<RouteAttempt>,
+}
+
+impl Tries<'_> {
+    fn failed(&mut self, tier: &str, backend: &str, error: &BackendError) {
+        let error = match error {
+            BackendError::TooLong(p) => p.message.clone(),
+            e => e.to_string(),
+        };
+        self.attempts.push(RouteAttempt {
+            tier: tier.to_owned(),
+            backend: backend.to_owned(),
+            error,
+        });
+    }
+
+    /// The first backend of `plan` that starts the answer (each tier's
+    /// backends in its balancer's order), while attempts are left.
+    async fn run(
+        &mut self,
+        plan: &[Step],
+        request: &Request,
+    ) -> Result<(Route, EventStream), BackendError> {
+        for step in plan {
+            let tier = &self.routing.tiers[step.tier];
+            let order = tier.balancer.order(self.prefix);
+            for (nth, &replica) in order.replicas.iter().enumerate() {
+                if self.attempts.len() >= self.routing.max_attempts {
+                    break;
+                }
+                let backend = &tier.backends[replica];
+                let in_flight = tier.balancer.start(replica);
+                match backend.generate(request.clone()).await {
+                    Ok(events) => {
+                        let route = Route {
+                            tier: tier.name.clone(),
+                            backend: backend.name().to_owned(),
+                            reason: if self.attempts.is_empty() {
+                                step.first_try.clone()
+                            } else {
+                                step.after_failures.clone()
+                            },
+                            attempts: self.attempts.clone(),
+                            balance: (tier.backends.len() > 1)
+                                .then(|| tier.balancer.policy().name().to_owned()),
+                            prefix_match: order.prefix_match.filter(|_| nth == 0),
+                            confidence: None,
+                        };
+                        // In flight on the replica until its events are dropped.
+                        let events = events
+                            .map(move |ev| {
+                                let _ = &in_flight;
+                                ev
+                            })
+                            .boxed();
+                        return Ok((route, events));
+                    }
+                    // The request itself is wrong: every tier would say so.
+                    // (A backend that counted the prompt with its own tokenizer
+                    // and found it too long is not: a larger tier may take it.)
+                    Err(e @ BackendError::Invalid(_)) => return Err(e),
+                    Err(e) => self.failed(&tier.name, backend.name(), &e),
+                }
+            }
+        }
+        let tried: Vec<String> = self
+            .attempts
+            .iter()
+            .map(|a| format!("{} ({}): {}", a.tier, a.backend, a.error))
+            .collect();
+        Err(BackendError::Unavailable(format!(
+            "every eligible tier failed: {}",
+            tried.join("; ")
+        )))
+    }
+}
+
+/// The route event, then the answer.
+fn routed((route, events): (Route, EventStream)) -> EventStream {
+    futures_util::stream::once(async move { Event::Route(route) })
+        .chain(events)
+        .boxed()
+}
+
+/// The start of an answer read and held back for scoring.
+struct Held {
+    events: Vec<Event>,
+    /// Choice 0's logged tokens among them.
+    tokens: Vec<LoggedToken>,
+    /// It failed before anything was relayed.
+    failed: Option<BackendError>,
+    rest: EventStream,
+}
+
+impl Held {
+    /// Reads to the end of the answer, or with `Some(n)` to its `n`th token.
+    async fn read(mut events: EventStream, hold: Option<usize>) -> Held {
+        let mut held = Vec::new();
+        let mut tokens = Vec::new();
+        let mut deltas = 0;
+        let mut failed = None;
+        loop {
+            let Some(ev) = events.next().await else {
+                failed = Some(BackendError::Unavailable(
+                    "the answer ended before it finished".into(),
+                ));
+                break;
+            };
+            match &ev {
+                Event::Delta {
+                    index: 0,
+                    tokens: t,
+                    ..
+                } => {
+                    tokens.extend(t.iter().cloned());
+                    deltas += 1;
+                }
+                Event::Error(e) => {
+                    failed = Some(e.clone());
+                    break;
+                }
+                _ => {}
+            }
+            let done = matches!(ev, Event::Done { .. });
+            held.push(ev);
+            if done || hold.is_some_and(|n| tokens.len().max(deltas) >= n) {
+                break;
+            }
+        }
+        Held {
+            events: held,
+            tokens,
+            failed,
+            rest: events,
+        }
+    }
+
+    /// The held events, then the rest, with no more alternatives per token
+    /// than the client asked for.
+    fn replay(self, client_top: Option<usize>) -> EventStream {
+        let trim = move |mut ev: Event| {
+            if let (Event::Delta { tokens, .. }, Some(k)) = (&mut ev, client_top) {
+                for t in tokens {
+                    t.top.truncate(k);
+                }
+            }
+            ev
+        };
+        futures_util::stream::iter(self.events)
+            .chain(self.rest)
+            .map(trim)
+            .boxed()
+    }
+}
+
+/// The prompt as the cache-aware balancer keys it: tools, then each message's
+/// role and text; or the first completion prompt.
+fn prefix_key(request: &Request) -> PrefixKey {
+    match request {
+        Request::Chat(r) => {
+            let tools: Vec<String> = r
+                .tools
+                .iter()
+                .map(|t| serde_json::to_string(&t.function).unwrap_or_default())
+                .collect();
+            let texts: Vec<String> = r.messages.iter().map(|m| m.text()).collect();
+            let parts =
+                tools
+                    .iter()
+                    .map(|t| t.as_bytes())
+                    .chain(r.messages.iter().zip(&texts).flat_map(|(m, t)| {
+                        [m.role.as_str().as_bytes(), b"\x1f", t.as_bytes(), b"\x1e"]
+                    }));
+            PrefixKey::of(parts)
+        }
+        Request::Completion(r) => match r.prompts.first() {
+            Some(PromptInput::Text(t)) => PrefixKey::of([t.as_bytes()]),
+            Some(PromptInput::Tokens(ids)) => {
+                let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+                PrefixKey::of([bytes.as_slice()])
+            }
+            None => PrefixKey::default(),
+        },
     }
 }
 

@@ -54,6 +54,13 @@ pub struct UpstreamConfig {
     /// How long an open circuit refuses at once before it lets one request
     /// through as a probe (half-open).
     pub open_for: Duration,
+    /// Tries again after a failure to connect or a 502/503/504 answer (never
+    /// once a token arrived), waiting a random time up to `retry_backoff`
+    /// × 2^k before the k-th retry.
+    pub retries: usize,
+    pub retry_backoff: Duration,
+    /// Active health checks: `GET {base_url}/models` this often.
+    pub health_check: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +91,30 @@ pub struct Upstream {
 struct Counters {
     waiting: std::sync::atomic::AtomicUsize,
     timeouts: std::sync::atomic::AtomicU64,
+    retries: std::sync::atomic::AtomicU64,
+}
+
+/// The wait before retry `k` (from 0): uniform in [0, base × 2^k], capped at 5 s.
+fn backoff(base: Duration, k: usize) -> Duration {
+    let bound = base
+        .saturating_mul(1 << k.min(16))
+        .min(Duration::from_secs(5));
+    bound.mul_f64(rand::random::<f64>())
+}
+
+/// A failed start, and whether trying again may help (nothing was received).
+struct Failure {
+    error: BackendError,
+    retryable: bool,
+}
+
+impl From<BackendError> for Failure {
+    fn from(error: BackendError) -> Failure {
+        Failure {
+            error,
+            retryable: false,
+        }
+    }
 }
 
 impl Upstream {
@@ -111,6 +142,16 @@ impl Upstream {
             })?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
         let circuit = Arc::new(Circuit::new(config.failure_threshold, config.open_for));
+        if let (Some(every), Ok(rt)) = (config.health_check, tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(check_health(
+                client.clone(),
+                format!("{}/models", config.base_url.trim_end_matches('/')),
+                config.api_key.clone(),
+                Arc::downgrade(&circuit),
+                every,
+            ));
+        }
         Ok(Upstream {
             circuit,
             counters: Arc::default(),
@@ -163,9 +204,32 @@ impl Backend for Upstream {
             return Box::pin(std::future::ready(Err(e)));
         }
         Box::pin(async move {
-            let result = start(c, client, slots, &counters, request).await;
-            circuit.record(&result);
-            result
+            let mut retry = 0;
+            loop {
+                let (result, retryable) = match start(
+                    c.clone(),
+                    client.clone(),
+                    Arc::clone(&slots),
+                    &counters,
+                    request.clone(),
+                )
+                .await
+                {
+                    Ok(events) => (Ok(events), false),
+                    Err(f) => (Err(f.error), f.retryable),
+                };
+                // The circuit counts requests, not tries: a request that
+                // failed after its retries is one failure.
+                if !retryable || retry >= c.retries {
+                    circuit.record(&result);
+                    return result;
+                }
+                tokio::time::sleep(backoff(c.retry_backoff, retry)).await;
+                retry += 1;
+                counters
+                    .retries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         })
     }
 
@@ -179,6 +243,7 @@ impl Backend for Upstream {
             circuit_open: self.circuit.state() != "closed",
             timeouts_total: self.counters.timeouts.load(Relaxed),
             failures_total: self.circuit.failures_total(),
+            retries_total: self.counters.retries.load(Relaxed),
         })
     }
 }
@@ -191,7 +256,7 @@ async fn start(
     slots: Arc<Semaphore>,
     counters: &Counters,
     request: Request,
-) -> Result<EventStream, BackendError> {
+) -> Result<EventStream, Failure> {
     use std::sync::atomic::Ordering::Relaxed;
     let sent = Instant::now();
     let deadline = tokio::time::Instant::from_std(sent + c.total_timeout);
@@ -243,7 +308,11 @@ async fn start(
                 c.ttft_timeout.as_secs_f64()
             ))
         })?
-        .map_err(|e| unreachable(describe(&e)))?;
+        .map_err(|e| Failure {
+            // Nothing reached the server, or it answered nothing.
+            retryable: e.is_connect(),
+            error: unreachable(describe(&e)),
+        })?;
     let status = resp.status();
     if !status.is_success() {
         let text = tokio::time::timeout_at(first_deadline, resp.text())
@@ -251,7 +320,10 @@ async fn start(
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
-        return Err(refusal(&c.name, status.as_u16(), &text));
+        return Err(Failure {
+            retryable: matches!(status.as_u16(), 502..=504),
+            error: refusal(&c.name, status.as_u16(), &text),
+        });
     }
     let choices = request.choices();
     let arrival = request.common().arrival;
@@ -276,10 +348,11 @@ async fn start(
             return Err(unreachable(format!(
                 "no token within the TTFT timeout of {:.1} s",
                 c.ttft_timeout.as_secs_f64()
-            )));
+            ))
+            .into());
         }
-        Ok(None) => return Err(unreachable("the answer ended before it began".into())),
-        Ok(Some(Event::Error(e))) => return Err(e),
+        Ok(None) => return Err(unreachable("the answer ended before it began".into()).into()),
+        Ok(Some(Event::Error(e))) => return Err(e.into()),
         Ok(Some(ev)) => ev,
     };
     let rest =
@@ -290,6 +363,34 @@ async fn start(
     Ok(futures_util::stream::once(async move { first })
         .chain(rest)
         .boxed())
+}
+
+/// Active health checks, until the upstream is dropped: every `every`, a
+/// `GET /models` that must answer 2xx within `every` (at most 5 s).
+async fn check_health(
+    client: reqwest::Client,
+    url: String,
+    key: Option<String>,
+    circuit: std::sync::Weak<Circuit>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(circuit) = circuit.upgrade() else {
+            return;
+        };
+        let mut req = client.get(&url);
+        if let Some(k) = &key {
+            req = req.bearer_auth(k);
+        }
+        let passed = matches!(
+            tokio::time::timeout(every.min(Duration::from_secs(5)), req.send()).await,
+            Ok(Ok(r)) if r.status().is_success()
+        );
+        circuit.checked(passed);
+    }
 }
 
 /// The circuit breaker of one upstream: closed (requests go through), open
@@ -370,6 +471,26 @@ impl Circuit {
             s.probing = true;
         }
         Ok(())
+    }
+
+    /// Counts an active health check: a failure like a failed request; a
+    /// pass closes the circuit (the upstream is back before `open_for` ends).
+    fn checked(&self, passed: bool) {
+        let mut s = self.lock();
+        if passed {
+            if s.open_until.is_some() && !s.probing {
+                *s = CircuitState {
+                    failures_total: s.failures_total,
+                    ..CircuitState::default()
+                };
+            }
+        } else {
+            s.failures += 1;
+            s.failures_total += 1;
+            if s.failures >= self.threshold {
+                s.open_until = Some(Instant::now() + self.open_for);
+            }
+        }
     }
 
     /// Counts the outcome of an admitted request. The upstream's fault:

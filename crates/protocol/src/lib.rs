@@ -24,10 +24,10 @@ pub use request::{
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
-    ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Delta, Embedding,
-    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta, ModelList,
-    ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings, TokenLogprob, ToolCallDelta,
-    TopLogprob, Usage,
+    ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence, Delta,
+    Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta,
+    ModelList, ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings, TokenLogprob,
+    ToolCallDelta, TopLogprob, Usage,
 };
 pub use valid::{
     parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,

@@ -328,7 +328,7 @@ mod tests {
 
 /// How a gateway chose what answered: the `route` object of a response (an
 /// extension; the first chunk of a stream) and the `x-inferd-route` header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// The tier that answered.
     pub tier: String,
@@ -342,6 +342,40 @@ pub struct Route {
     /// What was tried before, in order, and why each failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<RouteAttempt>,
+    /// How the backend was chosen among the tier's replicas (`round_robin`,
+    /// `least_outstanding`, `cache_aware`, `ordered`); absent for a tier of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<String>,
+    /// Cache-aware balancing: the share of the prompt's prefix blocks the
+    /// chosen replica was estimated to hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_match: Option<f64>,
+    /// Confidence escalation: how sure the first tier's answer was, and
+    /// whether it was asked again of the next tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<Confidence>,
+}
+
+/// The confidence score of one answer, from its own token log-probabilities
+/// (the gateway's `escalate` module documents the formulas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confidence {
+    /// The tier and backend whose answer was scored.
+    pub tier: String,
+    pub backend: String,
+    /// Tokens scored (all of a whole answer; the held ones of a stream).
+    pub tokens: usize,
+    pub mean_logprob: f64,
+    pub min_logprob: f64,
+    /// Mean over tokens of the entropy of the top alternatives, in nats.
+    pub mean_entropy: f64,
+    /// The signal compared with the threshold (`mean_logprob`,
+    /// `min_logprob` or `neg_entropy`), its value, and the threshold.
+    pub signal: String,
+    pub score: f64,
+    pub threshold: f64,
+    /// The score was below the threshold and another tier answered.
+    pub escalated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -354,12 +388,25 @@ pub struct RouteAttempt {
 impl Route {
     /// The `x-inferd-route` header: `tier=local; backend=small; reason=cost; attempts=0`.
     pub fn header(&self) -> String {
-        format!(
+        let mut h = format!(
             "tier={}; backend={}; reason={}; attempts={}",
             self.tier,
             self.backend,
             self.reason,
             self.attempts.len()
-        )
+        );
+        if let Some(b) = &self.balance {
+            h.push_str(&format!("; balance={b}"));
+        }
+        if let Some(m) = self.prefix_match {
+            h.push_str(&format!("; prefix_match={m:.2}"));
+        }
+        if let Some(c) = &self.confidence {
+            h.push_str(&format!(
+                "; confidence={:.3}; escalated={}",
+                c.score, c.escalated
+            ));
+        }
+        h
     }
 }

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub routes: IntCounterVec,
     /// Gateway: failed attempts before the answer (or before giving up).
     pub fallbacks: IntCounterVec,
+    pub escalations: IntCounterVec,
 }
 
 /// The `model` label of a request that named no served model.
@@ -145,6 +146,11 @@ impl Metrics {
                 "Attempts that failed before another backend answered, by the tier and backend that failed",
                 &["router", "tier", "backend"],
             ),
+            escalations: counter(
+                "inferd_gateway_escalations_total",
+                "Answers scored by confidence, by the tier scored, the tier that answered, and whether it escalated",
+                &["router", "scored", "answered", "escalated"],
+            ),
             registry: r,
         }
     }
@@ -157,6 +163,12 @@ impl Metrics {
         for a in &route.attempts {
             self.fallbacks
                 .with_label_values(&[router, &a.tier, &a.backend])
+                .inc();
+        }
+        if let Some(c) = &route.confidence {
+            let escalated = if c.escalated { "true" } else { "false" };
+            self.escalations
+                .with_label_values(&[router, &c.tier, &route.tier, escalated])
                 .inc();
         }
     }
@@ -303,7 +315,7 @@ fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
         .iter()
         .filter_map(|b| b.upstream_stats().map(|st| (b.name(), st)))
         .collect();
-    let rows: [UpstreamSeries; 6] = [
+    let rows: [UpstreamSeries; 7] = [
         (
             "inferd_upstream_requests_in_flight",
             "gauge",
@@ -339,6 +351,12 @@ fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
             "counter",
             "Failures counted by the circuit breaker",
             |u| u.failures_total,
+        ),
+        (
+            "inferd_upstream_retries_total",
+            "counter",
+            "Requests sent again after a failure before their first token",
+            |u| u.retries_total,
         ),
     ];
     if stats.is_empty() {

@@ -1,0 +1,604 @@
+//! The gateway over real processes on loopback: replica balancing across two
+//! `inferd serve` replicas, confidence escalation from a local model to an
+//! upstream `inferd serve`, and faults injected by a proxy the test controls
+//! (5xx answers, a slow first token, a connection cut mid-answer) between the
+//! gateway and its upstream.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{http, model, serve, temp_file};
+use serde_json::Value;
+
+/// An `inferd serve` of SmolLM2 as `small` on one thread.
+fn replica() -> (common::Killed, String) {
+    let small = format!("small={}", model());
+    let (child, addr, _) = serve(&["--port", "0", "--threads", "1", "--model", &small], &[]);
+    (child, addr)
+}
+
+/// A greedy chat request; 8 tokens unless `extra` sets `max_tokens`.
+fn chat_body(model: &str, messages: &Value, extra: &str) -> String {
+    let max = if extra.contains("\"max_tokens\"") {
+        ""
+    } else {
+        r#", "max_tokens": 8"#
+    };
+    format!(r#"{{"model": "{model}", "messages": {messages}, "temperature": 0{max}{extra}}}"#)
+}
+
+fn post(addr: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http(addr, "POST", "/v1/chat/completions", body);
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
+    (status, v)
+}
+
+fn metric(addr: &str, name: &str, labels: &[&str]) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", "");
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+#[test]
+fn replicas_are_balanced_by_round_robin_load_and_cached_prefix() {
+    let (_a, a) = replica();
+    let (_b, b) = replica();
+    let upstream = |name: &str, addr: &str| {
+        format!("[[upstreams]]\nname = \"{name}\"\nbase_url = \"http://{addr}/v1\"\nmodel = \"small\"\ncontext_window = 2048\n\n")
+    };
+    let tier = |name: &str, balance: &str| {
+        format!("[[tiers]]\nname = \"{name}\"\nbackends = [\"r1\", \"r2\"]\nbalance = \"{balance}\"\n\n")
+    };
+    let config = format!(
+        "port = 0\n\n{}{}{}{}{}",
+        upstream("r1", &a),
+        upstream("r2", &b),
+        tier("rr", "round_robin"),
+        tier("lo", "least_outstanding"),
+        tier("ca", "cache_aware"),
+    );
+    let p = temp_file("balance.toml", &config);
+    let (_gw, gw, log) = serve(&["--config", p.to_str().unwrap()], &[]);
+    assert!(log.contains("balance=cache_aware"), "{log}");
+
+    // Round robin alternates.
+    let backends: Vec<String> = (0..4)
+        .map(|i| {
+            let (status, v) = post(&gw, &chat_body("rr", &user(&format!("Count to {i}.")), ""));
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(v["route"]["balance"], "round_robin", "{v}");
+            v["route"]["backend"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_ne!(backends[0], backends[1]);
+    assert_eq!((&backends[0], &backends[1]), (&backends[2], &backends[3]));
+
+    // Least outstanding: while one long stream holds a replica, the next
+    // request goes to the other.
+    let long = chat_body(
+        "lo",
+        &user("Write a long story about a river."),
+        r#", "max_tokens": 400, "ignore_eos": true, "stream": true"#,
+    );
+    let mut stream = TcpStream::connect(&gw).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 2048];
+    let n = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    let busy = head
+        .split("backend=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .unwrap_or_else(|| panic!("{head}"))
+        .to_owned();
+    for _ in 0..2 {
+        let (status, v) = post(&gw, &chat_body("lo", &user("Say hi."), ""));
+        assert_eq!(status, 200, "{v}");
+        assert_ne!(v["route"]["backend"], busy.as_str(), "{v}");
+    }
+    drop(stream);
+
+    // Cache-aware: each turn of a conversation goes to the replica that
+    // holds its history, and that replica serves the history from its cache.
+    let system = "You are a careful assistant who answers in one short sentence. ".repeat(12);
+    let mut homes = Vec::new();
+    for c in 0..2 {
+        let mut messages = vec![
+            serde_json::json!({"role": "system", "content": format!("Conversation {c}. {system}")}),
+            serde_json::json!({"role": "user", "content": "Name a colour."}),
+        ];
+        let mut home: Option<String> = None;
+        for turn in 0..3 {
+            let (status, v) = post(&gw, &chat_body("ca", &Value::Array(messages.clone()), ""));
+            assert_eq!(status, 200, "{v}");
+            let route = &v["route"];
+            assert_eq!(route["balance"], "cache_aware", "{v}");
+            let backend = route["backend"].as_str().unwrap().to_owned();
+            let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            match &home {
+                None => home = Some(backend),
+                Some(h) => {
+                    assert_eq!(&backend, h, "turn {turn} left its replica: {v}");
+                    assert!(route["prefix_match"].as_f64().unwrap() > 0.5, "{v}");
+                    assert!(
+                        cached > 100,
+                        "turn {turn}: the replica read the history from its cache: {v}"
+                    );
+                }
+            }
+            let answer = v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            messages.push(serde_json::json!({"role": "assistant", "content": answer}));
+            messages.push(serde_json::json!({"role": "user", "content": "And another?"}));
+        }
+        homes.push(home.unwrap());
+    }
+    assert_ne!(
+        homes[0], homes[1],
+        "two new conversations on an idle tier spread out"
+    );
+    // A new conversation on conversation 1's system prompt goes where that
+    // prompt is cached.
+    let messages = serde_json::json!([
+        {"role": "system", "content": format!("Conversation 1. {system}")},
+        {"role": "user", "content": "Name a fruit."}
+    ]);
+    let (status, v) = post(&gw, &chat_body("ca", &messages, ""));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["backend"], homes[1].as_str(), "{v}");
+    assert!(v["route"]["prefix_match"].as_f64().unwrap() > 0.5, "{v}");
+}
+
+/// A gateway with SmolLM2 in-process as the free tier and `upper` as a priced
+/// upstream tier, escalating below `threshold`.
+fn escalating_gateway(upper: &str, threshold: f64, hold: usize) -> (common::Killed, String) {
+    let config = format!(
+        r#"port = 0
+threads = 1
+
+[[models]]
+name = "local"
+model = {m:?}
+
+[[upstreams]]
+name = "remote"
+base_url = "http://{upper}/v1"
+model = "small"
+price_in_per_mtok = 1.0
+retries = 0
+
+[[tiers]]
+name = "on-box"
+backends = ["local"]
+
+[[tiers]]
+name = "big"
+backends = ["remote"]
+
+[routing.escalation]
+threshold = {threshold:?}
+hold_tokens = {hold}
+"#,
+        m = model()
+    );
+    let p = temp_file(&format!("escalate-{hold}.toml"), &config);
+    let (child, addr, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    (child, addr)
+}
+
+fn served_prompt_tokens(addr: &str) -> f64 {
+    metric(addr, "inferd_prompt_tokens_total", &[])
+}
+
+#[test]
+fn unsure_answers_escalate_to_the_next_tier_and_sure_ones_stay() {
+    let (mut upper, up) = replica();
+    let question = user("What is the capital of France?");
+
+    // No local answer is sure to 0 nats per token: every one escalates.
+    let (_g, always) = escalating_gateway(&up, 0.0, 3);
+    let before = served_prompt_tokens(&up);
+    let (status, v) = post(&always, &chat_body("auto", &question, ""));
+    assert_eq!(status, 200, "{v}");
+    let route = &v["route"];
+    assert_eq!(
+        (route["tier"].as_str(), route["reason"].as_str()),
+        (Some("big"), Some("escalation")),
+        "{v}"
+    );
+    let c = &route["confidence"];
+    assert_eq!(
+        (c["tier"].as_str(), c["escalated"].as_bool()),
+        (Some("on-box"), Some(true)),
+        "{v}"
+    );
+    assert!(
+        c["score"].as_f64().unwrap() < 0.0 && c["tokens"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(c["signal"], "mean_logprob");
+    assert!(
+        served_prompt_tokens(&up) > before,
+        "the upper tier answered"
+    );
+    assert!(v["choices"][0]["logprobs"].is_null(), "none asked for: {v}");
+    assert_eq!(
+        metric(
+            &always,
+            "inferd_gateway_escalations_total",
+            &[
+                "scored=\"on-box\"",
+                "answered=\"big\"",
+                "escalated=\"true\""
+            ]
+        ),
+        1.0
+    );
+
+    // Streamed with a hold: the route chunk says so before any text.
+    let body = chat_body("auto", &question, r#", "stream": true"#);
+    let (status, head, text) = common::request(&always, "POST", "/v1/chat/completions", "", &body);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        head.contains("reason=escalation") && head.contains("escalated=true"),
+        "{head}"
+    );
+    let first: Value =
+        serde_json::from_str(text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(first["route"]["confidence"]["escalated"], true, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // A threshold nothing falls below: the local answer stands, scored,
+    // with the alternatives the client asked for and no more.
+    let (_g2, never) = escalating_gateway(&up, -1e9, 0);
+    let before = served_prompt_tokens(&up);
+    let (status, v) = post(
+        &never,
+        &chat_body(
+            "auto",
+            &question,
+            r#", "logprobs": true, "top_logprobs": 1"#,
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    let route = &v["route"];
+    assert_eq!(
+        (route["tier"].as_str(), route["reason"].as_str()),
+        (Some("on-box"), Some("cost")),
+        "{v}"
+    );
+    assert_eq!(route["confidence"]["escalated"], false, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(
+        !content.is_empty()
+            && content
+                .iter()
+                .all(|t| t["top_logprobs"].as_array().unwrap().len() == 1),
+        "{v}"
+    );
+    // Streamed without a hold: not scored.
+    let (status, _, text) = common::request(
+        &never,
+        "POST",
+        "/v1/chat/completions",
+        "",
+        &chat_body("auto", &question, r#", "stream": true"#),
+    );
+    assert_eq!(status, 200);
+    assert!(!text.contains("confidence"), "{text}");
+    assert_eq!(
+        served_prompt_tokens(&up),
+        before,
+        "the upper tier was not asked"
+    );
+
+    // The upper tier down: the local answer stands, the failed try named.
+    let _ = upper.0.kill();
+    let _ = upper.0.wait();
+    let (status, v) = post(&always, &chat_body("auto", &question, ""));
+    assert_eq!(status, 200, "{v}");
+    let route = &v["route"];
+    assert_eq!(route["tier"], "on-box", "{v}");
+    assert_eq!(route["confidence"]["escalated"], false, "{v}");
+    assert_eq!(route["attempts"][0]["tier"], "big", "{v}");
+    assert!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 1,
+        "{v}"
+    );
+}
+
+/// What the fault proxy does with the next request.
+#[derive(Clone, Debug)]
+enum Fault {
+    /// Answers this status itself, with an OpenAI-style error body.
+    Status(u16),
+    /// Relays, but holds the upstream's answer this long first.
+    Delay(Duration),
+    /// Relays the answer's head and this many bytes of its body, then
+    /// closes both connections.
+    CutAfter(usize),
+}
+
+/// A proxy in front of an upstream: each request takes the next queued fault,
+/// or is relayed untouched when none is queued.
+struct FaultProxy {
+    addr: String,
+    faults: Arc<Mutex<VecDeque<Fault>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (f, r, up) = (
+            Arc::clone(&faults),
+            Arc::clone(&requests),
+            upstream.to_owned(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let (f, r, up) = (Arc::clone(&f), Arc::clone(&r), up.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(conn, &up, &f, &r);
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            faults,
+            requests,
+        }
+    }
+
+    fn queue(&self, faults: &[Fault]) {
+        self.faults.lock().unwrap().extend(faults.iter().cloned());
+    }
+}
+
+/// One request on `client` (its head rewritten to `Connection: close`).
+fn relay(
+    mut client: TcpStream,
+    upstream: &str,
+    faults: &Mutex<VecDeque<Fault>>,
+    requests: &AtomicUsize,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    let head_end = loop {
+        let n = client.read(&mut byte)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&byte[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = client.read(&mut byte)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&byte[..n]);
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let fault = faults.lock().unwrap().pop_front();
+    if let Some(Fault::Status(code)) = fault {
+        let body =
+            format!(r#"{{"error": {{"message": "injected {code}", "type": "server_error"}}}}"#);
+        write!(
+            client,
+            "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    let mut head: Vec<String> = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(str::to_owned)
+        .collect();
+    head.push("Connection: close".into());
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(format!("{}\r\n\r\n", head.join("\r\n")).as_bytes())?;
+    up.write_all(&buf[head_end..])?;
+    if let Some(Fault::Delay(d)) = fault {
+        std::thread::sleep(d);
+    }
+    let limit = match fault {
+        Some(Fault::CutAfter(n)) => Some(n),
+        _ => None,
+    };
+    let mut answer = Vec::new();
+    let mut body_start = None;
+    loop {
+        let n = up.read(&mut byte)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&byte[..n]);
+        if body_start.is_none() {
+            body_start = answer
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4);
+        }
+        if let (Some(limit), Some(start)) = (limit, body_start) {
+            if answer.len() >= start + limit {
+                client.write_all(&answer[..start + limit])?;
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = up.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            continue;
+        }
+        client.write_all(&answer)?;
+        answer.clear();
+        body_start = Some(0);
+    }
+    Ok(())
+}
+
+#[test]
+fn injected_faults_fall_back_retry_or_fail_whole_and_nothing_hangs() {
+    let (_up, up) = replica();
+    let proxy = FaultProxy::start(&up);
+    let config = format!(
+        r#"port = 0
+threads = 1
+
+[[models]]
+name = "local"
+model = {m:?}
+
+[[upstreams]]
+name = "flaky"
+base_url = "http://{p}/v1"
+model = "small"
+ttft_timeout_secs = 1.5
+failure_threshold = 100
+retries = 1
+retry_backoff_ms = 20
+
+[[tiers]]
+name = "remote"
+backends = ["flaky"]
+
+[[tiers]]
+name = "on-box"
+backends = ["local"]
+"#,
+        m = model(),
+        p = proxy.addr
+    );
+    let p = temp_file("faults.toml", &config);
+    let (_gw, gw, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    let question = user("What is the capital of France?");
+    let ask = |extra: &str| {
+        let started = Instant::now();
+        let (status, v) = post(&gw, &chat_body("auto", &question, extra));
+        (status, v, started.elapsed())
+    };
+
+    // Untouched: the upstream tier (first in config order at equal price) answers.
+    let (status, v, _) = ask("");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "remote", "{v}");
+
+    // One 503: retried once, and the retry answers.
+    let seen = proxy.requests.load(Ordering::SeqCst);
+    proxy.queue(&[Fault::Status(503)]);
+    let (status, v, _) = ask("");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "remote", "{v}");
+    assert!(v["route"].get("attempts").is_none(), "{v}");
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), seen + 2);
+    assert_eq!(
+        metric(
+            &gw,
+            "inferd_upstream_retries_total",
+            &["upstream=\"flaky\""]
+        ),
+        1.0
+    );
+
+    // A 500 is not retried (it may be the request's fault); the next tier answers.
+    let seen = proxy.requests.load(Ordering::SeqCst);
+    proxy.queue(&[Fault::Status(500)]);
+    let (status, v, _) = ask("");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["route"]["tier"].as_str(), v["route"]["reason"].as_str()),
+        (Some("on-box"), Some("fallback")),
+        "{v}"
+    );
+    assert!(
+        v["route"]["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("500"),
+        "{v}"
+    );
+    assert_eq!(proxy.requests.load(Ordering::SeqCst), seen + 1);
+
+    // A first token slower than the TTFT timeout: given up on at the
+    // timeout, and the next tier answers.
+    proxy.queue(&[Fault::Delay(Duration::from_secs(4))]);
+    let (status, v, took) = ask("");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "on-box", "{v}");
+    assert!(
+        v["route"]["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("TTFT"),
+        "{v}"
+    );
+    assert!(took < Duration::from_secs(4), "waited {took:?}");
+
+    // Cut mid-answer, after tokens were relayed: never retried, never passed
+    // off as whole. Not streamed: an error, not a shorter answer.
+    let long = r#", "max_tokens": 40, "ignore_eos": true"#;
+    let seen = proxy.requests.load(Ordering::SeqCst);
+    proxy.queue(&[Fault::CutAfter(1500)]);
+    let (status, v, _) = ask(long);
+    assert!(status >= 500, "{status}: {v}");
+    assert!(v.get("choices").is_none(), "{v}");
+    assert_eq!(
+        proxy.requests.load(Ordering::SeqCst),
+        seen + 1,
+        "not retried"
+    );
+    // Streamed: the text so far, then an error event and no [DONE].
+    proxy.queue(&[Fault::CutAfter(1500)]);
+    let body = chat_body("auto", &question, &format!(r#"{long}, "stream": true"#));
+    let (status, _, text) = common::request(&gw, "POST", "/v1/chat/completions", "", &body);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"content\""), "some text came first: {text}");
+    assert!(text.contains("\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
+    // After all that, the upstream still answers.
+    let (status, v, _) = ask("");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "remote", "{v}");
+}
