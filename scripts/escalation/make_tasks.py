@@ -3,8 +3,8 @@
 answers (arithmetic, unit conversions, capitals, short facts), one JSON object
 per line: {"id", "kind", "question", "answers", "numeric"}.
 
-A numeric item is right when the first number in the answer equals
-`answers[0]`; a text item when one of `answers` appears in the answer as a
+A numeric item is right when the last number in the answer equals
+`answers[0]` (or a word alias appears); a text item when one of `answers` appears in the answer as a
 whole word (case-insensitive). Deterministic: the same file on every run.
 
     python3 scripts/escalation/make_tasks.py > benchmarks/escalation/tasks.jsonl
@@ -17,6 +17,9 @@ items = []
 
 
 def add(kind, question, answers, numeric):
+    """Adds an item unless its question is already in the set."""
+    if any(i["question"] == question for i in items):
+        return False
     items.append({
         "id": f"{kind}-{sum(1 for i in items if i['kind'] == kind):03d}",
         "kind": kind,
@@ -24,27 +27,40 @@ def add(kind, question, answers, numeric):
         "answers": [str(a) for a in answers],
         "numeric": numeric,
     })
+    return True
 
 
-# Arithmetic: 210 items, from easy to harder.
-for _ in range(60):
-    a, b = rng.randint(1, 9), rng.randint(1, 9)
-    add("arithmetic", f"What is {a} + {b}?", [a + b], True)
-for _ in range(40):
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    add("arithmetic", f"What is {a} + {b}?", [a + b], True)
-for _ in range(40):
+def draw(count, make):
+    """`count` distinct items from `make()` -> (kind, question, answers, numeric)."""
+    made = 0
+    while made < count:
+        made += add(*make())
+
+
+# Arithmetic: 210 distinct items, from easy to harder.
+def plus(lo, hi):
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    return "arithmetic", f"What is {a} + {b}?", [a + b], True
+
+
+def minus():
     a = rng.randint(10, 99)
     b = rng.randint(1, a)
-    add("arithmetic", f"What is {a} - {b}?", [a - b], True)
-for _ in range(50):
-    a, b = rng.randint(2, 9), rng.randint(2, 9)
-    add("arithmetic", f"What is {a} times {b}?", [a * b], True)
-for _ in range(20):
-    a, b = rng.randint(11, 30), rng.randint(3, 9)
-    add("arithmetic", f"What is {a} times {b}?", [a * b], True)
+    return "arithmetic", f"What is {a} - {b}?", [a - b], True
 
-# Unit conversions: 120 items.
+
+def times(lo, hi, blo, bhi):
+    a, b = rng.randint(lo, hi), rng.randint(blo, bhi)
+    return "arithmetic", f"What is {a} times {b}?", [a * b], True
+
+
+draw(50, lambda: plus(1, 9))
+draw(50, lambda: plus(10, 99))
+draw(40, minus)
+draw(40, lambda: times(2, 9, 2, 9))
+draw(30, lambda: times(11, 30, 3, 9))
+
+# Unit conversions: 120 distinct items.
 conversions = [
     ("kilometers", "meters", 1000),
     ("meters", "centimeters", 100),
@@ -59,10 +75,15 @@ conversions = [
     ("years", "months", 12),
     ("centimeters", "millimeters", 10),
 ]
-for i in range(120):
-    src, dst, factor = conversions[i % len(conversions)]
-    x = rng.randint(2, 9)
-    add("units", f"How many {dst} are in {x} {src}?", [x * factor], True)
+
+
+def convert():
+    src, dst, factor = rng.choice(conversions)
+    x = rng.choice([2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13])  # never 10: an example uses it
+    return "units", f"How many {dst} are in {x} {src}?", [x * factor], True
+
+
+draw(120, convert)
 
 capitals = [
     ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),

@@ -203,7 +203,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<Result<()>>();
         {
             let app = Arc::clone(&app);
+            // Loading runs off the runtime, but inside its context, so that
+            // what it builds can start background tasks (health checks).
+            let rt = tokio::runtime::Handle::current();
             std::thread::spawn(move || {
+                let _rt = rt.enter();
                 let result = load_all(models, upstreams, gateway, options).map(|router| {
                     let _ = app.set(router);
                 });

@@ -313,6 +313,27 @@ fn unsure_answers_escalate_to_the_next_tier_and_sure_ones_stay() {
         "the upper tier was not asked"
     );
 
+    // A TTFT target: the local engine, measured by now, predicts its first
+    // token; a target it cannot meet spills to the upstream tier, one it can
+    // stays local; a bad target is a 400 naming it.
+    let slo = |ms: &str| {
+        let extra = format!(r#", "metadata": {{"ttft_slo_ms": "{ms}"}}"#);
+        post(&never, &chat_body("auto", &question, &extra))
+    };
+    let (status, v) = slo("0.001");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["route"]["tier"].as_str(), v["route"]["reason"].as_str()),
+        (Some("big"), Some("slo")),
+        "{v}"
+    );
+    let (status, v) = slo("600000");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "on-box", "{v}");
+    let (status, v) = slo("soon");
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "metadata.ttft_slo_ms", "{v}");
+
     // The upper tier down: the local answer stands, the failed try named.
     let _ = upper.0.kill();
     let _ = upper.0.wait();
@@ -523,6 +544,15 @@ backends = ["local"]
     let (status, v, _) = ask("");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["route"]["tier"], "remote", "{v}");
+    let waits = |le: &str| {
+        metric(
+            &gw,
+            "inferd_upstream_slot_wait_seconds_bucket",
+            &["upstream=\"flaky\"", &format!("le=\"{le}\"")],
+        )
+    };
+    assert_eq!(waits("+Inf"), 1.0, "one request waited for a slot");
+    assert_eq!(waits("0.0005"), 1.0, "and found one free at once");
 
     // One 503: retried once, and the retry answers.
     let seen = proxy.requests.load(Ordering::SeqCst);

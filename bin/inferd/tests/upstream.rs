@@ -551,3 +551,69 @@ fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
     assert_eq!(status, 200, "closed again: {body}");
     assert_eq!(open(&addr), 0.0);
 }
+
+#[test]
+fn active_health_checks_open_and_close_the_circuit_without_requests() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    // open_secs is long: only a passing health check can close the circuit in time.
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"watched\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nfailure_threshold = 2\nopen_secs = 600\nhealth_check_secs = 0.2\n"
+    );
+    let p = temp_file("health.toml", &config);
+    let (_front, addr, _) = serve(
+        &["--config", p.to_str().unwrap()],
+        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
+    );
+    let open = || {
+        metric(
+            &addr,
+            "inferd_upstream_circuit_open",
+            &["upstream=\"watched\""],
+        )
+    };
+    let until = |want: f64| {
+        let started = std::time::Instant::now();
+        while open() != want {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "circuit_open never became {want}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    until(1.0);
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat("watched", false),
+    );
+    assert!(
+        status == 503 && body.contains("circuit open"),
+        "{status} {body}"
+    );
+
+    let small = format!("small={}", model());
+    let port_arg = port.to_string();
+    let args = [
+        "--port",
+        &port_arg,
+        "--threads",
+        "1",
+        "--api-key",
+        KEY,
+        "--model",
+        &small,
+    ];
+    let (_upstream, _, _) = serve(&args, &[]);
+    until(0.0);
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat("watched", false),
+    );
+    assert_eq!(status, 200, "{body}");
+}

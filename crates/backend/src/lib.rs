@@ -236,6 +236,13 @@ pub trait Backend: Send + Sync {
     fn upstream_stats(&self) -> Option<UpstreamStats> {
         None
     }
+    /// When a request with this many prompt tokens would get its first token
+    /// if sent now, predicted from the backend's queue and measured step times
+    /// (`None`: no prediction, e.g. an upstream, or an engine not yet measured).
+    fn ttft_estimate(&self, prompt_tokens: usize) -> Option<std::time::Duration> {
+        let _ = prompt_tokens;
+        None
+    }
 }
 
 /// What an upstream's pool and circuit look like at scrape time: the
@@ -254,7 +261,15 @@ pub struct UpstreamStats {
     pub failures_total: u64,
     /// Requests sent again after a failure before their first token.
     pub retries_total: u64,
+    /// Time requests waited for a slot: counts per bucket of
+    /// [`SLOT_WAIT_BUCKETS`] (each wait counted in the first bucket it fits,
+    /// the last slot for longer ones), and their sum in seconds.
+    pub slot_wait_counts: [u64; SLOT_WAIT_BUCKETS.len() + 1],
+    pub slot_wait_sum_secs: f64,
 }
+
+/// Upper bounds, in seconds, of the slot-wait histogram's buckets.
+pub const SLOT_WAIT_BUCKETS: [f64; 9] = [0.0005, 0.002, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 /// A random 128-bit id in hex, for response and tool-call ids.
 pub fn random_id() -> String {

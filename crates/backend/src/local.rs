@@ -150,6 +150,10 @@ impl Backend for LocalBackend {
             step_failures_total: g.step_failures_total.load(Relaxed),
         })
     }
+
+    fn ttft_estimate(&self, prompt_tokens: usize) -> Option<std::time::Duration> {
+        self.inner.engine.gauges.ttft_estimate(prompt_tokens)
+    }
 }
 
 /// A request turned into token ids, ready for the engine.

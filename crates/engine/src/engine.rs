@@ -105,6 +105,49 @@ pub struct EngineGauges {
     pub preemptions_total: AtomicU64,
     /// Steps that panicked (their requests failed with `StepPanicked`).
     pub step_failures_total: AtomicU64,
+    /// Prompt tokens waiting to be prefilled (queued and partly prefilled).
+    pub pending_prefill_tokens: AtomicUsize,
+    /// Moving averages of step times: nanoseconds per token of steps that
+    /// prefill (32 tokens or more), and nanoseconds per decode-only step
+    /// (0 until such a step ran).
+    pub prefill_ns_per_token: AtomicU64,
+    pub decode_step_ns: AtomicU64,
+}
+
+impl EngineGauges {
+    /// When a new request of `prompt_tokens` would get its first token if it
+    /// arrived now: the prefill queued before it and its own prompt at the
+    /// measured prefill rate, plus one decode step. `None` before the engine
+    /// has measured a prefill step.
+    pub fn ttft_estimate(&self, prompt_tokens: usize) -> Option<Duration> {
+        let per_token = self.prefill_ns_per_token.load(Ordering::Relaxed);
+        if per_token == 0 {
+            return None;
+        }
+        let queued = self.pending_prefill_tokens.load(Ordering::Relaxed);
+        let ns = (queued + prompt_tokens) as u64 * per_token
+            + self.decode_step_ns.load(Ordering::Relaxed);
+        Some(Duration::from_nanos(ns))
+    }
+
+    /// Folds one step's time into the moving averages (weight 1/8 each).
+    fn observe_step(&self, tokens: usize, took: Duration) {
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let fold = |slot: &AtomicU64, sample: u64| {
+            let old = slot.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample) / 8
+            };
+            slot.store(new.max(1), Ordering::Relaxed);
+        };
+        if tokens >= 32 {
+            fold(&self.prefill_ns_per_token, ns / tokens as u64);
+        } else if tokens > 0 {
+            fold(&self.decode_step_ns, ns);
+        }
+    }
 }
 
 /// Cheap to clone; usable from any thread or task.
@@ -495,7 +538,12 @@ impl EngineLoop {
         // Unwind safety: a panic leaves half-updated state only in the requests of
         // this plan (their samplers, detokenizers, token lists and new KV rows),
         // and every one of them is removed below, its blocks freed.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| self.run_step(&plan))) {
+        let started = Instant::now();
+        let ran = catch_unwind(AssertUnwindSafe(|| self.run_step(&plan)));
+        // Decode-only steps count their sequences, prefill steps their tokens.
+        self.gauges
+            .observe_step(plan.num_tokens(), started.elapsed());
+        if let Err(payload) = ran {
             let msg = panic_message(payload.as_ref());
             self.gauges
                 .step_failures_total
@@ -763,12 +811,27 @@ impl EngineLoop {
             .store(s.evictions_total, Ordering::Relaxed);
         g.preemptions_total
             .store(self.scheduler.preemptions_total(), Ordering::Relaxed);
+        g.pending_prefill_tokens
+            .store(self.scheduler.pending_prefill_tokens(), Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ttft_estimate_is_queued_plus_own_prefill_at_the_measured_rate() {
+        let g = EngineGauges::default();
+        assert_eq!(g.ttft_estimate(10), None, "nothing measured yet");
+        g.observe_step(64, Duration::from_millis(64));
+        g.observe_step(4, Duration::from_millis(10));
+        g.pending_prefill_tokens.store(100, Ordering::Relaxed);
+        assert_eq!(g.ttft_estimate(50), Some(Duration::from_millis(160)));
+        // A slower prefill step moves the average by an eighth of the gap.
+        g.observe_step(64, Duration::from_millis(128));
+        assert_eq!(g.prefill_ns_per_token.load(Ordering::Relaxed), 1_125_000);
+    }
 
     #[test]
     fn cache_salt_hash_is_stable_across_processes() {

@@ -14,10 +14,16 @@
 //! - context: a tier whose window cannot hold the prompt plus `max_tokens`
 //!   is dropped. Prompt tokens are estimated at one per 3 bytes of text (BPE
 //!   vocabularies average about 4 bytes per token on English; the margin covers
-//!   code and other languages), plus 8 per message for the chat template.
+//!   code and other languages), plus 8 per message for the chat template;
+//! - slo: a request with `metadata.ttft_slo_ms` drops the tiers whose backends
+//!   predict a later first token (a local engine's prediction from its queue
+//!   and measured step times; upstreams predict nothing and are kept), unless
+//!   that would drop every tier left.
 //!
 //! The tiers left are tried cheapest first (price per 1M input + output
-//! tokens; ties keep config order), each backend of a tier in turn. A backend
+//! tokens; ties keep config order), each tier's backends in its balancer's
+//! order (`balance`); with escalation configured (`escalate`), the first
+//! answer may be scored and asked again of the next tier. A backend
 //! that fails before its first token (unreachable, overloaded, timed out) or
 //! that counts the prompt with its own tokenizer and finds it too long for its
 //! window hands the request to the next, up to `max_attempts`; a request a
@@ -65,6 +71,15 @@ impl Tier {
             .min()
             .unwrap_or(0);
         self.context_window.map_or(own, |cap| cap.min(own))
+    }
+
+    /// The soonest first token any of its backends predicts for a prompt of
+    /// `tokens` (`None`: none predicts).
+    fn ttft_estimate(&self, tokens: usize) -> Option<std::time::Duration> {
+        self.backends
+            .iter()
+            .filter_map(|b| b.ttft_estimate(tokens))
+            .min()
     }
 
     /// What every backend of the tier can do.
@@ -143,6 +158,10 @@ struct Ask {
     capabilities: Capabilities,
     /// Estimated prompt tokens plus `max_tokens`.
     tokens: usize,
+    /// Estimated prompt tokens.
+    prompt_tokens: usize,
+    /// `metadata.ttft_slo_ms`: the first token wanted within this.
+    ttft_target: Option<std::time::Duration>,
     /// Why the request must stay local (`None`: it may leave).
     private: Option<String>,
 }
@@ -212,6 +231,33 @@ impl Policy for Context {
     }
 }
 
+/// A request with a TTFT target keeps the tiers whose backends predict they
+/// can meet it (an engine's prediction from its queue and step times); tiers
+/// that predict nothing (upstreams) are kept. Applied after the others, and
+/// only if some tier is left: a target no tier can meet is served as well as
+/// it can be, not refused.
+struct Slo;
+
+impl Policy for Slo {
+    fn name(&self) -> &'static str {
+        "slo"
+    }
+    fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict {
+        let Some(target) = ask.ttft_target else {
+            return Verdict::Keep;
+        };
+        match tier.ttft_estimate(ask.prompt_tokens) {
+            Some(eta) if eta > target => Verdict::Drop(format!(
+                "tier `{}` predicts a first token in {:.0} ms, past the {:.0} ms target",
+                tier.name,
+                eta.as_secs_f64() * 1e3,
+                target.as_secs_f64() * 1e3
+            )),
+            _ => Verdict::Keep,
+        }
+    }
+}
+
 const POLICIES: [&dyn Policy; 3] = [&Capability, &Privacy, &Context];
 
 /// The gateway as a backend: `auto` routes over every tier; a tier's name
@@ -254,7 +300,7 @@ impl Gateway {
     /// at least as cheap (what, besides price, sent the request there); or the
     /// refusal naming why no tier is left.
     fn plan(&self, ask: &Ask) -> Result<Vec<(usize, Vec<&'static str>)>, BackendError> {
-        let mut kept = Vec::new();
+        let mut kept: Vec<usize> = Vec::new();
         let mut dropped: Vec<(usize, &'static str, String)> = Vec::new();
         for (i, tier) in self.tiers() {
             let verdict = POLICIES.iter().find_map(|p| match p.judge(tier, ask) {
@@ -265,6 +311,13 @@ impl Gateway {
                 None => kept.push(i),
                 Some((policy, why)) => dropped.push((i, policy, why)),
             }
+        }
+        let (meet, miss): (Vec<usize>, Vec<usize>) = kept
+            .iter()
+            .partition(|&&i| matches!(Slo.judge(&self.routing.tiers[i], ask), Verdict::Keep));
+        if !meet.is_empty() && !miss.is_empty() {
+            dropped.extend(miss.into_iter().map(|i| (i, Slo.name(), String::new())));
+            kept = meet;
         }
         if kept.is_empty() {
             let whys: Vec<String> = dropped.into_iter().map(|d| d.2).collect();
@@ -343,8 +396,8 @@ impl Backend for Gateway {
     }
 
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
-        let ask = ask(&request, &self.routing.detectors);
-        let plan = self.plan(&ask).map(|p| {
+        let plan = ask(&request, &self.routing.detectors).and_then(|a| self.plan(&a));
+        let plan = plan.map(|p| {
             p.into_iter()
                 .map(|(tier, why)| Step {
                     tier,
@@ -636,7 +689,7 @@ fn estimate(text_bytes: usize) -> usize {
 }
 
 /// Works out what the policies need from a request.
-fn ask(request: &Request, detectors: &[Detector]) -> Ask {
+fn ask(request: &Request, detectors: &[Detector]) -> Result<Ask, BackendError> {
     // The text the detectors read, and the longest prompt's estimated tokens.
     let (texts, prompt_tokens): (Vec<String>, usize) = match request {
         Request::Chat(r) => {
@@ -692,11 +745,27 @@ fn ask(request: &Request, detectors: &[Detector]) -> Ask {
         embeddings: false,
         constraints: request.constraint().is_some() || forced_tools,
     };
-    Ask {
+    let ttft_target = match common.metadata.get("ttft_slo_ms") {
+        None => None,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(ms) if ms.is_finite() && ms > 0.0 => {
+                Some(std::time::Duration::from_secs_f64(ms / 1e3))
+            }
+            _ => {
+                return Err(BackendError::Invalid(ProtocolError::field(
+                    "metadata.ttft_slo_ms",
+                    format!("must be a positive number of milliseconds, got {v:?}"),
+                )))
+            }
+        },
+    };
+    Ok(Ask {
         capabilities,
         tokens: prompt_tokens + common.max_tokens.unwrap_or(0),
+        prompt_tokens,
+        ttft_target,
         private,
-    }
+    })
 }
 
 #[cfg(test)]

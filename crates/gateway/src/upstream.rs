@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use inferd_backend::{
     Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
-    UpstreamStats,
+    UpstreamStats, SLOT_WAIT_BUCKETS,
 };
 use inferd_protocol::{
     ChatCompletionChunk, ChoiceLogprobs, CompletionResponse, ErrorBody, FinishReason,
@@ -92,6 +92,21 @@ struct Counters {
     waiting: std::sync::atomic::AtomicUsize,
     timeouts: std::sync::atomic::AtomicU64,
     retries: std::sync::atomic::AtomicU64,
+    /// Slot waits by bucket of `SLOT_WAIT_BUCKETS`, and their sum.
+    waits: std::sync::Mutex<([u64; SLOT_WAIT_BUCKETS.len() + 1], f64)>,
+}
+
+impl Counters {
+    fn waited(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = SLOT_WAIT_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(SLOT_WAIT_BUCKETS.len());
+        let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        w.0[bucket] += 1;
+        w.1 += secs;
+    }
 }
 
 /// The wait before retry `k` (from 0): uniform in [0, base × 2^k], capped at 5 s.
@@ -236,6 +251,11 @@ impl Backend for Upstream {
     fn upstream_stats(&self) -> Option<UpstreamStats> {
         use std::sync::atomic::Ordering::Relaxed;
         let max = self.config.max_concurrent.max(1);
+        let waits = *self
+            .counters
+            .waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Some(UpstreamStats {
             in_flight: max - self.slots.available_permits().min(max),
             waiting: self.counters.waiting.load(Relaxed),
@@ -244,6 +264,8 @@ impl Backend for Upstream {
             timeouts_total: self.counters.timeouts.load(Relaxed),
             failures_total: self.circuit.failures_total(),
             retries_total: self.counters.retries.load(Relaxed),
+            slot_wait_counts: waits.0,
+            slot_wait_sum_secs: waits.1,
         })
     }
 }
@@ -265,6 +287,7 @@ async fn start(
     counters.waiting.fetch_add(1, Relaxed);
     let slot = tokio::time::timeout_at(first_deadline, slots.acquire_owned()).await;
     counters.waiting.fetch_sub(1, Relaxed);
+    counters.waited(sent.elapsed());
     let permit = slot
         .map_err(|_| {
             timed_out();

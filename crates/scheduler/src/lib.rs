@@ -435,6 +435,16 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Prompt tokens still to be prefilled, over every sequence (waiting ones
+    /// whole; a decoding sequence's one new token is not counted).
+    pub fn pending_prefill_tokens(&self) -> usize {
+        self.seqs
+            .values()
+            .map(|s| s.pending())
+            .filter(|&p| p > 1)
+            .sum()
+    }
+
     pub fn has_work(&self) -> bool {
         !self.seqs.is_empty()
     }

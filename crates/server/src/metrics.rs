@@ -371,6 +371,27 @@ fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
             ));
         }
     }
+    let name = "inferd_upstream_slot_wait_seconds";
+    s.push_str(&format!(
+        "# HELP {name} Time requests waited for one of the upstream's connection slots\n# TYPE {name} histogram\n"
+    ));
+    for (upstream, st) in &stats {
+        let mut below = 0;
+        for (bound, count) in inferd_backend::SLOT_WAIT_BUCKETS
+            .iter()
+            .zip(&st.slot_wait_counts)
+        {
+            below += count;
+            s.push_str(&format!(
+                "{name}_bucket{{upstream=\"{upstream}\",le=\"{bound}\"}} {below}\n"
+            ));
+        }
+        let total: u64 = st.slot_wait_counts.iter().sum();
+        s.push_str(&format!(
+            "{name}_bucket{{upstream=\"{upstream}\",le=\"+Inf\"}} {total}\n{name}_sum{{upstream=\"{upstream}\"}} {}\n{name}_count{{upstream=\"{upstream}\"}} {total}\n",
+            st.slot_wait_sum_secs
+        ));
+    }
 }
 
 impl Default for Metrics {
