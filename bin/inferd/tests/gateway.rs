@@ -79,6 +79,7 @@ fn replicas_are_balanced_by_round_robin_load_and_cached_prefix() {
             let (status, v) = post(&gw, &chat_body("rr", &user(&format!("Count to {i}.")), ""));
             assert_eq!(status, 200, "{v}");
             assert_eq!(v["route"]["balance"], "round_robin", "{v}");
+            assert!(v["route"]["overhead_ms"].as_f64().unwrap() >= 0.0, "{v}");
             v["route"]["backend"].as_str().unwrap().to_owned()
         })
         .collect();
@@ -604,6 +605,18 @@ backends = ["local"]
         "{v}"
     );
     assert!(took < Duration::from_secs(4), "waited {took:?}");
+    let overhead = v["route"]["overhead_ms"].as_f64().unwrap();
+    assert!(
+        (0.0..1000.0).contains(&overhead),
+        "the 1.5 s spent on the failed upstream is not the gateway's own: {v}"
+    );
+    assert!(
+        metric(
+            &gw,
+            "inferd_gateway_overhead_seconds_count",
+            &["router=\"auto\""]
+        ) >= 4.0
+    );
 
     // Cut mid-answer, after tokens were relayed: never retried, never passed
     // off as whole. Not streamed: an error, not a shorter answer.

@@ -347,6 +347,14 @@ private_patterns = ["email"]
         head.contains("x-inferd-route: tier=on-box; backend=local; reason=fallback; attempts=1"),
         "{head}"
     );
+    let overhead: f64 = head
+        .split("x-inferd-overhead-ms: ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("an x-inferd-overhead-ms header: {head}"));
+    let in_body = route["overhead_ms"].as_f64().unwrap();
+    assert!((overhead - in_body).abs() <= 0.001, "{overhead} vs {v}");
     assert!(
         v["choices"][0]["message"]["content"]
             .as_str()

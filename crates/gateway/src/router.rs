@@ -425,6 +425,9 @@ impl Backend for Gateway {
                 routing: &routing,
                 prefix: &prefix,
                 attempts: Vec::new(),
+                arrival: request.common().arrival,
+                elsewhere: std::time::Duration::ZERO,
+                dispatched: std::time::Instant::now(),
             };
             let scored_first = escalation
                 .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
@@ -438,6 +441,8 @@ impl Backend for Gateway {
                 Err(_) => return tries.run(&plan[1..], &request).await.map(routed),
             };
             let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
+            // The scored answer's time is the first tier's, not the gateway's.
+            tries.elsewhere += tries.dispatched.elapsed();
             if let Some(e) = held.failed {
                 // Nothing was relayed: the next tiers may still answer.
                 tries.failed(&route.tier, &route.backend, &e);
@@ -498,6 +503,12 @@ struct Tries<'a> {
     routing: &'a Routing,
     prefix: &'a PrefixKey,
     attempts: Vec<RouteAttempt>,
+    arrival: std::time::Instant,
+    /// Time spent on backends that did not answer (failed, or scored and
+    /// escalated from).
+    elsewhere: std::time::Duration,
+    /// When the last backend was handed the request.
+    dispatched: std::time::Instant,
 }
 
 impl Tries<'_> {
@@ -529,7 +540,16 @@ impl Tries<'_> {
                 }
                 let backend = &tier.backends[replica];
                 let in_flight = tier.balancer.start(replica);
-                match backend.generate(request.clone()).await {
+                self.dispatched = std::time::Instant::now();
+                let own = self
+                    .dispatched
+                    .saturating_duration_since(self.arrival)
+                    .saturating_sub(self.elsewhere);
+                let started = backend.generate(request.clone()).await;
+                if started.is_err() {
+                    self.elsewhere += self.dispatched.elapsed();
+                }
+                match started {
                     Ok(events) => {
                         let route = Route {
                             tier: tier.name.clone(),
@@ -543,6 +563,7 @@ impl Tries<'_> {
                             balance: (tier.backends.len() > 1)
                                 .then(|| tier.balancer.policy().name().to_owned()),
                             prefix_match: order.prefix_match.filter(|_| nth == 0),
+                            overhead_ms: Some(own.as_secs_f64() * 1e3),
                             confidence: None,
                         };
                         // In flight on the replica until its events are dropped.

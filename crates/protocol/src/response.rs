@@ -350,6 +350,11 @@ pub struct Route {
     /// chosen replica was estimated to hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_match: Option<f64>,
+    /// The gateway's own time before the answering backend got the request:
+    /// from arrival to dispatch, less the time spent on backends that failed
+    /// or were escalated from (their slot waits and answers are theirs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_ms: Option<f64>,
     /// Confidence escalation: how sure the first tier's answer was, and
     /// whether it was asked again of the next tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Gateway: failed attempts before the answer (or before giving up).
     pub fallbacks: IntCounterVec,
     pub escalations: IntCounterVec,
+    /// Gateway: its own time before dispatch (`Route::overhead_ms`).
+    pub gateway_overhead: HistogramVec,
 }
 
 /// The `model` label of a request that named no served model.
@@ -151,6 +153,12 @@ impl Metrics {
                 "Answers scored by confidence, by the tier scored, the tier that answered, and whether it escalated",
                 &["router", "scored", "answered", "escalated"],
             ),
+            gateway_overhead: histogram(
+                "inferd_gateway_overhead_seconds",
+                "A router's own time before the answering backend got the request",
+                EDGE_BUCKETS,
+                &["router"],
+            ),
             registry: r,
         }
     }
@@ -164,6 +172,11 @@ impl Metrics {
             self.fallbacks
                 .with_label_values(&[router, &a.tier, &a.backend])
                 .inc();
+        }
+        if let Some(ms) = route.overhead_ms {
+            self.gateway_overhead
+                .with_label_values(&[router])
+                .observe(ms / 1e3);
         }
         if let Some(c) = &route.confidence {
             let escalated = if c.escalated { "true" } else { "false" };

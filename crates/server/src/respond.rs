@@ -124,8 +124,15 @@ async fn answer(
     } else {
         collect(s, reply, events, route.as_ref()).await?
     };
-    if let Some(v) = route.and_then(|r| HeaderValue::from_str(&r.header()).ok()) {
-        resp.headers_mut().insert("x-inferd-route", v);
+    if let Some(r) = &route {
+        if let Ok(v) = HeaderValue::from_str(&r.header()) {
+            resp.headers_mut().insert("x-inferd-route", v);
+        }
+        if let Some(ms) = r.overhead_ms {
+            if let Ok(v) = HeaderValue::from_str(&format!("{ms:.3}")) {
+                resp.headers_mut().insert("x-inferd-overhead-ms", v);
+            }
+        }
     }
     Ok(resp)
 }
