@@ -19,7 +19,7 @@
 //! Every default is written once: the engine's in `EngineConfig::default()`, the
 //! server's in [`ServeConfig::default`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -171,6 +171,10 @@ pub struct UpstreamSettings {
     /// closes an open circuit. 0: no active checks.
     #[serde(default)]
     pub health_check_secs: f64,
+    /// A PEM file of CA certificates to trust for an `https://` base_url,
+    /// besides the built-in web roots (a private CA or a self-signed server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// USD per 1M prompt tokens, for cost routing.
     #[serde(default)]
     pub price_in_per_mtok: f64,
@@ -340,6 +344,16 @@ impl UpstreamSettings {
                 )
             })?),
         };
+        let ca_pem = match &self.ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "upstream `{}`: cannot read ca_file {}: {e}",
+                    self.name,
+                    path.display()
+                )
+            })?),
+        };
         // Validation names a bad number; here it only must not panic.
         let secs = |v: f64| Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO);
         Ok(inferd_gateway::UpstreamConfig {
@@ -357,6 +371,7 @@ impl UpstreamSettings {
             retries: self.retries,
             retry_backoff: Duration::from_millis(self.retry_backoff_ms),
             health_check: (self.health_check_secs > 0.0).then(|| secs(self.health_check_secs)),
+            ca_pem,
         })
     }
 }

@@ -187,18 +187,21 @@ fn an_upstream_is_served_by_name_streams_relay_and_failures_are_named() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
 
+/// `inferd serve` with the config `text`, which must fail: its stderr.
+fn fails_with(name: &str, text: &str) -> String {
+    let out = common::inferd()
+        .args(["serve", "--config"])
+        .arg(temp_file(name, text))
+        .env_remove("INFERD_NO_SUCH_KEY_VAR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn upstream_config_errors_name_the_entry() {
-    let fails = |name: &str, text: &str| {
-        let out = common::inferd()
-            .args(["serve", "--config"])
-            .arg(temp_file(name, text))
-            .env_remove("INFERD_NO_SUCH_KEY_VAR")
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let fails = fails_with;
     let err = fails(
         "nokey.toml",
         "[[upstreams]]\nname = \"r\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"INFERD_NO_SUCH_KEY_VAR\"\n",
@@ -624,4 +627,110 @@ fn active_health_checks_open_and_close_the_circuit_without_requests() {
         &chat("watched", false),
     );
     assert_eq!(status, 200, "{body}");
+}
+
+/// A TLS front on loopback for `upstream` with a fresh self-signed certificate
+/// for `localhost`: its port and the certificate's PEM.
+fn tls_front(upstream: String) -> (u16, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let pem = cert.cert.pem();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    // A handshake the client refuses just ends the connection.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+    });
+    (port, pem)
+}
+
+#[test]
+fn an_https_upstream_is_reached_over_tls_trusting_its_ca_file_only() {
+    let (_upstream, up_addr) = start_upstream();
+    let (port, pem) = tls_front(up_addr.clone());
+    let ca = temp_file("tls-ca.pem", &pem);
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"secure\"\nbase_url = \"https://localhost:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nca_file = {ca:?}\n\n[[upstreams]]\nname = \"untrusted\"\nbase_url = \"https://localhost:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\n"
+    );
+    let p = temp_file("tls.toml", &config);
+    let (_front, addr, _) = serve(
+        &["--config", p.to_str().unwrap()],
+        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
+    );
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let (_, direct) = http_with(
+        &up_addr,
+        "POST",
+        "/v1/chat/completions",
+        &auth,
+        &chat("small", false),
+    );
+    let direct: Value = serde_json::from_str(&direct).unwrap();
+    for stream in [false, true] {
+        let (status, body) = http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            &chat("secure", stream),
+        );
+        assert_eq!(status, 200, "{body}");
+        if !stream {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                v["choices"][0]["message"], direct["choices"][0]["message"],
+                "{body}"
+            );
+        } else {
+            assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        }
+    }
+    let (status, body) = http(
+        &addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat("untrusted", false),
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("certificate") || body.contains("UnknownIssuer"),
+        "{body}"
+    );
+    let err = fails_with(
+        "tls-bad-ca.toml",
+        &format!("[[upstreams]]\nname = \"r\"\nbase_url = \"https://localhost:{port}/v1\"\nca_file = {:?}\n", p.to_str().unwrap()),
+    );
+    assert!(
+        err.contains("ca_file") || err.contains("CA certificates"),
+        "{err}"
+    );
 }

@@ -61,6 +61,9 @@ pub struct UpstreamConfig {
     pub retry_backoff: Duration,
     /// Active health checks: `GET {base_url}/models` this often.
     pub health_check: Option<Duration>,
+    /// PEM certificates trusted for an `https` upstream besides the built-in
+    /// web roots (a private CA, a self-signed server).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ pub enum UpstreamError {
         url: String,
         what: &'static str,
     },
+    #[error("upstream `{name}`: ca_file: {what}")]
+    Ca { name: String, what: String },
     #[error("upstream `{name}`: cannot build its HTTP client: {source}")]
     Client {
         name: String,
@@ -141,20 +146,32 @@ impl Upstream {
         };
         let parsed = reqwest::Url::parse(&config.base_url)
             .map_err(|_| url_err("is not a URL (e.g. http://127.0.0.1:8081/v1)"))?;
-        match parsed.scheme() {
-            "http" => {}
-            "https" => return Err(url_err("is https, and this build has no TLS")),
-            _ => return Err(url_err("must start with http://")),
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(url_err("must start with http:// or https://"));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
-            .build()
-            .map_err(|source| UpstreamError::Client {
+            .https_only(parsed.scheme() == "https");
+        if let Some(pem) = &config.ca_pem {
+            let ca_err = |what: String| UpstreamError::Ca {
                 name: config.name.clone(),
-                source,
-            })?;
+                what,
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ca_err(format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("holds no PEM certificate".into()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let client = builder.build().map_err(|source| UpstreamError::Client {
+            name: config.name.clone(),
+            source,
+        })?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
         let circuit = Arc::new(Circuit::new(config.failure_threshold, config.open_for));
         if let (Some(every), Ok(rt)) = (config.health_check, tokio::runtime::Handle::try_current())
