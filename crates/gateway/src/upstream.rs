@@ -682,35 +682,38 @@ impl Reader {
         }
     }
 
+    /// One SSE event's JSON as `T`, or the error it carries instead. Parsed
+    /// straight into `T`; only an event that mentions `"error"` (an error
+    /// event, or a chunk whose text is that word) is first read as a tree to
+    /// look for the key.
+    fn read<T: serde::de::DeserializeOwned>(&self, data: &str) -> Result<T, BackendError> {
+        let failed =
+            |what: String| BackendError::Unavailable(format!("upstream `{}` {what}", self.name));
+        if data.contains("\"error\"") {
+            let value: serde_json::Value = serde_json::from_str(data)
+                .map_err(|e| failed(format!("sent a chunk that is not JSON: {e}")))?;
+            if value.get("error").is_some() {
+                let message = serde_json::from_value::<ErrorBody>(value)
+                    .map(|b| b.error.message)
+                    .unwrap_or_else(|_| "an error event without a message".into());
+                return Err(failed(format!("failed mid-answer: {message}")));
+            }
+        }
+        serde_json::from_str(data).map_err(|e| {
+            if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
+                failed(format!("sent a chunk that is not JSON: {e}"))
+            } else {
+                failed(format!("sent a chunk this gateway cannot read: {e}"))
+            }
+        })
+    }
+
     /// One SSE event's JSON: its text, tool calls and finish reasons.
     fn chunk(&mut self, data: &str, out: &mut VecDeque<Event>) -> Result<(), BackendError> {
-        let value: serde_json::Value = serde_json::from_str(data).map_err(|e| {
-            BackendError::Unavailable(format!(
-                "upstream `{}` sent a chunk that is not JSON: {e}",
-                self.name
-            ))
-        })?;
-        // An error event (`{"error": {...}}`) instead of a chunk. Checked by key,
-        // so that ordinary chunks are not copied to try it.
-        if value.get("error").is_some() {
-            let message = serde_json::from_value::<ErrorBody>(value)
-                .map(|b| b.error.message)
-                .unwrap_or_else(|_| "an error event without a message".into());
-            return Err(BackendError::Unavailable(format!(
-                "upstream `{}` failed mid-answer: {message}",
-                self.name
-            )));
-        }
-        let bad = |e: serde_json::Error| {
-            BackendError::Unavailable(format!(
-                "upstream `{}` sent a chunk this gateway cannot read: {e}",
-                self.name
-            ))
-        };
         let now = Instant::now();
         match self.kind {
             Kind::Chat => {
-                let chunk: ChatCompletionChunk = serde_json::from_value(value).map_err(bad)?;
+                let chunk: ChatCompletionChunk = self.read(data)?;
                 self.usage = chunk.usage.or(self.usage);
                 self.timings = chunk.timings.or(self.timings);
                 for ch in chunk.choices {
@@ -737,7 +740,7 @@ impl Reader {
                 }
             }
             Kind::Completion => {
-                let chunk: CompletionResponse = serde_json::from_value(value).map_err(bad)?;
+                let chunk: CompletionResponse = self.read(data)?;
                 self.usage = chunk.usage.or(self.usage);
                 self.timings = chunk.timings.or(self.timings);
                 for ch in chunk.choices {
@@ -812,6 +815,38 @@ mod tests {
 
     fn failed() -> Result<EventStream, BackendError> {
         Err(BackendError::Unavailable("down".into()))
+    }
+
+    #[test]
+    fn chunks_parse_straight_and_error_events_are_errors() {
+        let (tx, _rx) = mpsc::channel(1);
+        let r = Reader {
+            name: "u".into(),
+            kind: Kind::Chat,
+            choices: 1,
+            arrival: Instant::now(),
+            first_token: None,
+            finished: BTreeMap::new(),
+            usage: None,
+            timings: None,
+            tx,
+        };
+        let chunk = |content: &str| {
+            format!(
+                r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}},"logprobs":null,"finish_reason":null}}]}}"#
+            )
+        };
+        let ok: ChatCompletionChunk = r.read(&chunk("hi")).unwrap();
+        assert_eq!(ok.choices[0].delta.content.as_deref(), Some("hi"));
+        let word: ChatCompletionChunk = r.read(&chunk("error")).unwrap();
+        assert_eq!(word.choices[0].delta.content.as_deref(), Some("error"));
+        let err = |data: &str| r.read::<ChatCompletionChunk>(data).unwrap_err().to_string();
+        assert!(
+            err(r#"{"error": {"message": "boom", "type": "server_error"}}"#)
+                .contains("failed mid-answer: boom")
+        );
+        assert!(err("{not json").contains("not JSON"));
+        assert!(err(r#"{"id": 3}"#).contains("cannot read"));
     }
 
     #[test]
