@@ -416,11 +416,14 @@ impl Backend for Gateway {
         });
         Box::pin(async move {
             let plan = plan?;
-            let prefix = plan
+            let keyed = plan
                 .iter()
-                .any(|p| routing.tiers[p.tier].balancer.wants_prefix())
-                .then(|| prefix_key(&request))
-                .unwrap_or_default();
+                .any(|p| routing.tiers[p.tier].balancer.wants_prefix());
+            let prefix = if keyed {
+                prefix_key(&request)
+            } else {
+                PrefixKey::default()
+            };
             let mut tries = Tries {
                 routing: &routing,
                 prefix: &prefix,
@@ -467,20 +470,17 @@ impl Backend for Gateway {
             };
             if score < esc.threshold {
                 let before = tries.attempts.len();
-                match tries.run(&plan[1..], &request).await {
-                    Ok((mut upper, events)) => {
-                        upper.reason = if upper.attempts.len() > before {
-                            "escalation+fallback".into()
-                        } else {
-                            "escalation".into()
-                        };
-                        confidence.escalated = true;
-                        upper.confidence = Some(confidence);
-                        return Ok(routed((upper, events)));
-                    }
-                    // The next tiers failed: the first answer stands, with
-                    // those attempts named in its route.
-                    Err(_) => {}
+                // If the next tiers fail, the first answer stands, with those
+                // attempts named in its route.
+                if let Ok((mut upper, events)) = tries.run(&plan[1..], &request).await {
+                    upper.reason = if upper.attempts.len() > before {
+                        "escalation+fallback".into()
+                    } else {
+                        "escalation".into()
+                    };
+                    confidence.escalated = true;
+                    upper.confidence = Some(confidence);
+                    return Ok(routed((upper, events)));
                 }
             }
             let mut route = route;
