@@ -487,7 +487,10 @@ def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == got.choices[0].message.content[:len(text)] and text
         big = ask(via, model="big")
-        assert big.model_extra["route"] == {"tier": "big", "backend": "remote", "reason": "explicit"}
+        route = big.model_extra["route"]
+        assert (route["tier"], route["backend"], route["reason"]) == ("big", "remote", "explicit")
+        assert route["overhead_ms"] >= 0 and "attempts" not in route
+        assert float(raw.headers["x-inferd-overhead-ms"]) >= 0
     finally:
         proc.terminate()
         proc.wait(timeout=30)

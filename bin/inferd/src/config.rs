@@ -228,6 +228,56 @@ impl TierSettings {
     }
 }
 
+/// One `[[rules]]` entry: a deterministic handler (`inferd_handlers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    pub name: String,
+    /// Matches the last user message (named groups: `input`, `key`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Or: matches when the last user message is JSON valid against this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<serde_json::Value>,
+    /// `arithmetic`, `convert`, `datetime`, `validate_email`, `validate_url`,
+    /// `validate_uuid`, `validate_json`, `lookup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// The answer's template: `{result}`, `{input}`, named groups, columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
+    /// `validate_json`: the schema its input must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// Transform instead of answering: add this to the system prompt ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_hint: Option<String>,
+    /// ... and/or send the request to this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+impl RuleSettings {
+    pub fn spec(&self) -> inferd_handlers::RuleSpec {
+        inferd_handlers::RuleSpec {
+            name: self.name.clone(),
+            regex: self.regex.clone(),
+            json_schema: self.json_schema.clone(),
+            builtin: self.builtin.clone(),
+            answer: self.answer.clone(),
+            lookup_file: self.lookup_file.clone(),
+            key_column: self.key_column.clone(),
+            schema: self.schema.clone(),
+            system_hint: self.system_hint.clone(),
+            tier: self.tier.clone(),
+        }
+    }
+}
+
 /// `[routing]`: how requests are routed over the tiers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -405,6 +455,9 @@ pub struct ServeConfig {
     pub tiers: Vec<TierSettings>,
     #[serde(default)]
     pub routing: RoutingSettings,
+    /// Deterministic handlers, tried in order before routing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleSettings>,
     /// Engine settings for every model (a model's own entry overrides them).
     #[serde(flatten)]
     pub engine: EngineSettings,
@@ -423,6 +476,7 @@ impl Default for ServeConfig {
             models: Vec::new(),
             upstreams: Vec::new(),
             tiers: Vec::new(),
+            rules: Vec::new(),
             routing: RoutingSettings::default(),
             engine: EngineSettings::default(),
         }
@@ -648,6 +702,21 @@ impl ServeConfig {
         }
         if self.routing.max_attempts == 0 {
             problems.push("`routing.max_attempts` must be at least 1, got 0".to_owned());
+        }
+        if !self.rules.is_empty() && self.tiers.is_empty() {
+            problems
+                .push("`rules` apply to requests the gateway routes: add `[[tiers]]`".to_owned());
+        }
+        let specs: Vec<_> = self.rules.iter().map(RuleSettings::spec).collect();
+        if let Err(e) = inferd_handlers::Rules::new(&specs) {
+            problems.push(e);
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if let Some(t) = &r.tier {
+                if !self.tiers.iter().any(|x| &x.name == t) {
+                    problems.push(format!("`rules[{i}].tier` {t:?} is not the name of a tier"));
+                }
+            }
         }
         if let Some(e) = &self.routing.escalation {
             if e.build().is_none() {

@@ -162,8 +162,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         prices: config
             .upstreams
             .iter()
-            .map(|u| (u.name.clone(), u.price_in_per_mtok + u.price_out_per_mtok))
+            .map(|u| (u.name.clone(), u.price_in_per_mtok, u.price_out_per_mtok))
             .collect(),
+        rules: config.rules.iter().map(|r| r.spec()).collect(),
     };
     let options = ServerOptions {
         api_key: config.api_key.clone(),
@@ -273,8 +274,9 @@ fn rss_mib() -> Option<u64> {
 pub struct GatewayPlan {
     pub tiers: Vec<crate::config::TierSettings>,
     pub routing: crate::config::RoutingSettings,
-    /// Upstream name → USD per 1M input + output tokens.
-    pub prices: Vec<(String, f64)>,
+    /// Upstream name → USD per 1M input and per 1M output tokens.
+    pub prices: Vec<(String, f64, f64)>,
+    pub rules: Vec<inferd_handlers::RuleSpec>,
 }
 
 /// `auto` and one gateway per tier, over the backends already built.
@@ -299,11 +301,13 @@ fn build_gateway(
                 .iter()
                 .map(|b| find(b))
                 .collect::<Result<Vec<_>>>()?;
-            let price = t
+            // The dearest backend's prices (local models cost 0).
+            let (price_in, price_out) = t
                 .backends
                 .iter()
-                .filter_map(|b| plan.prices.iter().find(|p| &p.0 == b).map(|p| p.1))
-                .fold(0.0, f64::max);
+                .filter_map(|b| plan.prices.iter().find(|p| &p.0 == b))
+                .map(|p| (p.1, p.2))
+                .fold((0.0, 0.0), |a, b| if b.0 + b.1 > a.0 + a.1 { b } else { a });
             let policy = t
                 .policy()
                 .ok_or_else(|| anyhow::anyhow!("tier `{}`: unknown balance", t.name))?;
@@ -312,7 +316,9 @@ fn build_gateway(
                 local: t.backends.iter().all(|b| local_names.contains(b)),
                 balancer: inferd_gateway::balance::Balancer::new(policy, members.len()),
                 backends: members,
-                price,
+                price: price_in + price_out,
+                price_in,
+                price_out,
                 context_window: t.context_window,
             })
         })
@@ -333,6 +339,7 @@ fn build_gateway(
             detectors,
             max_attempts: plan.routing.max_attempts,
             escalation: plan.routing.escalation.as_ref().and_then(|e| e.build()),
+            rules: inferd_handlers::Rules::new(&plan.rules).map_err(anyhow::Error::msg)?,
         },
     ))
 }

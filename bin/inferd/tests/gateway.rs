@@ -174,21 +174,9 @@ fn replicas_are_balanced_by_round_robin_load_and_cached_prefix() {
 /// A gateway with SmolLM2 in-process as the free tier and `upper` as a priced
 /// upstream tier, escalating below `threshold`.
 fn escalating_gateway(upper: &str, threshold: f64, hold: usize) -> (common::Killed, String) {
-    let config = format!(
-        r#"port = 0
-threads = 1
-
-[[models]]
-name = "local"
-model = {m:?}
-
-[[upstreams]]
-name = "remote"
-base_url = "http://{upper}/v1"
-model = "small"
-price_in_per_mtok = 1.0
-retries = 0
-
+    let config = common::local_and_remote(upper, "price_in_per_mtok = 1.0\nretries = 0")
+        + &format!(
+            r#"
 [[tiers]]
 name = "on-box"
 backends = ["local"]
@@ -200,9 +188,8 @@ backends = ["remote"]
 [routing.escalation]
 threshold = {threshold:?}
 hold_tokens = {hold}
-"#,
-        m = model()
-    );
+"#
+        );
     let p = temp_file(&format!("escalate-{hold}.toml"), &config);
     let (child, addr, _) = serve(&["--config", p.to_str().unwrap()], &[]);
     (child, addr)
@@ -644,4 +631,159 @@ backends = ["local"]
     let (status, v, _) = ask("");
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["route"]["tier"], "remote", "{v}");
+}
+
+#[test]
+fn rules_answer_with_code_transform_requests_and_fall_through_on_failure() {
+    let (_up, up) = replica();
+    let csv = temp_file("capitals.csv", "country,capital\nFrance,Paris\nPeru,Lima\n");
+    let config = common::local_and_remote(&up, "price_in_per_mtok = 2.0\nprice_out_per_mtok = 8.0")
+        + &format!(
+            r#"
+[[tiers]]
+name = "big"
+backends = ["remote"]
+
+[[tiers]]
+name = "on-box"
+backends = ["local"]
+
+[[rules]]
+name = "math"
+regex = '(?i)^\s*(?:what is|calculate)\s+(?P<input>[-+*/^()%.,\d\s]+(?:of [\d.,\s]+)?)\??\s*$'
+builtin = "arithmetic"
+
+[[rules]]
+name = "units"
+regex = '(?i)^\s*convert\s+(?P<input>.+?)\??$'
+builtin = "convert"
+answer = "{{input}} = {{result}}"
+
+[[rules]]
+name = "clock"
+regex = '(?i)\btime\b.*\bin\b'
+builtin = "datetime"
+
+[[rules]]
+name = "email"
+regex = '(?i)^is (?P<input>\S+) a valid email'
+builtin = "validate_email"
+
+[[rules]]
+name = "order"
+json_schema = {{ type = "object", required = ["order_id"] }}
+builtin = "validate_json"
+schema = {{ type = "object", properties = {{ order_id = {{ type = "integer" }} }} }}
+
+[[rules]]
+name = "capital"
+regex = '(?i)capital of (?P<key>[a-z ]+?)\??$'
+builtin = "lookup"
+lookup_file = {csv:?}
+key_column = "country"
+answer = "The capital of {{country}} is {{capital}}."
+
+[[rules]]
+name = "legal"
+regex = '(?i)\blawsuit\b'
+system_hint = "This is not legal advice; say so."
+tier = "big"
+"#
+        );
+    let p = temp_file("rules.toml", &config);
+    let (_gw, gw, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    let ask = |text: &str| post(&gw, &chat_body("auto", &user(text), ""));
+    let content = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    for (q, rule, want) in [
+        ("What is 17% of 240?", "math", "40.8"),
+        ("calculate (2 + 3) * 4 ^ 2", "math", "80"),
+        ("Convert 5 km to m", "units", "5 km to m = 5000 m"),
+        ("Convert 100 C to F?", "units", "100 C to F = 212 F"),
+        ("Is ann@example.com a valid email?", "email", "Valid: ann@example.com is a valid email address"),
+        (r#"{"order_id": "A7"}"#, "order", "Not valid: JSON that does not match the schema: /order_id: \"A7\" is not of type \"integer\""),
+        ("What is the capital of peru?", "capital", "The capital of Peru is Lima."),
+    ] {
+        let (status, v) = ask(q);
+        assert_eq!(status, 200, "{q}: {v}");
+        assert_eq!(content(&v), want, "{q}: {v}");
+        let h = &v["route"]["handler"];
+        assert_eq!((h["rule"].as_str(), h["action"].as_str()), (Some(rule), Some("answered")), "{v}");
+        assert_eq!(v["route"]["reason"], "handler", "{v}");
+        assert_eq!(v["usage"]["completion_tokens"], 0, "no model ran: {v}");
+        assert!(h["saved_tokens"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(h["saved_usd"].as_f64(), Some(0.0), "the free local tier would have answered: {v}");
+    }
+    // Asked of the priced tier by name: what it would have cost.
+    let (status, v) = post(&gw, &chat_body("big", &user("What is 17% of 240?"), ""));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(content(&v), "40.8", "{v}");
+    assert!(
+        v["route"]["handler"]["saved_usd"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    let (_, v) = ask("What time is it in Tokyo?");
+    assert!(content(&v).contains("(Asia/Tokyo, JST, UTC+09:00)"), "{v}");
+
+    // Streamed, n = 2: the same answer in each choice, then [DONE].
+    let body = chat_body(
+        "auto",
+        &user("What is 2^10?"),
+        r#", "stream": true, "n": 2"#,
+    );
+    let (status, _, text) = common::request(&gw, "POST", "/v1/chat/completions", "", &body);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text.matches("\"content\":\"1024\"").count(), 2, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // A rule that fails falls through to the model, and says so.
+    let (status, v) = ask("What is 1 / 0?");
+    assert_eq!(status, 200, "{v}");
+    let h = &v["route"]["handler"];
+    assert_eq!(
+        (h["rule"].as_str(), h["action"].as_str()),
+        (Some("math"), Some("failed")),
+        "{v}"
+    );
+    assert!(
+        h["error"].as_str().unwrap().contains("division by zero"),
+        "{v}"
+    );
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "a model answered: {v}"
+    );
+
+    // A transform: the hint reaches the model, on the tier the rule names.
+    let messages = serde_json::json!([
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Can I file a lawsuit over a late delivery?"}
+    ]);
+    let (status, direct) = post(&up, &chat_body("small", &messages, ""));
+    assert_eq!(status, 200, "{direct}");
+    let (status, v) = post(&gw, &chat_body("auto", &messages, ""));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["route"]["tier"], "big", "{v}");
+    assert_eq!(v["route"]["handler"]["action"], "transformed", "{v}");
+    assert!(
+        v["usage"]["prompt_tokens"].as_u64() > direct["usage"]["prompt_tokens"].as_u64(),
+        "the system hint was added: {v} vs {direct}"
+    );
+
+    let handled = |labels: &[&str]| metric(&gw, "inferd_gateway_handled_total", labels);
+    assert_eq!(handled(&["rule=\"math\"", "action=\"answered\""]), 4.0);
+    assert_eq!(handled(&["rule=\"math\"", "action=\"failed\""]), 1.0);
+    assert_eq!(handled(&["rule=\"legal\"", "action=\"transformed\""]), 1.0);
+    assert!(
+        metric(
+            &gw,
+            "inferd_gateway_handler_saved_usd_total",
+            &["rule=\"math\""]
+        ) > 0.0
+    );
 }

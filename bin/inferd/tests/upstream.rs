@@ -274,22 +274,10 @@ fn tiers_route_by_cost_context_and_privacy_and_fall_back() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let config = format!(
-        r#"port = 0
-threads = 1
-
-[[models]]
-name = "local"
-model = {m:?}
-
-[[upstreams]]
-name = "remote"
-base_url = "http://{up_addr}/v1"
-model = "small"
-api_key_env = "INFERD_TEST_UPSTREAM_KEY"
-price_in_per_mtok = 0.5
-price_out_per_mtok = 1.5
-
+    let remote = "api_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nprice_in_per_mtok = 0.5\nprice_out_per_mtok = 1.5";
+    let config = common::local_and_remote(&up_addr, remote)
+        + &format!(
+            r#"
 [[upstreams]]
 name = "spot"
 base_url = "http://127.0.0.1:{dead_port}/v1"
@@ -309,9 +297,8 @@ backends = ["remote"]
 
 [routing]
 private_patterns = ["email"]
-"#,
-        m = model()
-    );
+"#
+        );
     let p = temp_file("tiers.toml", &config);
     let (_front, addr, log) = serve(
         &["--config", p.to_str().unwrap()],

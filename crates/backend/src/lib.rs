@@ -151,7 +151,7 @@ pub enum Event {
     /// The request failed after it started; no more events follow.
     Error(BackendError),
     /// A gateway's choice of what answers: first, before any choice's events.
-    Route(inferd_protocol::Route),
+    Route(Box<inferd_protocol::Route>),
 }
 
 pub type EventStream = BoxStream<'static, Event>;

@@ -40,7 +40,11 @@ use futures_util::StreamExt;
 use inferd_backend::{
     Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
 };
-use inferd_protocol::{Confidence, PromptInput, ProtocolError, Route, RouteAttempt, ToolMode};
+use inferd_handlers::Outcome;
+use inferd_protocol::{
+    ChatMessage, Confidence, Handled, MessageContent, PromptInput, ProtocolError, Role, Route,
+    RouteAttempt, ToolMode,
+};
 use regex::Regex;
 
 use crate::balance::{Balancer, PrefixKey};
@@ -55,6 +59,9 @@ pub struct Tier {
     /// USD per 1M input tokens plus per 1M output tokens (0 for local tiers):
     /// the order in which eligible tiers are tried.
     pub price: f64,
+    /// The two parts of `price`, for what a handled request saved.
+    pub price_in: f64,
+    pub price_out: f64,
     /// A cap below the backends' own windows (keep a small tier for short
     /// prompts); `None`: the smallest of its backends' windows.
     pub context_window: Option<usize>,
@@ -137,6 +144,8 @@ pub struct Routing {
     pub max_attempts: usize,
     /// Re-ask the next tier when the first answer's confidence is low.
     pub escalation: Option<Escalation>,
+    /// Deterministic handlers, tried before routing (chat requests).
+    pub rules: inferd_handlers::Rules,
 }
 
 /// One policy's verdict on one tier.
@@ -396,7 +405,26 @@ impl Backend for Gateway {
     }
 
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
-        let plan = ask(&request, &self.routing.detectors).and_then(|a| self.plan(&a));
+        let asked = ask(&request, &self.routing.detectors);
+        let plan = asked
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|a| self.plan(a));
+        let (request, handled, forced) = match self.handle(request, &asked, &plan) {
+            Handling::Answered(events) => return Box::pin(std::future::ready(Ok(events))),
+            Handling::Route {
+                request,
+                handled,
+                tier,
+            } => (request, handled, tier),
+        };
+        // A rule's tier, when routing chose and policies left it eligible.
+        let plan = plan.map(|p| match forced.filter(|_| self.only.is_none()) {
+            Some(t) if p.iter().any(|(i, _)| *i == t) => {
+                p.into_iter().filter(|(i, _)| *i == t).collect()
+            }
+            _ => p,
+        });
         let plan = plan.map(|p| {
             p.into_iter()
                 .map(|(tier, why)| Step {
@@ -435,13 +463,21 @@ impl Backend for Gateway {
             let scored_first = escalation
                 .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
             let Some(esc) = scored_first else {
-                return tries.run(&plan, &request).await.map(routed);
+                return tries
+                    .run(&plan, &request)
+                    .await
+                    .map(|r| routed(r, &handled));
             };
             let scored = escalate::with_logprobs(&request, esc.top_logprobs);
             let (route, events) = match tries.run(&plan[..1], &scored).await {
                 Ok(first) => first,
                 Err(e @ BackendError::Invalid(_)) => return Err(e),
-                Err(_) => return tries.run(&plan[1..], &request).await.map(routed),
+                Err(_) => {
+                    return tries
+                        .run(&plan[1..], &request)
+                        .await
+                        .map(|r| routed(r, &handled))
+                }
             };
             let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
             // The scored answer's time is the first tier's, not the gateway's.
@@ -449,11 +485,14 @@ impl Backend for Gateway {
             if let Some(e) = held.failed {
                 // Nothing was relayed: the next tiers may still answer.
                 tries.failed(&route.tier, &route.backend, &e);
-                return tries.run(&plan[1..], &request).await.map(routed);
+                return tries
+                    .run(&plan[1..], &request)
+                    .await
+                    .map(|r| routed(r, &handled));
             }
             let client_top = request.logprobs();
             let Some(scores) = escalate::Scores::of(&held.tokens) else {
-                return Ok(routed((route, held.replay(client_top))));
+                return Ok(routed((route, held.replay(client_top)), &handled));
             };
             let score = esc.signal.of(&scores);
             let mut confidence = Confidence {
@@ -480,13 +519,13 @@ impl Backend for Gateway {
                     };
                     confidence.escalated = true;
                     upper.confidence = Some(confidence);
-                    return Ok(routed((upper, events)));
+                    return Ok(routed((upper, events), &handled));
                 }
             }
             let mut route = route;
             route.attempts = std::mem::take(&mut tries.attempts);
             route.confidence = Some(confidence);
-            Ok(routed((route, held.replay(client_top))))
+            Ok(routed((route, held.replay(client_top)), &handled))
         })
     }
 }
@@ -565,6 +604,7 @@ impl Tries<'_> {
                             prefix_match: order.prefix_match.filter(|_| nth == 0),
                             overhead_ms: Some(own.as_secs_f64() * 1e3),
                             confidence: None,
+                            handler: None,
                         };
                         // In flight on the replica until its events are dropped.
                         let events = events
@@ -595,11 +635,160 @@ impl Tries<'_> {
     }
 }
 
-/// The route event, then the answer.
-fn routed((route, events): (Route, EventStream)) -> EventStream {
-    futures_util::stream::once(async move { Event::Route(route) })
+/// The route event (with what a rule did), then the answer.
+fn routed((mut route, events): (Route, EventStream), handled: &Option<Handled>) -> EventStream {
+    route.handler = handled.clone();
+    futures_util::stream::once(async move { Event::Route(Box::new(route)) })
         .chain(events)
         .boxed()
+}
+
+/// What the rules made of a request (made and taken apart once per request,
+/// so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Handling {
+    /// A rule answered: the whole answer's events.
+    Answered(EventStream),
+    /// Route it (perhaps changed), reporting the rule, perhaps to one tier.
+    Route {
+        request: Request,
+        handled: Option<Handled>,
+        tier: Option<usize>,
+    },
+}
+
+impl Gateway {
+    /// Runs the rules on a chat request's last user message.
+    fn handle(
+        &self,
+        request: Request,
+        asked: &Result<Ask, BackendError>,
+        plan: &Result<Vec<(usize, Vec<&'static str>)>, BackendError>,
+    ) -> Handling {
+        let rules = &self.routing.rules;
+        let text = match &request {
+            Request::Chat(c) if !rules.is_empty() => c
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| m.text()),
+            _ => None,
+        };
+        let Some(text) = text else {
+            return Handling::Route {
+                request,
+                handled: None,
+                tier: None,
+            };
+        };
+        let report = |rule: &str, action: &str, error: Option<String>| Handled {
+            rule: rule.to_owned(),
+            action: action.to_owned(),
+            error,
+            saved_tokens: None,
+            saved_usd: None,
+        };
+        match rules.apply(&text) {
+            Outcome::Pass => Handling::Route {
+                request,
+                handled: None,
+                tier: None,
+            },
+            Outcome::Failed { rule, error } => {
+                tracing::info!(rule, %error, "rule failed; the model answers");
+                Handling::Route {
+                    request,
+                    handled: Some(report(rule, "failed", Some(error))),
+                    tier: None,
+                }
+            }
+            Outcome::Transform {
+                rule,
+                system_hint,
+                tier,
+            } => {
+                let mut request = request;
+                if let (Request::Chat(c), Some(hint)) = (&mut request, system_hint) {
+                    add_system_hint(&mut c.messages, hint);
+                }
+                let tier = tier.and_then(|t| self.routing.tiers.iter().position(|x| x.name == t));
+                Handling::Route {
+                    request,
+                    handled: Some(report(rule, "transformed", None)),
+                    tier,
+                }
+            }
+            Outcome::Answer { rule, text } => {
+                let mut handled = report(rule, "answered", None);
+                // What the tier that would have answered would have cost.
+                if let (Ok(a), Ok(p)) = (asked, plan) {
+                    let answer = estimate(text.len());
+                    handled.saved_tokens = Some(a.prompt_tokens + answer);
+                    if let Some((t, _)) = p.first() {
+                        let t = &self.routing.tiers[*t];
+                        handled.saved_usd = Some(
+                            (a.prompt_tokens as f64 * t.price_in + answer as f64 * t.price_out)
+                                / 1e6,
+                        );
+                    }
+                }
+                Handling::Answered(answered(&request, handled, text))
+            }
+        }
+    }
+}
+
+/// Appends `hint` to the system message, or starts the conversation with one.
+fn add_system_hint(messages: &mut Vec<ChatMessage>, hint: &str) {
+    match messages.first_mut() {
+        Some(m) if matches!(m.role, Role::System | Role::Developer) => {
+            let text = m.text();
+            m.content = Some(MessageContent::Text(if text.is_empty() {
+                hint.to_owned()
+            } else {
+                format!("{text}\n\n{hint}")
+            }));
+        }
+        _ => messages.insert(0, ChatMessage::new(Role::System, hint)),
+    }
+}
+
+/// A rule's answer as a whole response: the route, then for each choice the
+/// text and its end. No model ran: no tokens are counted.
+fn answered(request: &Request, handled: Handled, text: String) -> EventStream {
+    let route = Route {
+        tier: "rules".into(),
+        backend: handled.rule.clone(),
+        reason: "handler".into(),
+        attempts: Vec::new(),
+        balance: None,
+        prefix_match: None,
+        overhead_ms: None,
+        confidence: None,
+        handler: Some(handled),
+    };
+    let ms = request.common().arrival.elapsed().as_secs_f64() * 1e3;
+    let timings = inferd_protocol::Timings {
+        ttft_ms: ms,
+        e2e_ms: ms,
+        ..Default::default()
+    };
+    let mut events = vec![Event::Route(Box::new(route))];
+    for index in 0..request.choices().max(1) {
+        events.push(Event::Delta {
+            index,
+            text: text.clone(),
+            tokens: Vec::new(),
+        });
+        events.push(Event::Done {
+            index,
+            finish: inferd_protocol::FinishReason::Stop,
+            usage: inferd_protocol::Usage::default(),
+            timings,
+        });
+    }
+    futures_util::stream::iter(events).boxed()
 }
 
 /// The start of an answer read and held back for scoring.

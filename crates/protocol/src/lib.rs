@@ -26,8 +26,8 @@ pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence, Delta,
     Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta,
-    ModelList, ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings, TokenLogprob,
-    ToolCallDelta, TopLogprob, Usage,
+    Handled, ModelList, ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings,
+    TokenLogprob, ToolCallDelta, TopLogprob, Usage,
 };
 pub use valid::{
     parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,

@@ -359,6 +359,26 @@ pub struct Route {
     /// whether it was asked again of the next tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<Confidence>,
+    /// A deterministic handler (rule) that answered, transformed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<Handled>,
+}
+
+/// What a rule did with the request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handled {
+    pub rule: String,
+    /// `answered` (no model ran), `transformed` (a system hint or a tier was
+    /// set, then a model answered) or `failed` (a model answered instead).
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Answered: the tokens (estimated prompt plus answer) and USD the tier
+    /// that would have served it would have cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_usd: Option<f64>,
 }
 
 /// The confidence score of one answer, from its own token log-probabilities
@@ -405,6 +425,9 @@ impl Route {
         }
         if let Some(m) = self.prefix_match {
             h.push_str(&format!("; prefix_match={m:.2}"));
+        }
+        if let Some(hd) = &self.handler {
+            h.push_str(&format!("; rule={}; handled={}", hd.rule, hd.action));
         }
         if let Some(c) = &self.confidence {
             h.push_str(&format!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use inferd_backend::{Backend, EngineStats, UpstreamStats};
 use inferd_protocol::{Timings, Usage};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -35,6 +35,10 @@ pub struct Metrics {
     pub escalations: IntCounterVec,
     /// Gateway: its own time before dispatch (`Route::overhead_ms`).
     pub gateway_overhead: HistogramVec,
+    /// Gateway: requests a rule answered, transformed or failed on.
+    pub handled: IntCounterVec,
+    pub saved_tokens: IntCounterVec,
+    pub saved_usd: CounterVec,
 }
 
 /// The `model` label of a request that named no served model.
@@ -153,6 +157,29 @@ impl Metrics {
                 "Answers scored by confidence, by the tier scored, the tier that answered, and whether it escalated",
                 &["router", "scored", "answered", "escalated"],
             ),
+            handled: counter(
+                "inferd_gateway_handled_total",
+                "Requests a rule answered, transformed, or failed on (then a model answered)",
+                &["router", "rule", "action"],
+            ),
+            saved_tokens: counter(
+                "inferd_gateway_handler_saved_tokens_total",
+                "Estimated prompt and answer tokens of requests rules answered without a model",
+                &["router", "rule"],
+            ),
+            saved_usd: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "inferd_gateway_handler_saved_usd_total",
+                        "What the tier that would have answered would have cost, for requests rules answered",
+                    ),
+                    &["router", "rule"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone()))
+                    .expect("metric names are unique: this is a bug");
+                c
+            },
             gateway_overhead: histogram(
                 "inferd_gateway_overhead_seconds",
                 "A router's own time before the answering backend got the request",
@@ -172,6 +199,21 @@ impl Metrics {
             self.fallbacks
                 .with_label_values(&[router, &a.tier, &a.backend])
                 .inc();
+        }
+        if let Some(h) = &route.handler {
+            self.handled
+                .with_label_values(&[router, &h.rule, &h.action])
+                .inc();
+            if let Some(t) = h.saved_tokens {
+                self.saved_tokens
+                    .with_label_values(&[router, &h.rule])
+                    .inc_by(t as u64);
+            }
+            if let Some(usd) = h.saved_usd {
+                self.saved_usd
+                    .with_label_values(&[router, &h.rule])
+                    .inc_by(usd);
+            }
         }
         if let Some(ms) = route.overhead_ms {
             self.gateway_overhead

@@ -143,7 +143,7 @@ async fn take_route(
     mut events: EventStream,
 ) -> Result<(Option<Route>, EventStream), ApiError> {
     Ok(match within(deadline, events.next()).await? {
-        Some(Event::Route(r)) => (Some(r), events),
+        Some(Event::Route(r)) => (Some(*r), events),
         Some(first) => (
             None,
             futures_util::stream::once(async move { first })

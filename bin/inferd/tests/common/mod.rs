@@ -22,6 +22,16 @@ pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     p
 }
 
+/// The start of a gateway config: SmolLM2 in-process as model `local` and the
+/// `inferd serve` at `upper` (serving it as `small`) as upstream `remote`,
+/// with `remote_settings` (TOML lines) added to that upstream's table.
+pub fn local_and_remote(upper: &str, remote_settings: &str) -> String {
+    format!(
+        "port = 0\nthreads = 1\n\n[[models]]\nname = \"local\"\nmodel = {:?}\n\n[[upstreams]]\nname = \"remote\"\nbase_url = \"http://{upper}/v1\"\nmodel = \"small\"\n{remote_settings}\n",
+        model()
+    )
+}
+
 /// A child process that is killed when the test ends, passing or not.
 pub struct Killed(pub std::process::Child);
 
