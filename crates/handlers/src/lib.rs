@@ -7,7 +7,8 @@
 //!   (units), `datetime` (time in a zone, date arithmetic), `validate_email`,
 //!   `validate_url`, `validate_uuid`, `validate_json` (optionally against a
 //!   schema), `lookup` (a CSV table), each reading the regex's `input` group
-//!   (the whole message without one);
+//!   (the whole message without one; `convert` also takes groups `value`,
+//!   `from` and `to`, `lookup` a group `key`);
 //! - or answers from a template alone;
 //! - or transforms the request: adds a system hint and/or sends it to a tier.
 //!
@@ -326,6 +327,12 @@ fn answer(
                 .display(),
         ),
         Some(Builtin::Convert) => {
+            // Groups `value`, `from` and `to` when the question is worded
+            // differently ("how many feet are in 3 miles").
+            let input = match (vars.get("value"), vars.get("from"), vars.get("to")) {
+                (Some(v), Some(f), Some(t)) => format!("{v} {f} to {t}"),
+                _ => input,
+            };
             let (v, unit) = convert::convert(&input).map_err(|e| e.to_string())?;
             Some(format!("{} {unit}", v.display()))
         }
@@ -418,6 +425,21 @@ mod tests {
             Outcome::Failed { rule: "math", .. }
         ));
         assert_eq!(rules.apply("tell me a story"), Outcome::Pass);
+        let worded = Rules::new(&[RuleSpec {
+            builtin: Some("convert".into()),
+            ..spec(
+                "units",
+                r"(?i)how many (?P<to>[a-z ]+?) are in (?P<value>[\d.,]+) (?P<from>[a-z ]+?)\??$",
+            )
+        }])
+        .unwrap();
+        assert_eq!(
+            worded.apply("How many feet are in 3 miles?"),
+            Outcome::Answer {
+                rule: "units",
+                text: "15840 feet".into()
+            }
+        );
     }
 
     #[test]
