@@ -471,6 +471,12 @@ def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
         "[[tiers]]\n"
         'name = "big"\n'
         'backends = ["remote"]\n'
+        "[[rules]]\n"
+        'name = "math"\n'
+        "regex = '(?i)^what is (?P<input>[-+*/^()%.\\d\\s]+(?:of [\\d.\\s]+)?)\\?$'\n"
+        'builtin = "arithmetic"\n'
+        "[routing.cache]\n"
+        "ttl_secs = 60\n"
     )
     proc, front = start_front(config)
     try:
@@ -487,6 +493,16 @@ def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == got.choices[0].message.content[:len(text)] and text
         big = ask(via, model="big")
+        # A rule answers without a model, whole and streamed; a repeat comes from the cache.
+        ruled = ask(via, model="auto", messages=[{"role": "user", "content": "What is 17% of 240?"}])
+        assert ruled.choices[0].message.content == "40.8"
+        assert ruled.model_extra["route"]["handler"]["action"] == "answered"
+        parts = list(ask(via, model="auto", messages=[{"role": "user", "content": "What is 2^10?"}],
+                         stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in parts if c.choices) == "1024"
+        again = ask(via, model="auto")
+        assert again.model_extra["route"]["cache"] == "exact"
+        assert again.choices[0].message.content == got.choices[0].message.content
         route = big.model_extra["route"]
         assert (route["tier"], route["backend"], route["reason"]) == ("big", "remote", "explicit")
         assert route["overhead_ms"] >= 0 and "attempts" not in route

@@ -295,6 +295,37 @@ pub struct RoutingSettings {
     /// Re-ask the next tier when the first tier's answer is unsure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<EscalationSettings>,
+    /// The exact response cache for deterministic requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheSettings>,
+}
+
+/// `[routing.cache]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Seconds an answer is kept.
+    #[serde(default = "CacheSettings::default_ttl")]
+    pub ttl_secs: f64,
+    /// The answers' size bound, MiB.
+    #[serde(default = "CacheSettings::default_mib")]
+    pub max_mib: f64,
+}
+
+impl CacheSettings {
+    fn default_ttl() -> f64 {
+        300.0
+    }
+    fn default_mib() -> f64 {
+        64.0
+    }
+
+    pub fn build(&self) -> inferd_gateway::cache::ExactCache {
+        inferd_gateway::cache::ExactCache::new(
+            Duration::try_from_secs_f64(self.ttl_secs).unwrap_or(Duration::ZERO),
+            (self.max_mib * 1048576.0) as usize,
+        )
+    }
 }
 
 /// `[routing.escalation]`: confidence escalation (the gateway's `escalate`
@@ -350,6 +381,7 @@ impl Default for RoutingSettings {
             max_attempts: Self::default_max_attempts(),
             private_patterns: Vec::new(),
             escalation: None,
+            cache: None,
         }
     }
 }
@@ -715,6 +747,15 @@ impl ServeConfig {
             if let Some(t) = &r.tier {
                 if !self.tiers.iter().any(|x| &x.name == t) {
                     problems.push(format!("`rules[{i}].tier` {t:?} is not the name of a tier"));
+                }
+            }
+        }
+        if let Some(c) = &self.routing.cache {
+            for (key, v) in [("ttl_secs", c.ttl_secs), ("max_mib", c.max_mib)] {
+                if !(v > 0.0 && v.is_finite()) {
+                    problems.push(format!(
+                        "`routing.cache.{key}` must be a positive number, got {v}"
+                    ));
                 }
             }
         }

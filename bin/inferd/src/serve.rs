@@ -340,6 +340,7 @@ fn build_gateway(
             max_attempts: plan.routing.max_attempts,
             escalation: plan.routing.escalation.as_ref().and_then(|e| e.build()),
             rules: inferd_handlers::Rules::new(&plan.rules).map_err(anyhow::Error::msg)?,
+            cache: plan.routing.cache.as_ref().map(|c| Arc::new(c.build())),
         },
     ))
 }

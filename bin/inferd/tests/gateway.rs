@@ -23,14 +23,20 @@ fn replica() -> (common::Killed, String) {
     (child, addr)
 }
 
-/// A greedy chat request; 8 tokens unless `extra` sets `max_tokens`.
+/// A chat request, greedy and of 8 tokens unless `extra` sets `temperature`
+/// or `max_tokens`.
 fn chat_body(model: &str, messages: &Value, extra: &str) -> String {
     let max = if extra.contains("\"max_tokens\"") {
         ""
     } else {
         r#", "max_tokens": 8"#
     };
-    format!(r#"{{"model": "{model}", "messages": {messages}, "temperature": 0{max}{extra}}}"#)
+    let temperature = if extra.contains("\"temperature\"") {
+        ""
+    } else {
+        r#", "temperature": 0"#
+    };
+    format!(r#"{{"model": "{model}", "messages": {messages}{temperature}{max}{extra}}}"#)
 }
 
 fn post(addr: &str, body: &str) -> (u16, Value) {
@@ -786,4 +792,76 @@ tier = "big"
             &["rule=\"math\""]
         ) > 0.0
     );
+}
+
+#[test]
+fn the_exact_cache_answers_repeats_per_tenant_and_forgets_after_its_ttl() {
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[models]]\nname = \"local\"\nmodel = {:?}\n\n[[tiers]]\nname = \"on-box\"\nbackends = [\"local\"]\n\n[routing.cache]\nttl_secs = 3\n",
+        model()
+    );
+    let p = temp_file("cache.toml", &config);
+    let (_gw, gw, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    let q = user("What is the capital of France?");
+    let ask = |extra: &str| post(&gw, &chat_body("auto", &q, extra));
+    let served = || metric(&gw, "inferd_prompt_tokens_total", &["model=\"local\""]);
+    let cached = |v: &Value| v["route"]["cache"].as_str().map(str::to_owned);
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let (status, first) = ask("");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(cached(&first), None, "{first}");
+    let before = served();
+    let (_, again) = ask("");
+    assert_eq!(cached(&again).as_deref(), Some("exact"), "{again}");
+    assert_eq!(again["route"]["reason"], "cache", "{again}");
+    assert_eq!(text(&again), text(&first));
+    assert_eq!(again["usage"], first["usage"], "the answer's own usage");
+    assert_eq!(served(), before, "no model ran");
+    // Streamed, the same answer from the cache.
+    let body = chat_body("auto", &q, r#", "stream": true"#);
+    let (_, head, sse) = common::request(&gw, "POST", "/v1/chat/completions", "", &body);
+    assert!(head.contains("cache=exact"), "{head}");
+    let streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, text(&first));
+
+    // Another tenant never gets it; each tenant gets its own.
+    for scope in [r#", "user": "bob""#, r#", "metadata": {"tenant": "acme"}"#] {
+        let (_, v) = ask(scope);
+        assert_eq!(cached(&v), None, "{scope}: {v}");
+        let (_, v) = ask(scope);
+        assert_eq!(cached(&v).as_deref(), Some("exact"), "{scope}: {v}");
+    }
+    // Sampled requests are never cached.
+    for _ in 0..2 {
+        let (status, v) = ask(r#", "temperature": 0.9"#);
+        assert_eq!((status, cached(&v)), (200, None), "{v}");
+    }
+    // A seed makes a sampled request deterministic.
+    ask(r#", "temperature": 0.9, "seed": 7"#);
+    let (_, v) = ask(r#", "temperature": 0.9, "seed": 7"#);
+    assert_eq!(cached(&v).as_deref(), Some("exact"), "{v}");
+
+    let m = |name: &str| metric(&gw, name, &["router=\"auto\""]);
+    assert_eq!(m("inferd_gateway_cache_hits_total"), 5.0);
+    assert_eq!(m("inferd_gateway_cache_misses_total"), 4.0);
+    assert_eq!(m("inferd_gateway_cache_entries"), 4.0);
+    std::thread::sleep(Duration::from_millis(3200));
+    let (_, v) = ask("");
+    assert_eq!(cached(&v), None, "expired: {v}");
+    assert_eq!(m("inferd_gateway_cache_evictions_total"), 1.0);
 }

@@ -236,6 +236,10 @@ pub trait Backend: Send + Sync {
     fn upstream_stats(&self) -> Option<UpstreamStats> {
         None
     }
+    /// A response cache's counters, for a gateway that keeps one.
+    fn cache_stats(&self) -> Option<CacheStats> {
+        None
+    }
     /// When a request with this many prompt tokens would get its first token
     /// if sent now, predicted from the backend's queue and measured step times
     /// (`None`: no prediction, e.g. an upstream, or an engine not yet measured).
@@ -266,6 +270,16 @@ pub struct UpstreamStats {
     /// the last slot for longer ones), and their sum in seconds.
     pub slot_wait_counts: [u64; SLOT_WAIT_BUCKETS.len() + 1],
     pub slot_wait_sum_secs: f64,
+}
+
+/// A response cache at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub entries: usize,
+    pub bytes: usize,
+    pub hits_total: u64,
+    pub misses_total: u64,
+    pub evictions_total: u64,
 }
 
 /// Upper bounds, in seconds, of the slot-wait histogram's buckets.

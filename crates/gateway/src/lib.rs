@@ -10,6 +10,7 @@
 //! time to the first token is measured and bounded the same way.
 
 pub mod balance;
+pub mod cache;
 pub mod escalate;
 mod router;
 mod sse;

@@ -146,6 +146,8 @@ pub struct Routing {
     pub escalation: Option<Escalation>,
     /// Deterministic handlers, tried before routing (chat requests).
     pub rules: inferd_handlers::Rules,
+    /// The exact response cache, when configured.
+    pub cache: Option<Arc<crate::cache::ExactCache>>,
 }
 
 /// One policy's verdict on one tier.
@@ -442,7 +444,12 @@ impl Backend for Gateway {
                 && request.choices() == 1
                 && (!request.common().stream || e.hold_tokens > 0)
         });
-        Box::pin(async move {
+        let cache = routing.cache.as_ref().and_then(|c| {
+            crate::cache::ExactCache::key(&self.name, &request).map(|k| (Arc::clone(c), k))
+        });
+        let choices = request.choices();
+        let arrival = request.common().arrival;
+        let answer = async move {
             let plan = plan?;
             let keyed = plan
                 .iter()
@@ -526,7 +533,26 @@ impl Backend for Gateway {
             route.attempts = std::mem::take(&mut tries.attempts);
             route.confidence = Some(confidence);
             Ok(routed((route, held.replay(client_top)), &handled))
+        };
+        Box::pin(async move {
+            let Some((cache, key)) = cache else {
+                return answer.await;
+            };
+            if let Some((route, events)) = cache.get(key) {
+                return Ok(crate::cache::replay(route, &events, arrival));
+            }
+            let events = answer.await?;
+            Ok(crate::cache::storing(cache, key, events, choices))
         })
+    }
+
+    fn cache_stats(&self) -> Option<inferd_backend::CacheStats> {
+        // Reported once, by the router that routes over every tier.
+        self.routing
+            .cache
+            .as_ref()
+            .filter(|_| self.only.is_none())
+            .map(|c| c.stats())
     }
 }
 
@@ -605,6 +631,7 @@ impl Tries<'_> {
                             overhead_ms: Some(own.as_secs_f64() * 1e3),
                             confidence: None,
                             handler: None,
+                            cache: None,
                         };
                         // In flight on the replica until its events are dropped.
                         let events = events
@@ -767,6 +794,7 @@ fn answered(request: &Request, handled: Handled, text: String) -> EventStream {
         overhead_ms: None,
         confidence: None,
         handler: Some(handled),
+        cache: None,
     };
     let ms = request.common().arrival.elapsed().as_secs_f64() * 1e3;
     let timings = inferd_protocol::Timings {

@@ -72,6 +72,7 @@ pub fn chat_body(r: &ValidChatRequest, model: &str) -> ChatCompletionRequest {
     body.ignore_eos = c.ignore_eos.then_some(true);
     body.priority = (c.priority != 0).then_some(c.priority as i64);
     body.cache_salt = c.cache_salt.clone();
+    body.user = c.user.clone();
     put_constraint!(body, &r.constraint);
     body
 }
@@ -114,6 +115,7 @@ pub fn completion_body(r: &ValidCompletionRequest, model: &str) -> CompletionReq
         ignore_eos: c.ignore_eos.then_some(true),
         priority: (c.priority != 0).then_some(c.priority as i64),
         cache_salt: c.cache_salt.clone(),
+        user: c.user.clone(),
         ..Default::default()
     };
     put_constraint!(body, &r.constraint);

@@ -362,6 +362,10 @@ pub struct Route {
     /// A deterministic handler (rule) that answered, transformed or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<Handled>,
+    /// `exact`: the answer came from the response cache (`tier` and
+    /// `backend` are those that first answered it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// What a rule did with the request.
@@ -425,6 +429,9 @@ impl Route {
         }
         if let Some(m) = self.prefix_match {
             h.push_str(&format!("; prefix_match={m:.2}"));
+        }
+        if let Some(c) = &self.cache {
+            h.push_str(&format!("; cache={c}"));
         }
         if let Some(hd) = &self.handler {
             h.push_str(&format!("; rule={}; handled={}", hd.rule, hd.action));

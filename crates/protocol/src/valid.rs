@@ -77,6 +77,8 @@ pub struct Common {
     pub ignore_eos: bool,
     /// `metadata`, as strings.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// OpenAI's `user`: the end user the request is for.
+    pub user: Option<String>,
     /// When the request reached the server; every timing is measured from here.
     pub arrival: Instant,
 }
@@ -191,6 +193,7 @@ macro_rules! common_fields {
             priority: $r.priority,
             cache_salt: $r.cache_salt,
             metadata: $r.metadata,
+            user: $r.user,
         }
     };
 }
@@ -509,6 +512,7 @@ struct CommonFields {
     priority: Option<i64>,
     cache_salt: Option<String>,
     metadata: Option<serde_json::Map<String, Value>>,
+    user: Option<String>,
 }
 
 /// OpenAI's limits on `metadata`.
@@ -594,6 +598,7 @@ impl CommonFields {
             cache_salt: self.cache_salt,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             metadata: metadata(self.metadata)?,
+            user: self.user,
             arrival,
         })
     }

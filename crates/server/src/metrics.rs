@@ -352,6 +352,7 @@ impl Metrics {
             &|g| vec![("", g.step_failures_total)],
         );
         render_upstreams(&mut s, backends);
+        render_caches(&mut s, backends);
         s
     }
 }
@@ -363,6 +364,61 @@ type UpstreamSeries = (
     &'static str,
     fn(&UpstreamStats) -> u64,
 );
+
+/// Each router's response cache, read at scrape time.
+fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
+    let stats: Vec<(&str, inferd_backend::CacheStats)> = backends
+        .iter()
+        .filter_map(|b| b.cache_stats().map(|st| (b.name(), st)))
+        .collect();
+    if stats.is_empty() {
+        return;
+    }
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&inferd_backend::CacheStats) -> u64,
+    );
+    let rows: [Series; 5] = [
+        (
+            "inferd_gateway_cache_entries",
+            "gauge",
+            "Answers in the exact response cache",
+            |c| c.entries as u64,
+        ),
+        (
+            "inferd_gateway_cache_bytes",
+            "gauge",
+            "Bytes the cached answers count for",
+            |c| c.bytes as u64,
+        ),
+        (
+            "inferd_gateway_cache_hits_total",
+            "counter",
+            "Requests answered from the cache",
+            |c| c.hits_total,
+        ),
+        (
+            "inferd_gateway_cache_misses_total",
+            "counter",
+            "Deterministic requests not in the cache",
+            |c| c.misses_total,
+        ),
+        (
+            "inferd_gateway_cache_evictions_total",
+            "counter",
+            "Answers dropped, expired or for room",
+            |c| c.evictions_total,
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (router, st) in &stats {
+            s.push_str(&format!("{name}{{router=\"{router}\"}} {}\n", value(st)));
+        }
+    }
+}
 
 /// Each upstream's pool and circuit, read at scrape time.
 fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
