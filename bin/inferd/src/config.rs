@@ -310,6 +310,13 @@ pub struct CacheSettings {
     /// The answers' size bound, MiB.
     #[serde(default = "CacheSettings::default_mib")]
     pub max_mib: f64,
+    /// Also answer by meaning: a `[[models]]` entry that embeds (MiniLM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_model: Option<String>,
+    /// The least cosine between last user messages that counts as the same
+    /// question.
+    #[serde(default = "CacheSettings::default_similarity")]
+    pub similarity: f32,
 }
 
 impl CacheSettings {
@@ -319,11 +326,15 @@ impl CacheSettings {
     fn default_mib() -> f64 {
         64.0
     }
+    fn default_similarity() -> f32 {
+        0.92
+    }
 
-    pub fn build(&self) -> inferd_gateway::cache::ExactCache {
-        inferd_gateway::cache::ExactCache::new(
+    pub fn build(&self) -> inferd_gateway::cache::ResponseCache {
+        inferd_gateway::cache::ResponseCache::new(
             Duration::try_from_secs_f64(self.ttl_secs).unwrap_or(Duration::ZERO),
             (self.max_mib * 1048576.0) as usize,
+            self.semantic_model.as_ref().map(|_| self.similarity),
         )
     }
 }
@@ -755,6 +766,19 @@ impl ServeConfig {
                 if !(v > 0.0 && v.is_finite()) {
                     problems.push(format!(
                         "`routing.cache.{key}` must be a positive number, got {v}"
+                    ));
+                }
+            }
+            if !(c.similarity > 0.0 && c.similarity <= 1.0) {
+                problems.push(format!(
+                    "`routing.cache.similarity` must be in (0, 1], got {}",
+                    c.similarity
+                ));
+            }
+            if let Some(m) = &c.semantic_model {
+                if !models.iter().any(|(s, _)| &s.name() == m) {
+                    problems.push(format!(
+                        "`routing.cache.semantic_model` {m:?} is not the name of a model"
                     ));
                 }
             }

@@ -341,6 +341,21 @@ fn build_gateway(
             escalation: plan.routing.escalation.as_ref().and_then(|e| e.build()),
             rules: inferd_handlers::Rules::new(&plan.rules).map_err(anyhow::Error::msg)?,
             cache: plan.routing.cache.as_ref().map(|c| Arc::new(c.build())),
+            embedder: match plan
+                .routing
+                .cache
+                .as_ref()
+                .and_then(|c| c.semantic_model.as_ref())
+            {
+                None => None,
+                Some(m) => {
+                    let e = find(m)?;
+                    if !e.capabilities().embeddings {
+                        anyhow::bail!("`routing.cache.semantic_model` {m:?} does not embed");
+                    }
+                    Some(e)
+                }
+            },
         },
     ))
 }

@@ -865,3 +865,86 @@ fn the_exact_cache_answers_repeats_per_tenant_and_forgets_after_its_ttl() {
     assert_eq!(cached(&v), None, "expired: {v}");
     assert_eq!(m("inferd_gateway_cache_evictions_total"), 1.0);
 }
+
+/// The cosine of two texts' MiniLM embeddings, asked of `addr`.
+fn cosine(addr: &str, a: &str, b: &str) -> f64 {
+    let body = serde_json::json!({"model": "minilm", "input": [a, b]}).to_string();
+    let (status, text) = http(addr, "POST", "/v1/embeddings", &body);
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let vec = |i: usize| -> Vec<f64> {
+        v["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    vec(0).iter().zip(vec(1)).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn the_semantic_cache_answers_the_same_question_reworded_and_nothing_else() {
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[models]]\nname = \"local\"\nmodel = {:?}\n\n[[models]]\nname = \"minilm\"\nmodel = \"minilm-l6\"\n\n[[tiers]]\nname = \"on-box\"\nbackends = [\"local\"]\n\n[routing.cache]\nsemantic_model = \"minilm\"\nsimilarity = 0.9\n",
+        model(),
+    );
+    let p = temp_file("semantic.toml", &config);
+    let (_gw, gw, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    let ask = |text: &str, extra: &str| post(&gw, &chat_body("auto", &user(text), extra));
+    let first = "What is the capital of France?";
+    let (status, v) = ask(first, r#", "temperature": 0.7"#);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["route"].get("cache").is_none(), "{v}");
+    let answer = v["choices"][0]["message"]["content"].clone();
+
+    // Each later question is answered from the cache exactly when its
+    // embedding is within the threshold of the first one's.
+    let mut hits = 0;
+    for (q, extra) in [
+        ("what is the capital of France", r#", "temperature": 0.7"#),
+        ("Tell me France's capital city.", r#", "temperature": 0.7"#),
+        (
+            "Write a haiku about autumn leaves.",
+            r#", "temperature": 0.7"#,
+        ),
+        ("What is the capital of Germany?", r#", "temperature": 0.7"#),
+    ] {
+        let cos = cosine(&gw, first, q);
+        let (status, v) = ask(q, extra);
+        assert_eq!(status, 200, "{v}");
+        if cos >= 0.9 {
+            hits += 1;
+            assert_eq!(v["route"]["cache"], "semantic", "{q} (cosine {cos}): {v}");
+            let got = v["route"]["cache_similarity"].as_f64().unwrap();
+            assert!((got - cos).abs() < 1e-3, "{got} vs {cos}");
+            assert_eq!(v["choices"][0]["message"]["content"], answer, "{v}");
+        } else {
+            assert!(v["route"].get("cache").is_none(), "{q} (cosine {cos}): {v}");
+        }
+    }
+    assert!(hits >= 1, "the near-identical question hit");
+    assert!(hits < 4, "the unrelated one did not");
+    // Another tenant, or another conversation before the question, never hits.
+    let (_, v) = ask(
+        "what is the capital of France",
+        r#", "temperature": 0.7, "user": "bob""#,
+    );
+    assert!(v["route"].get("cache").is_none(), "{v}");
+    let other = serde_json::json!([
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "what is the capital of France"}
+    ]);
+    let (_, v) = post(&gw, &chat_body("auto", &other, r#", "temperature": 0.7"#));
+    assert!(v["route"].get("cache").is_none(), "{v}");
+    // Other sampling settings are another context.
+    let (_, v) = ask("what is the capital of France", "");
+    assert!(v["route"].get("cache").is_none(), "{v}");
+    assert!(
+        metric(
+            &gw,
+            "inferd_gateway_cache_semantic_hits_total",
+            &["router=\"auto\""]
+        ) >= 1.0
+    );
+}

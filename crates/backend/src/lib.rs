@@ -278,6 +278,8 @@ pub struct CacheStats {
     pub entries: usize,
     pub bytes: usize,
     pub hits_total: u64,
+    /// Of which by meaning (the semantic cache).
+    pub semantic_hits_total: u64,
     pub misses_total: u64,
     pub evictions_total: u64,
 }

@@ -146,8 +146,10 @@ pub struct Routing {
     pub escalation: Option<Escalation>,
     /// Deterministic handlers, tried before routing (chat requests).
     pub rules: inferd_handlers::Rules,
-    /// The exact response cache, when configured.
-    pub cache: Option<Arc<crate::cache::ExactCache>>,
+    /// The response cache, when configured.
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Embeds last user messages for the semantic cache.
+    pub embedder: Option<Arc<dyn Backend>>,
 }
 
 /// One policy's verdict on one tier.
@@ -444,9 +446,15 @@ impl Backend for Gateway {
                 && request.choices() == 1
                 && (!request.common().stream || e.hold_tokens > 0)
         });
-        let cache = routing.cache.as_ref().and_then(|c| {
-            crate::cache::ExactCache::key(&self.name, &request).map(|k| (Arc::clone(c), k))
-        });
+        let cache = routing.cache.clone();
+        let exact = cache
+            .as_ref()
+            .and_then(|_| crate::cache::ResponseCache::key(&self.name, &request));
+        let context = cache
+            .as_ref()
+            .filter(|c| c.is_semantic())
+            .and_then(|_| crate::cache::ResponseCache::context(&self.name, &request));
+        let embedder = routing.embedder.clone();
         let choices = request.choices();
         let arrival = request.common().arrival;
         let answer = async move {
@@ -535,14 +543,27 @@ impl Backend for Gateway {
             Ok(routed((route, held.replay(client_top)), &handled))
         };
         Box::pin(async move {
-            let Some((cache, key)) = cache else {
+            let Some(cache) = cache else {
                 return answer.await;
             };
-            if let Some((route, events)) = cache.get(key) {
-                return Ok(crate::cache::replay(route, &events, arrival));
+            if let Some((route, events)) = exact.and_then(|k| cache.get(k)) {
+                return Ok(crate::cache::replay(route, &events, arrival, None));
             }
+            let semantic = match (context, embedder) {
+                (Some((context, text)), Some(e)) => crate::cache::embed(e, text)
+                    .await
+                    .map(|vector| crate::cache::Semantic { context, vector }),
+                _ => None,
+            };
+            if let Some((route, events, cos)) = semantic.as_ref().and_then(|s| cache.nearest(s)) {
+                return Ok(crate::cache::replay(route, &events, arrival, Some(cos)));
+            }
+            if exact.is_none() && semantic.is_none() {
+                return answer.await;
+            }
+            let key = exact.unwrap_or_else(rand::random);
             let events = answer.await?;
-            Ok(crate::cache::storing(cache, key, events, choices))
+            Ok(crate::cache::storing(cache, key, semantic, events, choices))
         })
     }
 
@@ -627,11 +648,14 @@ impl Tries<'_> {
                             attempts: self.attempts.clone(),
                             balance: (tier.backends.len() > 1)
                                 .then(|| tier.balancer.policy().name().to_owned()),
-                            prefix_match: order.prefix_match.filter(|_| nth == 0),
+                            prefix_match: order
+                                .prefix_match
+                                .filter(|_| nth == 0 && tier.backends.len() > 1),
                             overhead_ms: Some(own.as_secs_f64() * 1e3),
                             confidence: None,
                             handler: None,
                             cache: None,
+                            cache_similarity: None,
                         };
                         // In flight on the replica until its events are dropped.
                         let events = events
@@ -795,6 +819,7 @@ fn answered(request: &Request, handled: Handled, text: String) -> EventStream {
         confidence: None,
         handler: Some(handled),
         cache: None,
+        cache_similarity: None,
     };
     let ms = request.common().arrival.elapsed().as_secs_f64() * 1e3;
     let timings = inferd_protocol::Timings {

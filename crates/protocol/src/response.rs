@@ -362,10 +362,14 @@ pub struct Route {
     /// A deterministic handler (rule) that answered, transformed or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<Handled>,
-    /// `exact`: the answer came from the response cache (`tier` and
-    /// `backend` are those that first answered it).
+    /// `exact` or `semantic`: the answer came from the response cache
+    /// (`tier` and `backend` are those that first answered it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// `semantic`: the cosine between this request's last user message and
+    /// the one the answer was stored for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_similarity: Option<f64>,
 }
 
 /// What a rule did with the request.

@@ -380,11 +380,11 @@ fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
         &'static str,
         fn(&inferd_backend::CacheStats) -> u64,
     );
-    let rows: [Series; 5] = [
+    let rows: [Series; 6] = [
         (
             "inferd_gateway_cache_entries",
             "gauge",
-            "Answers in the exact response cache",
+            "Answers in the response cache",
             |c| c.entries as u64,
         ),
         (
@@ -400,9 +400,15 @@ fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
             |c| c.hits_total,
         ),
         (
+            "inferd_gateway_cache_semantic_hits_total",
+            "counter",
+            "Of the hits, those found by meaning (the semantic cache)",
+            |c| c.semantic_hits_total,
+        ),
+        (
             "inferd_gateway_cache_misses_total",
             "counter",
-            "Deterministic requests not in the cache",
+            "Cache lookups that found no answer",
             |c| c.misses_total,
         ),
         (
