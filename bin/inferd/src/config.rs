@@ -298,6 +298,64 @@ pub struct RoutingSettings {
     /// The exact response cache for deterministic requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSettings>,
+    /// Narrow long tool lists to the most relevant tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolSettings>,
+}
+
+/// `[routing.tools]`: tool narrowing (the gateway's `tools` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSettings {
+    /// A `[[models]]` entry that embeds (MiniLM).
+    pub model: String,
+    #[serde(default = "ToolSettings::default_top_k")]
+    pub top_k: usize,
+    /// Requests with this many tools or fewer are left alone.
+    #[serde(default = "ToolSettings::default_min_tools")]
+    pub min_tools: usize,
+    /// JSONL of labelled queries, `{"query": "...", "tool": "<tool name>"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples_file: Option<PathBuf>,
+}
+
+impl ToolSettings {
+    fn default_top_k() -> usize {
+        5
+    }
+    fn default_min_tools() -> usize {
+        8
+    }
+
+    /// The labelled examples, `(query, tool)`.
+    pub fn examples(&self) -> Result<Vec<(String, String)>> {
+        let Some(path) = &self.examples_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("`routing.tools.examples_file` {}: {e}", path.display())
+        })?;
+        #[derive(Deserialize)]
+        struct Example {
+            query: String,
+            tool: String,
+        }
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str::<Example>(l)
+                    .map(|e| (e.query, e.tool))
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}:{}: not {{\"query\": ..., \"tool\": ...}}: {e}",
+                            path.display(),
+                            i + 1
+                        )
+                    })
+            })
+            .collect()
+    }
 }
 
 /// `[routing.cache]`.
@@ -393,6 +451,7 @@ impl Default for RoutingSettings {
             private_patterns: Vec::new(),
             escalation: None,
             cache: None,
+            tools: None,
         }
     }
 }
@@ -781,6 +840,20 @@ impl ServeConfig {
                         "`routing.cache.semantic_model` {m:?} is not the name of a model"
                     ));
                 }
+            }
+        }
+        if let Some(t) = &self.routing.tools {
+            if !models.iter().any(|(s, _)| s.name() == t.model) {
+                problems.push(format!(
+                    "`routing.tools.model` {:?} is not the name of a model",
+                    t.model
+                ));
+            }
+            if t.top_k == 0 {
+                problems.push("`routing.tools.top_k` must be at least 1".to_owned());
+            }
+            if let Err(e) = t.examples() {
+                problems.push(e.to_string());
             }
         }
         if let Some(e) = &self.routing.escalation {

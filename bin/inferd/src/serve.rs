@@ -329,6 +329,27 @@ fn build_gateway(
         .iter()
         .map(|p| inferd_gateway::Detector::new(p).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
+    let tools = match &plan.routing.tools {
+        None => None,
+        Some(t) => {
+            let e = find(&t.model)?;
+            if !e.capabilities().embeddings {
+                anyhow::bail!("`routing.tools.model` {:?} does not embed", t.model);
+            }
+            let examples = t.examples()?;
+            let n = examples.len();
+            let narrowing = tokio::runtime::Handle::current()
+                .block_on(inferd_gateway::tools::ToolNarrowing::new(
+                    e,
+                    t.top_k,
+                    t.min_tools,
+                    examples,
+                ))
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(top_k = t.top_k, examples = n, "tool narrowing");
+            Some(Arc::new(narrowing))
+        }
+    };
     for t in &tiers {
         tracing::info!(tier = %t.name, local = t.local, price = t.price, backends = t.backends.len(), balance = %t.balancer.policy().name(), "tier");
     }
@@ -341,6 +362,7 @@ fn build_gateway(
             escalation: plan.routing.escalation.as_ref().and_then(|e| e.build()),
             rules: inferd_handlers::Rules::new(&plan.rules).map_err(anyhow::Error::msg)?,
             cache: plan.routing.cache.as_ref().map(|c| Arc::new(c.build())),
+            tools,
             embedder: match plan
                 .routing
                 .cache

@@ -948,3 +948,75 @@ fn the_semantic_cache_answers_the_same_question_reworded_and_nothing_else() {
         ) >= 1.0
     );
 }
+
+#[test]
+fn long_tool_lists_are_narrowed_to_the_relevant_tools_before_the_template() {
+    let examples = temp_file(
+        "tool-examples.jsonl",
+        "{\"query\": \"will I need an umbrella tomorrow\", \"tool\": \"get_forecast\"}\n",
+    );
+    let config = format!(
+        "port = 0\nthreads = 1\n\n[[models]]\nname = \"local\"\nmodel = {:?}\n\n[[models]]\nname = \"minilm\"\nmodel = \"minilm-l6\"\n\n[[tiers]]\nname = \"on-box\"\nbackends = [\"local\"]\n\n[routing.tools]\nmodel = \"minilm\"\ntop_k = 3\nmin_tools = 4\nexamples_file = {:?}\n",
+        model(),
+        examples.display().to_string()
+    );
+    let p = temp_file("tools.toml", &config);
+    let (_gw, gw, log) = serve(&["--config", p.to_str().unwrap()], &[]);
+    assert!(log.contains("tool narrowing"), "{log}");
+    let tool = |name: &str, description: &str| {
+        serde_json::json!({"type": "function", "function": {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})
+    };
+    let all = [
+        tool("get_weather", "Current weather conditions for a city"),
+        tool("get_forecast", "The weather forecast for the next days"),
+        tool("get_stock_price", "The latest price of a stock ticker"),
+        tool("send_email", "Send an email message to someone"),
+        tool("translate_text", "Translate text into another language"),
+        tool("book_flight", "Book a plane ticket between two airports"),
+        tool("play_music", "Play a song or a playlist"),
+        tool("set_alarm", "Set an alarm clock for a time"),
+        tool("search_recipes", "Find cooking recipes by ingredient"),
+        tool("convert_currency", "Convert an amount between currencies"),
+        tool("find_restaurant", "Find restaurants near a place"),
+        tool("get_news", "Top news headlines on a topic"),
+    ];
+    let ask = |q: &str, tools: &[Value]| {
+        let extra = format!(r#", "tools": {}"#, Value::Array(tools.to_vec()));
+        post(&gw, &chat_body("auto", &user(q), &extra))
+    };
+    let (status, v) = ask("What's the weather like in Paris right now?", &all);
+    assert_eq!(status, 200, "{v}");
+    let t = &v["route"]["tools"];
+    assert_eq!(
+        (t["before"].as_u64(), t["after"].as_u64()),
+        (Some(12), Some(3)),
+        "{v}"
+    );
+    let kept: Vec<String> = t["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    assert!(kept.contains(&"get_weather".to_owned()), "{kept:?}");
+    // The template rendered exactly the kept tools: the same prompt as sending only them.
+    let only: Vec<Value> = all
+        .iter()
+        .filter(|t| kept.contains(&t["function"]["name"].as_str().unwrap().to_owned()))
+        .cloned()
+        .collect();
+    let (_, direct) = ask("What's the weather like in Paris right now?", &only);
+    assert!(
+        direct["route"].get("tools").is_none(),
+        "3 tools are left alone: {direct}"
+    );
+    assert_eq!(
+        v["usage"]["prompt_tokens"], direct["usage"]["prompt_tokens"],
+        "{v} vs {direct}"
+    );
+    // A labelled example pulls its tool in for a query its description alone misses.
+    let (_, v) = ask("will I need an umbrella tomorrow", &all);
+    let kept = v["route"]["tools"]["kept"].as_array().unwrap();
+    assert!(kept.iter().any(|k| k == "get_forecast"), "{v}");
+}

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod escalate;
 mod router;
 mod sse;
+pub mod tools;
 mod upstream;
 mod wire;
 

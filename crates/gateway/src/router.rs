@@ -150,6 +150,8 @@ pub struct Routing {
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
     /// Embeds last user messages for the semantic cache.
     pub embedder: Option<Arc<dyn Backend>>,
+    /// Narrows long tool lists to the most relevant tools.
+    pub tools: Option<Arc<crate::tools::ToolNarrowing>>,
 }
 
 /// One policy's verdict on one tier.
@@ -457,8 +459,15 @@ impl Backend for Gateway {
         let embedder = routing.embedder.clone();
         let choices = request.choices();
         let arrival = request.common().arrival;
+        let narrowing = routing.tools.clone();
         let answer = async move {
             let plan = plan?;
+            let mut request = request;
+            let tools = match &narrowing {
+                Some(n) => n.narrow(&mut request).await,
+                None => None,
+            };
+            let handled = Stages { handled, tools };
             let keyed = plan
                 .iter()
                 .any(|p| routing.tiers[p.tier].balancer.wants_prefix());
@@ -656,6 +665,7 @@ impl Tries<'_> {
                             handler: None,
                             cache: None,
                             cache_similarity: None,
+                            tools: None,
                         };
                         // In flight on the replica until its events are dropped.
                         let events = events
@@ -686,9 +696,17 @@ impl Tries<'_> {
     }
 }
 
-/// The route event (with what a rule did), then the answer.
-fn routed((mut route, events): (Route, EventStream), handled: &Option<Handled>) -> EventStream {
-    route.handler = handled.clone();
+/// What the stages before routing did to a request, for its route.
+#[derive(Clone, Default)]
+struct Stages {
+    handled: Option<Handled>,
+    tools: Option<inferd_protocol::ToolsNarrowed>,
+}
+
+/// The route event (with what the stages did), then the answer.
+fn routed((mut route, events): (Route, EventStream), stages: &Stages) -> EventStream {
+    route.handler = stages.handled.clone();
+    route.tools = stages.tools.clone();
     futures_util::stream::once(async move { Event::Route(Box::new(route)) })
         .chain(events)
         .boxed()
@@ -820,6 +838,7 @@ fn answered(request: &Request, handled: Handled, text: String) -> EventStream {
         handler: Some(handled),
         cache: None,
         cache_similarity: None,
+        tools: None,
     };
     let ms = request.common().arrival.elapsed().as_secs_f64() * 1e3;
     let timings = inferd_protocol::Timings {

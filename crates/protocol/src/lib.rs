@@ -27,7 +27,7 @@ pub use response::{
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence, Delta,
     Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta,
     Handled, ModelList, ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings,
-    TokenLogprob, ToolCallDelta, TopLogprob, Usage,
+    TokenLogprob, ToolCallDelta, ToolsNarrowed, TopLogprob, Usage,
 };
 pub use valid::{
     parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,

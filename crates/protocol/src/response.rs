@@ -370,6 +370,17 @@ pub struct Route {
     /// the one the answer was stored for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_similarity: Option<f64>,
+    /// Tool narrowing: how many tools the request offered and which were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolsNarrowed>,
+}
+
+/// The tools a request offered and the ones narrowing kept for the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolsNarrowed {
+    pub before: usize,
+    pub after: usize,
+    pub kept: Vec<String>,
 }
 
 /// What a rule did with the request.

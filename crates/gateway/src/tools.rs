@@ -1,0 +1,198 @@
+//! Tool narrowing: a chat request that offers many tools gets only the few
+//! most relevant to its last user message, before the chat template renders
+//! them (a model picks among 5 tools far better than among 200, and reads far
+//! fewer prompt tokens).
+//!
+//! A tool's score for a query is the cosine (MiniLM embeddings, normalised)
+//! between the query and the tool's text (its name split into words, then its
+//! description), or between the query and the closest labelled example query
+//! for that tool, whichever is higher. The `top_k` best-scoring tools are
+//! kept, in the request's order. A request with `min_tools` tools or fewer is
+//! left alone, as is one whose `tool_choice` names a tool (that tool is always
+//! kept). Tool embeddings are computed once per distinct tool text.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use inferd_backend::{Backend, Request};
+use inferd_protocol::{EncodingFormat, PromptInput, Role, Tool, ToolMode, ValidEmbeddingRequest};
+
+/// What narrowing did, for the route report.
+pub use inferd_protocol::ToolsNarrowed;
+
+/// A tool's text as embedded: `get_weather` / `GetWeather` → "get weather",
+/// then its description.
+pub fn tool_text(name: &str, description: &str) -> String {
+    let mut words = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c == '_' || c == '-' || c == '.' {
+            words.push(' ');
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            words.push(' ');
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        words.extend(c.to_lowercase());
+    }
+    format!("{}: {description}", words.trim())
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The score of a tool for `query` (module docs).
+pub fn score(query: &[f32], tool: &[f32], examples: &[Vec<f32>]) -> f32 {
+    examples
+        .iter()
+        .map(|e| dot(query, e))
+        .fold(dot(query, tool), f32::max)
+}
+
+/// The indices of the `k` best `scores`, in their original order.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order.truncate(k);
+    order.sort_unstable();
+    order
+}
+
+pub struct ToolNarrowing {
+    embedder: Arc<dyn Backend>,
+    top_k: usize,
+    min_tools: usize,
+    /// Tool name → embeddings of labelled example queries.
+    examples: HashMap<String, Vec<Vec<f32>>>,
+    /// Tool text → its embedding.
+    known: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Option<Vec<Vec<f32>>> {
+    if texts.is_empty() {
+        return Some(Vec::new());
+    }
+    let request = ValidEmbeddingRequest {
+        model: None,
+        inputs: texts.into_iter().map(PromptInput::Text).collect(),
+        encoding: EncodingFormat::Float,
+        dimensions: None,
+        truncate: true,
+        arrival: std::time::Instant::now(),
+    };
+    embedder.embed(request).await.ok().map(|e| e.vectors)
+}
+
+impl ToolNarrowing {
+    /// `examples`: (query, tool name) pairs to learn from, embedded here.
+    pub async fn new(
+        embedder: Arc<dyn Backend>,
+        top_k: usize,
+        min_tools: usize,
+        examples: Vec<(String, String)>,
+    ) -> Result<ToolNarrowing, String> {
+        let mut by_tool: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
+        for chunk in examples.chunks(256) {
+            let vectors = embed_all(&embedder, chunk.iter().map(|e| e.0.clone()).collect())
+                .await
+                .ok_or("cannot embed the tool examples")?;
+            for ((_, tool), v) in chunk.iter().zip(vectors) {
+                by_tool.entry(tool.clone()).or_default().push(v);
+            }
+        }
+        Ok(ToolNarrowing {
+            embedder,
+            top_k: top_k.max(1),
+            min_tools,
+            examples: by_tool,
+            known: Mutex::default(),
+        })
+    }
+
+    /// Keeps the request's `top_k` most relevant tools; what it did, or
+    /// `None` when it left the request alone (few tools, a named tool choice,
+    /// no user message, an embedding failure).
+    pub async fn narrow(&self, request: &mut Request) -> Option<ToolsNarrowed> {
+        let Request::Chat(r) = request else {
+            return None;
+        };
+        if r.tools.len() <= self.min_tools.max(self.top_k)
+            || matches!(r.tool_choice, ToolMode::Named(_))
+        {
+            return None;
+        }
+        let query = r
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)?
+            .text();
+        let texts: Vec<String> = r
+            .tools
+            .iter()
+            .map(|t| {
+                tool_text(
+                    &t.function.name,
+                    t.function.description.as_deref().unwrap_or(""),
+                )
+            })
+            .collect();
+        let missing: Vec<String> = {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m: Vec<String> = texts
+                .iter()
+                .filter(|t| !known.contains_key(*t))
+                .cloned()
+                .collect();
+            m.dedup();
+            m
+        };
+        let mut inputs = vec![query];
+        inputs.extend(missing.iter().cloned());
+        let mut vectors = embed_all(&self.embedder, inputs).await?;
+        let q = vectors.remove(0);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for (t, v) in missing.into_iter().zip(vectors) {
+            known.insert(t, v);
+        }
+        let none: Vec<Vec<f32>> = Vec::new();
+        let scores: Vec<f32> = r
+            .tools
+            .iter()
+            .zip(&texts)
+            .map(|(tool, text)| {
+                let examples = self.examples.get(&tool.function.name).unwrap_or(&none);
+                known.get(text).map_or(f32::MIN, |v| score(&q, v, examples))
+            })
+            .collect();
+        drop(known);
+        let keep = top_k(&scores, self.top_k);
+        let before = r.tools.len();
+        let tools: Vec<Tool> = keep.iter().map(|&i| r.tools[i].clone()).collect();
+        let kept = tools.iter().map(|t| t.function.name.clone()).collect();
+        r.tools = tools;
+        Some(ToolsNarrowed {
+            before,
+            after: r.tools.len(),
+            kept,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_words_and_the_best_scores_keep_their_order() {
+        assert_eq!(tool_text("GetWeather", "d"), "get weather: d");
+        assert_eq!(tool_text("get_stock_price", "d"), "get stock price: d");
+        assert_eq!(tool_text("PDFReader2", "d"), "pdfreader2: d");
+        assert_eq!(top_k(&[0.1, 0.9, 0.5, 0.7], 2), [1, 3]);
+        assert_eq!(score(&[1.0, 0.0], &[0.5, 0.5], &[vec![0.9, 0.1]]), 0.9);
+        assert_eq!(score(&[1.0, 0.0], &[0.5, 0.5], &[]), 0.5);
+    }
+}
