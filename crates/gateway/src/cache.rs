@@ -447,6 +447,7 @@ mod tests {
             handler: None,
             cache: None,
             cache_similarity: None,
+            tools: None,
         }
     }
 
