@@ -27,10 +27,15 @@ fn sse(body: &str) -> Vec<String> {
 
 /// The upstream: SmolLM2 as `small`, behind [`KEY`].
 fn start_upstream() -> (common::Killed, String) {
+    start_upstream_on("0")
+}
+
+/// The upstream on `port`.
+fn start_upstream_on(port: &str) -> (common::Killed, String) {
     let small = format!("small={}", model());
     let args = [
         "--port",
-        "0",
+        port,
         "--threads",
         "1",
         "--api-key",
@@ -42,6 +47,20 @@ fn start_upstream() -> (common::Killed, String) {
     (child, addr)
 }
 
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap().port()
+}
+
+/// The front: `inferd serve` with `config`, holding the upstream's key.
+fn front(config: &std::path::Path) -> (common::Killed, String, String) {
+    serve(
+        &["--config", config.to_str().unwrap()],
+        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
+    )
+}
+
 #[test]
 fn an_upstream_is_served_by_name_streams_relay_and_failures_are_named() {
     let (upstream, up_addr) = start_upstream();
@@ -49,10 +68,7 @@ fn an_upstream_is_served_by_name_streams_relay_and_failures_are_named() {
         "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"remote\"\nbase_url = \"http://{up_addr}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\ncontext_window = 2048\n"
     );
     let p = temp_file("upstream.toml", &config);
-    let (_front, addr, log) = serve(
-        &["--config", p.to_str().unwrap()],
-        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
-    );
+    let (_front, addr, log) = front(&p);
     assert!(log.contains("upstream added"), "{log}");
     let auth = format!("Authorization: Bearer {KEY}\r\n");
 
@@ -271,9 +287,7 @@ fn ask_auto(addr: &str, model: &str, content: &str, extra: &str) -> (u16, String
 #[test]
 fn tiers_route_by_cost_context_and_privacy_and_fall_back() {
     let (upstream, up_addr) = start_upstream();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = free_port();
     let remote = "api_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nprice_in_per_mtok = 0.5\nprice_out_per_mtok = 1.5";
     let config = common::local_and_remote(&up_addr, remote)
         + &format!(
@@ -300,10 +314,7 @@ private_patterns = ["email"]
 "#
         );
     let p = temp_file("tiers.toml", &config);
-    let (_front, addr, log) = serve(
-        &["--config", p.to_str().unwrap()],
-        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
-    );
+    let (_front, addr, log) = front(&p);
     assert!(
         log.contains("tier=on-box local=true") && log.contains("tier=big local=false"),
         "{log}"
@@ -493,17 +504,12 @@ private_patterns = ["email"]
 /// back, the probe succeeds and the circuit closes.
 #[test]
 fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
+    let port = free_port();
     let config = format!(
         "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"flaky\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nfailure_threshold = 2\nopen_secs = 1.5\n"
     );
     let p = temp_file("circuit.toml", &config);
-    let (_front, addr, _) = serve(
-        &["--config", p.to_str().unwrap()],
-        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
-    );
+    let (_front, addr, _) = front(&p);
     let ask = || {
         let (status, body) = http(&addr, "POST", "/v1/chat/completions", &chat("flaky", false));
         (status, body)
@@ -529,19 +535,7 @@ fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
     assert_eq!(open(&addr), 1.0);
 
     // The upstream comes up on that port; after open_secs the probe closes the circuit.
-    let small = format!("small={}", model());
-    let port_arg = port.to_string();
-    let args = [
-        "--port",
-        &port_arg,
-        "--threads",
-        "1",
-        "--api-key",
-        KEY,
-        "--model",
-        &small,
-    ];
-    let (_upstream, _, _) = serve(&args, &[]);
+    let (_upstream, _) = start_upstream_on(&port.to_string());
     std::thread::sleep(std::time::Duration::from_millis(1600));
     let (status, body) = ask();
     assert_eq!(status, 200, "the probe went through: {body}");
@@ -552,18 +546,13 @@ fn a_circuit_opens_after_failures_and_closes_when_the_upstream_is_back() {
 
 #[test]
 fn active_health_checks_open_and_close_the_circuit_without_requests() {
-    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = free.local_addr().unwrap().port();
-    drop(free);
+    let port = free_port();
     // open_secs is long: only a passing health check can close the circuit in time.
     let config = format!(
         "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"watched\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nfailure_threshold = 2\nopen_secs = 600\nhealth_check_secs = 0.2\n"
     );
     let p = temp_file("health.toml", &config);
-    let (_front, addr, _) = serve(
-        &["--config", p.to_str().unwrap()],
-        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
-    );
+    let (_front, addr, _) = front(&p);
     let open = || {
         metric(
             &addr,
@@ -593,19 +582,7 @@ fn active_health_checks_open_and_close_the_circuit_without_requests() {
         "{status} {body}"
     );
 
-    let small = format!("small={}", model());
-    let port_arg = port.to_string();
-    let args = [
-        "--port",
-        &port_arg,
-        "--threads",
-        "1",
-        "--api-key",
-        KEY,
-        "--model",
-        &small,
-    ];
-    let (_upstream, _, _) = serve(&args, &[]);
+    let (_upstream, _) = start_upstream_on(&port.to_string());
     until(0.0);
     let (status, body) = http(
         &addr,
@@ -670,10 +647,7 @@ fn an_https_upstream_is_reached_over_tls_trusting_its_ca_file_only() {
         "port = 0\nthreads = 1\n\n[[upstreams]]\nname = \"secure\"\nbase_url = \"https://localhost:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\nca_file = {ca:?}\n\n[[upstreams]]\nname = \"untrusted\"\nbase_url = \"https://localhost:{port}/v1\"\nmodel = \"small\"\napi_key_env = \"INFERD_TEST_UPSTREAM_KEY\"\n"
     );
     let p = temp_file("tls.toml", &config);
-    let (_front, addr, _) = serve(
-        &["--config", p.to_str().unwrap()],
-        &[("INFERD_TEST_UPSTREAM_KEY", KEY)],
-    );
+    let (_front, addr, _) = front(&p);
     let auth = format!("Authorization: Bearer {KEY}\r\n");
     let (_, direct) = http_with(
         &up_addr,

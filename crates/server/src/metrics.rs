@@ -358,12 +358,18 @@ impl Metrics {
 }
 
 /// One upstream series: name, Prometheus type, help, and its value.
-type UpstreamSeries = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&UpstreamStats) -> u64,
-);
+/// One metric read off per-backend stats: name, type, help, value.
+type Series<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+/// Each series, with one sample per `(name, stats)`, labelled `label="name"`.
+fn render_series<T>(s: &mut String, label: &str, stats: &[(&str, T)], rows: &[Series<T>]) {
+    for (name, kind, help, value) in rows {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (who, st) in stats {
+            s.push_str(&format!("{name}{{{label}=\"{who}\"}} {}\n", value(st)));
+        }
+    }
+}
 
 /// Each router's response cache, read at scrape time.
 fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
@@ -374,13 +380,7 @@ fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
     if stats.is_empty() {
         return;
     }
-    type Series = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&inferd_backend::CacheStats) -> u64,
-    );
-    let rows: [Series; 6] = [
+    let rows: [Series<inferd_backend::CacheStats>; 6] = [
         (
             "inferd_gateway_cache_entries",
             "gauge",
@@ -418,12 +418,7 @@ fn render_caches(s: &mut String, backends: &[Arc<dyn Backend>]) {
             |c| c.evictions_total,
         ),
     ];
-    for (name, kind, help, value) in rows {
-        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (router, st) in &stats {
-            s.push_str(&format!("{name}{{router=\"{router}\"}} {}\n", value(st)));
-        }
-    }
+    render_series(s, "router", &stats, &rows);
 }
 
 /// Each upstream's pool and circuit, read at scrape time.
@@ -432,7 +427,7 @@ fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
         .iter()
         .filter_map(|b| b.upstream_stats().map(|st| (b.name(), st)))
         .collect();
-    let rows: [UpstreamSeries; 7] = [
+    let rows: [Series<UpstreamStats>; 7] = [
         (
             "inferd_upstream_requests_in_flight",
             "gauge",
@@ -479,15 +474,7 @@ fn render_upstreams(s: &mut String, backends: &[Arc<dyn Backend>]) {
     if stats.is_empty() {
         return;
     }
-    for (name, kind, help, value) in rows {
-        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (upstream, st) in &stats {
-            s.push_str(&format!(
-                "{name}{{upstream=\"{upstream}\"}} {}\n",
-                value(st)
-            ));
-        }
-    }
+    render_series(s, "upstream", &stats, &rows);
     let name = "inferd_upstream_slot_wait_seconds";
     s.push_str(&format!(
         "# HELP {name} Time requests waited for one of the upstream's connection slots\n# TYPE {name} histogram\n"
