@@ -344,6 +344,7 @@ fn build_gateway(
                     t.top_k,
                     t.min_tools,
                     examples,
+                    t.examples_file.clone(),
                 ))
                 .map_err(anyhow::Error::msg)?;
             tracing::info!(top_k = t.top_k, examples = n, "tool narrowing");

@@ -1019,4 +1019,57 @@ fn long_tool_lists_are_narrowed_to_the_relevant_tools_before_the_template() {
     let (_, v) = ask("will I need an umbrella tomorrow", &all);
     let kept = v["route"]["tools"]["kept"].as_array().unwrap();
     assert!(kept.iter().any(|k| k == "get_forecast"), "{v}");
+
+    // Feedback: a tool narrowing left out is kept from the next request on,
+    // and after a restart (the example went to the examples file).
+    let q = "Plan something fun for my evening";
+    let kept_for = |gw: &str| -> Vec<String> {
+        let extra = format!(r#", "tools": {}"#, Value::Array(all.to_vec()));
+        let (_, v) = post(gw, &chat_body("auto", &user(q), &extra));
+        v["route"]["tools"]["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = kept_for(&gw);
+    let missing = [
+        "set_alarm",
+        "convert_currency",
+        "get_stock_price",
+        "send_email",
+    ]
+    .into_iter()
+    .find(|t| !before.iter().any(|k| k == t))
+    .unwrap();
+    let feedback = |body: String| {
+        let (status, text) = http(&gw, "POST", "/v1/intent/feedback", &body);
+        (status, serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let (status, v) = feedback(serde_json::json!({"query": q, "tool": missing}).to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["examples"].as_u64(), v["persisted"].as_bool()),
+        (Some(1), Some(true)),
+        "{v}"
+    );
+    assert!(
+        kept_for(&gw).iter().any(|k| k == missing),
+        "{missing} after feedback"
+    );
+    let (status, v) = feedback(r#"{"query": "x"}"#.into());
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("tool")),
+        "{v}"
+    );
+    drop(_gw);
+    let (_again, gw2, _) = serve(&["--config", p.to_str().unwrap()], &[]);
+    assert!(
+        kept_for(&gw2).iter().any(|k| k == missing),
+        "{missing} after a restart"
+    );
+    let saved = std::fs::read_to_string(&examples).unwrap();
+    assert_eq!(saved.lines().count(), 2, "{saved}");
 }

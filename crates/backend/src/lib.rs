@@ -236,6 +236,17 @@ pub trait Backend: Send + Sync {
     fn upstream_stats(&self) -> Option<UpstreamStats> {
         None
     }
+    /// Labels `query` with the tool that should answer it, for a gateway that
+    /// narrows tools (`None`: this backend does not): resolves to the number
+    /// of examples that tool has now, and whether the example was persisted.
+    fn tool_feedback(
+        &self,
+        query: String,
+        tool: String,
+    ) -> Option<BoxFuture<'static, Result<(usize, bool), BackendError>>> {
+        let _ = (query, tool);
+        None
+    }
     /// A response cache's counters, for a gateway that keeps one.
     fn cache_stats(&self) -> Option<CacheStats> {
         None

@@ -576,6 +576,21 @@ impl Backend for Gateway {
         })
     }
 
+    fn tool_feedback(
+        &self,
+        query: String,
+        tool: String,
+    ) -> Option<BoxFuture<'static, Result<(usize, bool), BackendError>>> {
+        // Taken once, by the router that routes over every tier.
+        let narrowing = self.routing.tools.clone().filter(|_| self.only.is_none())?;
+        Some(Box::pin(async move {
+            narrowing
+                .feedback(query, tool)
+                .await
+                .map_err(BackendError::Internal)
+        }))
+    }
+
     fn cache_stats(&self) -> Option<inferd_backend::CacheStats> {
         // Reported once, by the router that routes over every tier.
         self.routing

@@ -85,12 +85,16 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
+/// Tool name → embeddings of its labelled example queries, and their sum.
+type Examples = HashMap<String, (Vec<Vec<f32>>, Vec<f32>)>;
+
 pub struct ToolNarrowing {
     embedder: Arc<dyn Backend>,
     top_k: usize,
     min_tools: usize,
-    /// Tool name → embeddings of labelled example queries, and their sum.
-    examples: HashMap<String, (Vec<Vec<f32>>, Vec<f32>)>,
+    examples: std::sync::RwLock<Examples>,
+    /// Where feedback is appended (the examples file), to survive restarts.
+    feedback_file: Option<std::path::PathBuf>,
     /// Tool text → its embedding.
     known: Mutex<HashMap<String, Vec<f32>>>,
 }
@@ -111,12 +115,14 @@ async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Option<Ve
 }
 
 impl ToolNarrowing {
-    /// `examples`: (query, tool name) pairs to learn from, embedded here.
+    /// `examples`: (query, tool name) pairs to learn from, embedded here;
+    /// feedback is appended to `feedback_file` as JSONL lines of the same form.
     pub async fn new(
         embedder: Arc<dyn Backend>,
         top_k: usize,
         min_tools: usize,
         examples: Vec<(String, String)>,
+        feedback_file: Option<std::path::PathBuf>,
     ) -> Result<ToolNarrowing, String> {
         let mut by_tool: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
         for chunk in examples.chunks(256) {
@@ -138,9 +144,43 @@ impl ToolNarrowing {
             embedder,
             top_k: top_k.max(1),
             min_tools,
-            examples,
+            examples: std::sync::RwLock::new(examples),
+            feedback_file,
             known: Mutex::default(),
         })
+    }
+
+    /// Adds a labelled example online (and to the feedback file): the tool's
+    /// example count now, and whether it was written to the file.
+    pub async fn feedback(&self, query: String, tool: String) -> Result<(usize, bool), String> {
+        let v = embed_all(&self.embedder, vec![query.clone()])
+            .await
+            .and_then(|mut v| v.pop())
+            .ok_or("cannot embed the query")?;
+        let persisted = match &self.feedback_file {
+            None => false,
+            Some(path) => {
+                use std::io::Write;
+                let line = serde_json::json!({"query": query, "tool": tool}).to_string();
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| writeln!(f, "{line}"))
+                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
+                true
+            }
+        };
+        let mut examples = self.examples.write().unwrap_or_else(|p| p.into_inner());
+        let (vs, total) = examples.entry(tool).or_default();
+        if total.is_empty() {
+            *total = vec![0.0; v.len()];
+        }
+        for (t, x) in total.iter_mut().zip(&v) {
+            *t += x;
+        }
+        vs.push(v);
+        Ok((vs.len(), persisted))
     }
 
     /// Keeps the request's `top_k` most relevant tools; what it did, or
@@ -190,18 +230,19 @@ impl ToolNarrowing {
             known.insert(t, v);
         }
         let none = (Vec::new(), Vec::new());
+        let examples = self.examples.read().unwrap_or_else(|p| p.into_inner());
         let scores: Vec<f32> = r
             .tools
             .iter()
             .zip(&texts)
             .map(|(tool, text)| {
-                let (examples, total) = self.examples.get(&tool.function.name).unwrap_or(&none);
+                let (examples, total) = examples.get(&tool.function.name).unwrap_or(&none);
                 known
                     .get(text)
                     .map_or(f32::MIN, |v| score(&q, v, examples, total))
             })
             .collect();
-        drop(known);
+        drop((known, examples));
         let keep = top_k(&scores, self.top_k);
         let before = r.tools.len();
         let tools: Vec<Tool> = keep.iter().map(|&i| r.tools[i].clone()).collect();

@@ -147,6 +147,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings_route))
+        .route("/v1/intent/feedback", post(intent_feedback))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
         .route("/health", get(health))
@@ -187,6 +188,59 @@ async fn embeddings_route(
     body: Bytes,
 ) -> Response {
     embeddings::route(s, headers, &body, arrival.0).await
+}
+
+/// `POST /v1/intent/feedback` `{"query": "...", "tool": "<tool name>"}`: a
+/// labelled example for the gateway's tool narrowing, used from the next
+/// request on (and kept in its examples file, when it has one).
+async fn intent_feedback(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = s.authorize(&headers) {
+        return e.into_response();
+    }
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error::ApiError::bad_request(format!("request body is not valid JSON: {e}"))
+                .into_response()
+        }
+    };
+    let field = |name: &str| match v.get(name).and_then(|x| x.as_str()) {
+        Some(t) if !t.trim().is_empty() => Ok(t.to_owned()),
+        _ => Err(error::ApiError::invalid(
+            name,
+            format!("`{name}` must be a non-empty string"),
+        )),
+    };
+    let (query, tool) = match (field("query"), field("tool")) {
+        (Ok(q), Ok(t)) => (q, t),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let Some(taken) = s
+        .backends
+        .iter()
+        .find_map(|b| b.tool_feedback(query.clone(), tool.clone()))
+    else {
+        return error::ApiError::not_found(
+            "tool",
+            "this server narrows no tools: configure `[routing.tools]`",
+        )
+        .into_response();
+    };
+    match taken.await {
+        Ok((examples, persisted)) => Json(json!({
+            "object": "intent.feedback",
+            "query": query,
+            "tool": tool,
+            "examples": examples,
+            "persisted": persisted,
+        }))
+        .into_response(),
+        Err(e) => error::ApiError::from(e).into_response(),
+    }
 }
 
 async fn list_models(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
