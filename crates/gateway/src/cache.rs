@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use inferd_backend::{Backend, CacheStats, Event, EventStream, Request};
-use inferd_protocol::{EncodingFormat, PromptInput, Role, Route, ValidEmbeddingRequest};
+use inferd_protocol::{Role, Route};
 
 use crate::wire::{chat_body, completion_body};
 
@@ -135,21 +135,7 @@ pub async fn embed(embedder: Arc<dyn Backend>, text: String) -> Option<Vec<f32>>
     if text.trim().is_empty() {
         return None;
     }
-    let request = ValidEmbeddingRequest {
-        model: None,
-        inputs: vec![PromptInput::Text(text)],
-        encoding: EncodingFormat::Float,
-        dimensions: None,
-        truncate: true,
-        arrival: Instant::now(),
-    };
-    embedder
-        .embed(request)
-        .await
-        .ok()?
-        .vectors
-        .into_iter()
-        .next()
+    crate::tools::embed_all(&embedder, vec![text]).await?.pop()
 }
 
 impl ResponseCache {

@@ -425,14 +425,12 @@ impl Backend for Gateway {
             } => (request, handled, tier),
         };
         // A rule's tier, when routing chose and policies left it eligible.
-        let plan = plan.map(|p| match forced.filter(|_| self.only.is_none()) {
-            Some(t) if p.iter().any(|(i, _)| *i == t) => {
-                p.into_iter().filter(|(i, _)| *i == t).collect()
-            }
-            _ => p,
+        let forced = forced.filter(|t| {
+            self.only.is_none() && plan.as_ref().is_ok_and(|p| p.iter().any(|(i, _)| i == t))
         });
         let plan = plan.map(|p| {
             p.into_iter()
+                .filter(|(i, _)| forced.is_none_or(|t| *i == t))
                 .map(|(tier, why)| Step {
                     tier,
                     first_try: self.reason(&why, false),
@@ -467,7 +465,7 @@ impl Backend for Gateway {
                 Some(n) => n.narrow(&mut request).await,
                 None => None,
             };
-            let handled = Stages { handled, tools };
+            let stages = Stages { handled, tools };
             let keyed = plan
                 .iter()
                 .any(|p| routing.tiers[p.tier].balancer.wants_prefix());
@@ -487,10 +485,7 @@ impl Backend for Gateway {
             let scored_first = escalation
                 .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
             let Some(esc) = scored_first else {
-                return tries
-                    .run(&plan, &request)
-                    .await
-                    .map(|r| routed(r, &handled));
+                return tries.run(&plan, &request).await.map(|r| routed(r, &stages));
             };
             let scored = escalate::with_logprobs(&request, esc.top_logprobs);
             let (route, events) = match tries.run(&plan[..1], &scored).await {
@@ -500,7 +495,7 @@ impl Backend for Gateway {
                     return tries
                         .run(&plan[1..], &request)
                         .await
-                        .map(|r| routed(r, &handled))
+                        .map(|r| routed(r, &stages))
                 }
             };
             let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
@@ -512,11 +507,11 @@ impl Backend for Gateway {
                 return tries
                     .run(&plan[1..], &request)
                     .await
-                    .map(|r| routed(r, &handled));
+                    .map(|r| routed(r, &stages));
             }
             let client_top = request.logprobs();
             let Some(scores) = escalate::Scores::of(&held.tokens) else {
-                return Ok(routed((route, held.replay(client_top)), &handled));
+                return Ok(routed((route, held.replay(client_top)), &stages));
             };
             let score = esc.signal.of(&scores);
             let mut confidence = Confidence {
@@ -543,13 +538,13 @@ impl Backend for Gateway {
                     };
                     confidence.escalated = true;
                     upper.confidence = Some(confidence);
-                    return Ok(routed((upper, events), &handled));
+                    return Ok(routed((upper, events), &stages));
                 }
             }
             let mut route = route;
             route.attempts = std::mem::take(&mut tries.attempts);
             route.confidence = Some(confidence);
-            Ok(routed((route, held.replay(client_top)), &handled))
+            Ok(routed((route, held.replay(client_top)), &stages))
         };
         Box::pin(async move {
             let Some(cache) = cache else {

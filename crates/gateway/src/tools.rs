@@ -49,18 +49,20 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The score of a tool for `query` (module docs); `sum` is the sum of the
-/// examples' embeddings (empty without examples).
+/// examples' embeddings (empty without examples). The centroid's cosine is
+/// q·(d + Σe) / |d + Σe|, computed without building d + Σe.
 pub fn score(query: &[f32], tool: &[f32], examples: &[Vec<f32>], sum: &[f32]) -> f32 {
     let nearest = examples
         .iter()
         .map(|e| dot(query, e))
         .fold(dot(query, tool), f32::max);
-    let mut c: Vec<f32> = tool.to_vec();
-    for (x, y) in c.iter_mut().zip(sum) {
-        *x += y;
+    let (mut along, mut norm2) = (0f32, 0f32);
+    for (i, (q, d)) in query.iter().zip(tool).enumerate() {
+        let c = d + sum.get(i).copied().unwrap_or(0.0);
+        along += q * c;
+        norm2 += c * c;
     }
-    let norm = c.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    nearest + dot(query, &c) / norm
+    nearest + along / norm2.sqrt().max(1e-12)
 }
 
 /// The element-wise sum of `vectors` (empty for none).
@@ -99,7 +101,9 @@ pub struct ToolNarrowing {
     known: Mutex<HashMap<String, Vec<f32>>>,
 }
 
-async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Option<Vec<Vec<f32>>> {
+/// `texts` embedded by `embedder`, one vector each (`None` if it cannot).
+/// The gateway's stages (tool narrowing, the semantic cache) embed through it.
+pub async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Option<Vec<Vec<f32>>> {
     if texts.is_empty() {
         return Some(Vec::new());
     }
