@@ -451,14 +451,18 @@ def test_an_upstream_through_a_front_server(server, tmp_path):
 
 
 def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
-    """`model="auto"` over a local tier and an upstream tier: the SDK reads the
-    routed answer and the routed stream (whose first chunk, the route, has no
-    choices) unchanged."""
+    """`model="auto"` over a local tier and an upstream tier, with every stage
+    before the model on (rules, exact and semantic caches, intents, tool
+    narrowing, context budgets): the SDK reads the routed answer and the
+    routed stream (whose first chunk, the route, has no choices) unchanged."""
     config = tmp_path / "gateway.toml"
     config.write_text(
         "[[models]]\n"
         'name = "local"\n'
         'model = "smollm2-135m"\n'
+        "[[models]]\n"
+        'name = "minilm"\n'
+        'model = "minilm-l6"\n'
         "[[upstreams]]\n"
         'name = "remote"\n'
         f'base_url = "{server}/v1"\n'
@@ -471,12 +475,31 @@ def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
         "[[tiers]]\n"
         'name = "big"\n'
         'backends = ["remote"]\n'
+        "[[tiers]]\n"
+        'name = "narrow"\n'
+        'backends = ["local"]\n'
+        "context_window = 300\n"
         "[[rules]]\n"
         'name = "math"\n'
         "regex = '(?i)^what is (?P<input>[-+*/^()%.\\d\\s]+(?:of [\\d.\\s]+)?)\\?$'\n"
         'builtin = "arithmetic"\n'
         "[routing.cache]\n"
         "ttl_secs = 60\n"
+        'semantic_model = "minilm"\n'
+        "[routing.tools]\n"
+        'model = "minilm"\n'
+        "top_k = 2\n"
+        "min_tools = 2\n"
+        "[routing.intents]\n"
+        'model = "minilm"\n'
+        "threshold = 0.4\n"
+        "[[routing.intents.intent]]\n"
+        'name = "weather"\n'
+        'description = "Questions about the weather, rain or temperature"\n'
+        'examples = ["Will it rain in Berlin tomorrow?", "How hot is it in Madrid?"]\n'
+        'tools = ["get_weather"]\n'
+        "[routing.context]\n"
+        "output_reserve = 32\n"
     )
     proc, front = start_front(config)
     try:
@@ -507,6 +530,36 @@ def test_the_sdk_through_a_gateway_with_tiers(server, tmp_path):
         assert (route["tier"], route["backend"], route["reason"]) == ("big", "remote", "explicit")
         assert route["overhead_ms"] >= 0 and "attempts" not in route
         assert float(raw.headers["x-inferd-overhead-ms"]) >= 0
+        # The semantic cache: a reworded question, sampled, answered from the first.
+        first = ask(via, model="auto", temperature=0.8,
+                    messages=[{"role": "user", "content": "Name the capital city of Italy."}])
+        near = ask(via, model="auto", temperature=0.8,
+                   messages=[{"role": "user", "content": "name the capital city of Italy"}])
+        assert near.model_extra["route"]["cache"] == "semantic"
+        assert near.choices[0].message.content == first.choices[0].message.content
+        # The intent layer keeps the weather intent's tool of four.
+        tools = WEATHER + [{"type": "function", "function": {"name": n, "description": d,
+                                                              "parameters": {"type": "object", "properties": {}}}}
+                           for n, d in [("send_email", "Send an email"), ("play_music", "Play a song"),
+                                        ("set_alarm", "Set an alarm clock")]]
+        called = ask(via, model="auto", tools=tools, max_tokens=40,
+                     messages=[{"role": "user", "content": "What's the weather like in Paris today?"}])
+        route = called.model_extra["route"]
+        assert route["intent"]["name"] == "weather" and route["intent"]["action"] == "labelled"
+        assert route["tools"]["kept"] == ["get_weather"]
+        assert called.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        # Context budgets: a long conversation fits the narrow tier, whole and streamed.
+        history = []
+        for i in range(30):
+            history += [{"role": "user", "content": f"Turn {i}: remember {i}."},
+                        {"role": "assistant", "content": f"Noted {i}."}]
+        history.append({"role": "user", "content": "Which turn came first?"})
+        fitted = ask(via, model="narrow", messages=history, max_tokens=8)
+        context = fitted.model_extra["route"]["context"]
+        assert context["turns_dropped"] > 0 and context["prompt_after"] <= 300 - 8
+        assert fitted.usage.prompt_tokens == context["prompt_after"]
+        streamed = list(ask(via, model="narrow", messages=history, max_tokens=8, stream=True))
+        assert streamed[0].model_extra["route"]["context"]["prompt_after"] == context["prompt_after"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -239,6 +239,9 @@ pub struct RuleSettings {
     /// Or: matches when the last user message is JSON valid against this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<serde_json::Value>,
+    /// Or: matches when `[routing.intents]` labels the request with this intent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
     /// `arithmetic`, `convert`, `datetime`, `validate_email`, `validate_url`,
     /// `validate_uuid`, `validate_json`, `lookup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +270,7 @@ impl RuleSettings {
             name: self.name.clone(),
             regex: self.regex.clone(),
             json_schema: self.json_schema.clone(),
+            intent: self.intent.clone(),
             builtin: self.builtin.clone(),
             answer: self.answer.clone(),
             lookup_file: self.lookup_file.clone(),
@@ -301,6 +305,188 @@ pub struct RoutingSettings {
     /// Narrow long tool lists to the most relevant tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<ToolSettings>,
+    /// Classify requests into declared intents (tools, tier, rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intents: Option<IntentSettings>,
+    /// Fit chat requests into the answering tier's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextSettings>,
+}
+
+/// `[routing.intents]`: the intent layer (the gateway's `intent` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentSettings {
+    /// A `[[models]]` entry that embeds (MiniLM).
+    pub model: String,
+    /// The least score (in [-1, 1], like a cosine) that labels a request.
+    #[serde(default = "IntentSettings::default_threshold")]
+    pub threshold: f32,
+    /// Below the threshold, answer this instead of the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clarification: Option<String>,
+    /// JSONL of labelled queries, `{"query": "...", "intent": "<name>"}`;
+    /// feedback is appended here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples_file: Option<PathBuf>,
+    #[serde(rename = "intent", default)]
+    pub intents: Vec<IntentEntry>,
+}
+
+/// One `[[routing.intents.intent]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentEntry {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<String>,
+    /// The tools a request of this intent is given (names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<String>,
+    /// The tier that answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+impl IntentSettings {
+    fn default_threshold() -> f32 {
+        0.5
+    }
+
+    pub fn specs(&self) -> Vec<inferd_gateway::intent::IntentSpec> {
+        self.intents
+            .iter()
+            .map(|i| inferd_gateway::intent::IntentSpec {
+                name: i.name.clone(),
+                description: i.description.clone(),
+                examples: i.examples.clone(),
+                tools: i.tools.clone(),
+                tier: i.tier.clone(),
+            })
+            .collect()
+    }
+
+    /// The labelled examples of the examples file, `(query, intent)`.
+    pub fn examples(&self) -> Result<Vec<(String, String)>> {
+        read_examples(self.examples_file.as_deref(), "routing.intents", "intent")
+    }
+}
+
+/// `[routing.context]`: context budgets (the gateway's `context` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContextSettings {
+    /// Tokens kept for the answer when a request sets no `max_tokens`.
+    #[serde(default = "ContextSettings::default_reserve")]
+    pub output_reserve: usize,
+    /// Sections cut first to last: `documents`, `memory`, `tools`, `history`.
+    #[serde(default = "ContextSettings::default_order")]
+    pub cut_order: Vec<String>,
+    /// Per-section budgets: a number of tokens, or a share of the window as
+    /// a string ending in `%` (`"25%"`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub budgets: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Summarise dropped history with this `[[models]]` entry (a local model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary_model: Option<String>,
+    #[serde(default = "ContextSettings::default_summary_tokens")]
+    pub summary_max_tokens: usize,
+}
+
+impl ContextSettings {
+    fn default_reserve() -> usize {
+        256
+    }
+    fn default_order() -> Vec<String> {
+        inferd_gateway::context::Section::ALL
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect()
+    }
+    fn default_summary_tokens() -> usize {
+        64
+    }
+
+    /// The cut order and budgets, or what is wrong with them.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        &self,
+    ) -> std::result::Result<
+        (
+            Vec<inferd_gateway::context::Section>,
+            Vec<(inferd_gateway::context::Section, inferd_gateway::context::Limit)>,
+        ),
+        String,
+    > {
+        use inferd_gateway::context::{Limit, Section};
+        let section = |name: &str, field: &str| {
+            Section::parse(name).ok_or_else(|| {
+                format!("`routing.context.{field}`: {name:?} is not one of documents, memory, tools, history (system and the current turn are never cut)")
+            })
+        };
+        let mut order = Vec::new();
+        for name in &self.cut_order {
+            let s = section(name, "cut_order")?;
+            if order.contains(&s) {
+                return Err(format!("`routing.context.cut_order` names {name:?} twice"));
+            }
+            order.push(s);
+        }
+        let mut limits = Vec::new();
+        for (name, v) in &self.budgets {
+            let s = section(name, "budgets")?;
+            let limit = match v {
+                serde_json::Value::Number(n) if n.as_u64().is_some() => {
+                    Limit::Tokens(n.as_u64().unwrap_or(0) as usize)
+                }
+                serde_json::Value::String(t) => match t.trim().strip_suffix('%').map(|p| p.trim().parse::<f64>()) {
+                    Some(Ok(p)) if p > 0.0 && p <= 100.0 => Limit::Share(p / 100.0),
+                    _ => return Err(format!("`routing.context.budgets.{name}` must be a token count or a share like \"25%\", got {t:?}")),
+                },
+                other => return Err(format!("`routing.context.budgets.{name}` must be a token count or a share like \"25%\", got {other}")),
+            };
+            limits.push((s, limit));
+        }
+        Ok((order, limits))
+    }
+}
+
+/// Labelled examples from a JSONL file of `{"query": ..., "<label>": ...}`.
+fn read_examples(
+    path: Option<&std::path::Path>,
+    table: &str,
+    label: &str,
+) -> Result<Vec<(String, String)>> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // Made by the first feedback.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && label == "intent" => {
+            return Ok(Vec::new())
+        }
+        Err(e) => anyhow::bail!("`{table}.examples_file` {}: {e}", path.display()),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
+                anyhow::anyhow!("{}:{}: not JSON: {e}", path.display(), i + 1)
+            })?;
+            match (v["query"].as_str(), v[label].as_str()) {
+                (Some(q), Some(t)) => Ok((q.to_owned(), t.to_owned())),
+                _ => anyhow::bail!(
+                    "{}:{}: not {{\"query\": ..., \"{label}\": ...}}",
+                    path.display(),
+                    i + 1
+                ),
+            }
+        })
+        .collect()
 }
 
 /// `[routing.tools]`: tool narrowing (the gateway's `tools` module).
@@ -329,32 +515,7 @@ impl ToolSettings {
 
     /// The labelled examples, `(query, tool)`.
     pub fn examples(&self) -> Result<Vec<(String, String)>> {
-        let Some(path) = &self.examples_file else {
-            return Ok(Vec::new());
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            anyhow::anyhow!("`routing.tools.examples_file` {}: {e}", path.display())
-        })?;
-        #[derive(Deserialize)]
-        struct Example {
-            query: String,
-            tool: String,
-        }
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str::<Example>(l)
-                    .map(|e| (e.query, e.tool))
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "{}:{}: not {{\"query\": ..., \"tool\": ...}}: {e}",
-                            path.display(),
-                            i + 1
-                        )
-                    })
-            })
-            .collect()
+        read_examples(self.examples_file.as_deref(), "routing.tools", "tool")
     }
 }
 
@@ -452,6 +613,8 @@ impl Default for RoutingSettings {
             escalation: None,
             cache: None,
             tools: None,
+            intents: None,
+            context: None,
         }
     }
 }
@@ -854,6 +1017,78 @@ impl ServeConfig {
             }
             if let Err(e) = t.examples() {
                 problems.push(e.to_string());
+            }
+        }
+        if let Some(i) = &self.routing.intents {
+            if !models.iter().any(|(s, _)| s.name() == i.model) {
+                problems.push(format!(
+                    "`routing.intents.model` {:?} is not the name of a model",
+                    i.model
+                ));
+            }
+            if i.intents.is_empty() {
+                problems.push(
+                    "`routing.intents` declares no intent: add `[[routing.intents.intent]]` entries"
+                        .to_owned(),
+                );
+            }
+            if !(-1.0..=1.0).contains(&i.threshold) {
+                problems.push(format!(
+                    "`routing.intents.threshold` must be in [-1, 1], got {}",
+                    i.threshold
+                ));
+            }
+            for (k, e) in i.intents.iter().enumerate() {
+                if i.intents[..k].iter().any(|x| x.name == e.name) {
+                    problems.push(format!("intent {:?} is declared twice", e.name));
+                }
+                if let Some(t) = &e.tier {
+                    if !self.tiers.iter().any(|x| &x.name == t) {
+                        problems.push(format!(
+                            "intent {:?}: tier {t:?} is not the name of a tier",
+                            e.name
+                        ));
+                    }
+                }
+            }
+            match i.examples() {
+                Err(e) => problems.push(e.to_string()),
+                Ok(ex) => {
+                    for (q, name) in ex {
+                        if !i.intents.iter().any(|x| x.name == name) {
+                            problems.push(format!(
+                                "the intent example {q:?} names intent {name:?}, which is not declared"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for r in &self.rules {
+            if let Some(name) = &r.intent {
+                let declared = self
+                    .routing
+                    .intents
+                    .as_ref()
+                    .is_some_and(|i| i.intents.iter().any(|x| &x.name == name));
+                if !declared {
+                    problems.push(format!(
+                        "rule `{}` matches intent {name:?}, which `[routing.intents]` does not declare",
+                        r.name
+                    ));
+                }
+            }
+        }
+        if let Some(c) = &self.routing.context {
+            if let Err(e) = c.parts() {
+                problems.push(e);
+            }
+            if let Some(m) = &c.summary_model {
+                if !models.iter().any(|(s, _)| &s.name() == m) {
+                    problems.push(format!(
+                        "`routing.context.summary_model` {m:?} is not the name of a model"
+                    ));
+                }
             }
         }
         if let Some(e) = &self.routing.escalation {

@@ -351,6 +351,53 @@ fn build_gateway(
             Some(Arc::new(narrowing))
         }
     };
+    let embedder = |model: &str, field: &str| -> Result<Arc<dyn Backend>> {
+        let e = find(model)?;
+        if !e.capabilities().embeddings {
+            anyhow::bail!("`{field}` {model:?} does not embed");
+        }
+        Ok(e)
+    };
+    let intents = match &plan.routing.intents {
+        None => None,
+        Some(i) => {
+            let e = embedder(&i.model, "routing.intents.model")?;
+            let learned = i.examples()?;
+            let n = learned.len();
+            let intents = tokio::runtime::Handle::current()
+                .block_on(inferd_gateway::intent::Intents::new(
+                    e,
+                    i.specs(),
+                    i.threshold,
+                    i.clarification.clone(),
+                    learned,
+                    i.examples_file.clone(),
+                ))
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(intents = i.intents.len(), learned = n, threshold = i.threshold, "intent layer");
+            Some(Arc::new(intents))
+        }
+    };
+    let context = match &plan.routing.context {
+        None => None,
+        Some(c) => {
+            let (cut_order, limits) = c.parts().map_err(anyhow::Error::msg)?;
+            let summary = match &c.summary_model {
+                None => None,
+                Some(m) => Some(inferd_gateway::context::Summary {
+                    backend: find(m)?,
+                    max_tokens: c.summary_max_tokens,
+                }),
+            };
+            tracing::info!(output_reserve = c.output_reserve, summary = c.summary_model.is_some(), "context budgets");
+            Some(Arc::new(inferd_gateway::context::Budgets {
+                output_reserve: c.output_reserve,
+                limits,
+                cut_order,
+                summary,
+            }))
+        }
+    };
     for t in &tiers {
         tracing::info!(tier = %t.name, local = t.local, price = t.price, backends = t.backends.len(), balance = %t.balancer.policy().name(), "tier");
     }
@@ -364,6 +411,8 @@ fn build_gateway(
             rules: inferd_handlers::Rules::new(&plan.rules).map_err(anyhow::Error::msg)?,
             cache: plan.routing.cache.as_ref().map(|c| Arc::new(c.build())),
             tools,
+            intents,
+            context,
             embedder: match plan
                 .routing
                 .cache

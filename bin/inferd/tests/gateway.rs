@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http, model, serve, temp_file};
+use common::{chat_body, http, metric, model, post, serve, temp_file, user};
 use serde_json::Value;
 
 /// An `inferd serve` of SmolLM2 as `small` on one thread.
@@ -21,40 +21,6 @@ fn replica() -> (common::Killed, String) {
     let small = format!("small={}", model());
     let (child, addr, _) = serve(&["--port", "0", "--threads", "1", "--model", &small], &[]);
     (child, addr)
-}
-
-/// A chat request, greedy and of 8 tokens unless `extra` sets `temperature`
-/// or `max_tokens`.
-fn chat_body(model: &str, messages: &Value, extra: &str) -> String {
-    let max = if extra.contains("\"max_tokens\"") {
-        ""
-    } else {
-        r#", "max_tokens": 8"#
-    };
-    let temperature = if extra.contains("\"temperature\"") {
-        ""
-    } else {
-        r#", "temperature": 0"#
-    };
-    format!(r#"{{"model": "{model}", "messages": {messages}{temperature}{max}{extra}}}"#)
-}
-
-fn post(addr: &str, body: &str) -> (u16, Value) {
-    let (status, text) = http(addr, "POST", "/v1/chat/completions", body);
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
-    (status, v)
-}
-
-fn metric(addr: &str, name: &str, labels: &[&str]) -> f64 {
-    let (_, text) = http(addr, "GET", "/metrics", "");
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn user(text: &str) -> Value {
-    serde_json::json!([{"role": "user", "content": text}])
 }
 
 #[test]

@@ -204,6 +204,13 @@ pub struct EngineStats {
     pub step_failures_total: u64,
 }
 
+/// What a labelled example labels (`POST /v1/intent/feedback`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feedback {
+    Tool(String),
+    Intent(String),
+}
+
 /// Anything that answers requests: a local model, an upstream server, a gateway.
 pub trait Backend: Send + Sync {
     /// The id clients put in `model`.
@@ -236,15 +243,24 @@ pub trait Backend: Send + Sync {
     fn upstream_stats(&self) -> Option<UpstreamStats> {
         None
     }
-    /// Labels `query` with the tool that should answer it, for a gateway that
-    /// narrows tools (`None`: this backend does not): resolves to the number
-    /// of examples that tool has now, and whether the example was persisted.
-    fn tool_feedback(
+    /// Labels `query` with the tool or intent that should answer it, for a
+    /// gateway that narrows tools or classifies intents (`None`: this backend
+    /// takes no such label): resolves to the number of examples that tool or
+    /// intent has now, and whether the example was persisted.
+    fn feedback(
         &self,
         query: String,
-        tool: String,
+        label: Feedback,
     ) -> Option<BoxFuture<'static, Result<(usize, bool), BackendError>>> {
-        let _ = (query, tool);
+        let _ = (query, label);
+        None
+    }
+    /// The exact number of prompt tokens this backend would feed its model for
+    /// `request` (chat template and tools included), counted with its own
+    /// tokenizer (`None`: it cannot count, e.g. an upstream). CPU work of
+    /// up to a few milliseconds: call it off the async workers.
+    fn count_prompt(&self, request: &ValidChatRequest) -> Option<Result<usize, BackendError>> {
+        let _ = request;
         None
     }
     /// A response cache's counters, for a gateway that keeps one.

@@ -154,6 +154,10 @@ impl Backend for LocalBackend {
     fn ttft_estimate(&self, prompt_tokens: usize) -> Option<std::time::Duration> {
         self.inner.engine.gauges.ttft_estimate(prompt_tokens)
     }
+
+    fn count_prompt(&self, request: &ValidChatRequest) -> Option<Result<usize, BackendError>> {
+        Some(self.inner.chat_prompt(request).map(|p| p.len()))
+    }
 }
 
 /// A request turned into token ids, ready for the engine.
@@ -312,7 +316,7 @@ impl Inner {
             )
         })?;
         let mut messages: Vec<Value> = r
-            .messages
+            .with_sections()
             .iter()
             .map(|m| {
                 let role = match m.role {

@@ -429,11 +429,7 @@ mod tests {
             balance: None,
             prefix_match: None,
             overhead_ms: None,
-            confidence: None,
-            handler: None,
-            cache: None,
-            cache_similarity: None,
-            tools: None,
+            ..Default::default()
         }
     }
 

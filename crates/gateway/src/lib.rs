@@ -11,7 +11,9 @@
 
 pub mod balance;
 pub mod cache;
+pub mod context;
 pub mod escalate;
+pub mod intent;
 mod router;
 mod sse;
 pub mod tools;

@@ -34,21 +34,24 @@
 //! `x-inferd-route` header.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use inferd_backend::{
-    Backend, BackendError, Capabilities, Event, EventStream, Health, LoggedToken, Request,
+    Backend, BackendError, Capabilities, Event, EventStream, Feedback, Health, LoggedToken,
+    Request,
 };
 use inferd_handlers::Outcome;
 use inferd_protocol::{
-    ChatMessage, Confidence, Handled, MessageContent, PromptInput, ProtocolError, Role, Route,
+    ChatMessage, Confidence, Handled, IntentLabel, MessageContent, PromptInput, ProtocolError, Role, Route,
     RouteAttempt, ToolMode,
 };
 use regex::Regex;
 
 use crate::balance::{Balancer, PrefixKey};
 use crate::escalate::{self, Escalation};
+use crate::tools::Query;
 
 /// A group of interchangeable backends with one price.
 pub struct Tier {
@@ -152,6 +155,10 @@ pub struct Routing {
     pub embedder: Option<Arc<dyn Backend>>,
     /// Narrows long tool lists to the most relevant tools.
     pub tools: Option<Arc<crate::tools::ToolNarrowing>>,
+    /// Classifies requests into the configured intents.
+    pub intents: Option<Arc<crate::intent::Intents>>,
+    /// Fits chat requests into the answering tier's window.
+    pub context: Option<Arc<crate::context::Budgets>>,
 }
 
 /// One policy's verdict on one tier.
@@ -175,6 +182,10 @@ struct Ask {
     tokens: usize,
     /// Estimated prompt tokens.
     prompt_tokens: usize,
+    /// With context budgets: the estimated tokens of what is never cut (the
+    /// system prompt, the current turn) plus the answer's reserve. Tiers are
+    /// ordered by it, never dropped: the tier's own count decides.
+    essential: Option<usize>,
     /// `metadata.ttft_slo_ms`: the first token wanted within this.
     ttft_target: Option<std::time::Duration>,
     /// Why the request must stay local (`None`: it may leave).
@@ -235,7 +246,9 @@ impl Policy for Context {
     }
     fn judge(&self, tier: &Tier, ask: &Ask) -> Verdict {
         let window = tier.window();
-        if ask.tokens <= window {
+        // With context budgets the tier's own count decides (it cuts, or
+        // refuses with the numbers).
+        if ask.essential.is_some() || ask.tokens <= window {
             Verdict::Keep
         } else {
             Verdict::Drop(format!(
@@ -277,6 +290,7 @@ const POLICIES: [&dyn Policy; 3] = [&Capability, &Privacy, &Context];
 
 /// The gateway as a backend: `auto` routes over every tier; a tier's name
 /// routes within that tier.
+#[derive(Clone)]
 pub struct Gateway {
     name: String,
     routing: Arc<Routing>,
@@ -343,6 +357,15 @@ impl Gateway {
         }
         let tiers = &self.routing.tiers;
         kept.sort_by(|&a, &b| tiers[a].price.total_cmp(&tiers[b].price));
+        // With context budgets, the tiers estimated to hold the whole prompt
+        // come first, then those that hold it once cut, then the rest (by
+        // price within each).
+        if let Some(essential) = ask.essential {
+            kept.sort_by_key(|&i| {
+                let w = tiers[i].window();
+                (ask.tokens > w, essential > w)
+            });
+        }
         Ok(kept
             .into_iter()
             .map(|k| {
@@ -411,179 +434,36 @@ impl Backend for Gateway {
     }
 
     fn generate(&self, request: Request) -> BoxFuture<'static, Result<EventStream, BackendError>> {
-        let asked = ask(&request, &self.routing.detectors);
-        let plan = asked
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|a| self.plan(a));
-        let (request, handled, forced) = match self.handle(request, &asked, &plan) {
-            Handling::Answered(events) => return Box::pin(std::future::ready(Ok(events))),
-            Handling::Route {
-                request,
-                handled,
-                tier,
-            } => (request, handled, tier),
-        };
-        // A rule's tier, when routing chose and policies left it eligible.
-        let forced = forced.filter(|t| {
-            self.only.is_none() && plan.as_ref().is_ok_and(|p| p.iter().any(|(i, _)| i == t))
-        });
-        let plan = plan.map(|p| {
-            p.into_iter()
-                .filter(|(i, _)| forced.is_none_or(|t| *i == t))
-                .map(|(tier, why)| Step {
-                    tier,
-                    first_try: self.reason(&why, false),
-                    after_failures: self.reason(&why, true),
-                })
-                .collect::<Vec<_>>()
-        });
-        let routing = Arc::clone(&self.routing);
-        // Escalation re-asks a later tier: only when routing chose the tier,
-        // for one choice, and (streamed) with tokens to hold.
-        let escalation = routing.escalation.filter(|e| {
-            self.only.is_none()
-                && request.choices() == 1
-                && (!request.common().stream || e.hold_tokens > 0)
-        });
-        let cache = routing.cache.clone();
-        let exact = cache
-            .as_ref()
-            .and_then(|_| crate::cache::ResponseCache::key(&self.name, &request));
-        let context = cache
-            .as_ref()
-            .filter(|c| c.is_semantic())
-            .and_then(|_| crate::cache::ResponseCache::context(&self.name, &request));
-        let embedder = routing.embedder.clone();
-        let choices = request.choices();
-        let arrival = request.common().arrival;
-        let narrowing = routing.tools.clone();
-        let answer = async move {
-            let plan = plan?;
-            let mut request = request;
-            let tools = match &narrowing {
-                Some(n) => n.narrow(&mut request).await,
-                None => None,
-            };
-            let stages = Stages { handled, tools };
-            let keyed = plan
-                .iter()
-                .any(|p| routing.tiers[p.tier].balancer.wants_prefix());
-            let prefix = if keyed {
-                prefix_key(&request)
-            } else {
-                PrefixKey::default()
-            };
-            let mut tries = Tries {
-                routing: &routing,
-                prefix: &prefix,
-                attempts: Vec::new(),
-                arrival: request.common().arrival,
-                elsewhere: std::time::Duration::ZERO,
-                dispatched: std::time::Instant::now(),
-            };
-            let scored_first = escalation
-                .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
-            let Some(esc) = scored_first else {
-                return tries.run(&plan, &request).await.map(|r| routed(r, &stages));
-            };
-            let scored = escalate::with_logprobs(&request, esc.top_logprobs);
-            let (route, events) = match tries.run(&plan[..1], &scored).await {
-                Ok(first) => first,
-                Err(e @ BackendError::Invalid(_)) => return Err(e),
-                Err(_) => {
-                    return tries
-                        .run(&plan[1..], &request)
-                        .await
-                        .map(|r| routed(r, &stages))
-                }
-            };
-            let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
-            // The scored answer's time is the first tier's, not the gateway's.
-            tries.elsewhere += tries.dispatched.elapsed();
-            if let Some(e) = held.failed {
-                // Nothing was relayed: the next tiers may still answer.
-                tries.failed(&route.tier, &route.backend, &e);
-                return tries
-                    .run(&plan[1..], &request)
-                    .await
-                    .map(|r| routed(r, &stages));
-            }
-            let client_top = request.logprobs();
-            let Some(scores) = escalate::Scores::of(&held.tokens) else {
-                return Ok(routed((route, held.replay(client_top)), &stages));
-            };
-            let score = esc.signal.of(&scores);
-            let mut confidence = Confidence {
-                tier: route.tier.clone(),
-                backend: route.backend.clone(),
-                tokens: scores.tokens,
-                mean_logprob: scores.mean_logprob,
-                min_logprob: scores.min_logprob,
-                mean_entropy: scores.mean_entropy,
-                signal: esc.signal.name().to_owned(),
-                score,
-                threshold: esc.threshold,
-                escalated: false,
-            };
-            if score < esc.threshold {
-                let before = tries.attempts.len();
-                // If the next tiers fail, the first answer stands, with those
-                // attempts named in its route.
-                if let Ok((mut upper, events)) = tries.run(&plan[1..], &request).await {
-                    upper.reason = if upper.attempts.len() > before {
-                        "escalation+fallback".into()
-                    } else {
-                        "escalation".into()
-                    };
-                    confidence.escalated = true;
-                    upper.confidence = Some(confidence);
-                    return Ok(routed((upper, events), &stages));
-                }
-            }
-            let mut route = route;
-            route.attempts = std::mem::take(&mut tries.attempts);
-            route.confidence = Some(confidence);
-            Ok(routed((route, held.replay(client_top)), &stages))
-        };
-        Box::pin(async move {
-            let Some(cache) = cache else {
-                return answer.await;
-            };
-            if let Some((route, events)) = exact.and_then(|k| cache.get(k)) {
-                return Ok(crate::cache::replay(route, &events, arrival, None));
-            }
-            let semantic = match (context, embedder) {
-                (Some((context, text)), Some(e)) => crate::cache::embed(e, text)
-                    .await
-                    .map(|vector| crate::cache::Semantic { context, vector }),
-                _ => None,
-            };
-            if let Some((route, events, cos)) = semantic.as_ref().and_then(|s| cache.nearest(s)) {
-                return Ok(crate::cache::replay(route, &events, arrival, Some(cos)));
-            }
-            if exact.is_none() && semantic.is_none() {
-                return answer.await;
-            }
-            let key = exact.unwrap_or_else(rand::random);
-            let events = answer.await?;
-            Ok(crate::cache::storing(cache, key, semantic, events, choices))
-        })
+        let gateway = self.clone();
+        Box::pin(async move { gateway.respond(request).await })
     }
 
-    fn tool_feedback(
+    fn feedback(
         &self,
         query: String,
-        tool: String,
+        label: Feedback,
     ) -> Option<BoxFuture<'static, Result<(usize, bool), BackendError>>> {
         // Taken once, by the router that routes over every tier.
-        let narrowing = self.routing.tools.clone().filter(|_| self.only.is_none())?;
-        Some(Box::pin(async move {
-            narrowing
-                .feedback(query, tool)
-                .await
-                .map_err(BackendError::Internal)
-        }))
+        if self.only.is_some() {
+            return None;
+        }
+        match label {
+            Feedback::Tool(tool) => {
+                let narrowing = self.routing.tools.clone()?;
+                Some(Box::pin(async move {
+                    narrowing
+                        .feedback(query, tool)
+                        .await
+                        .map_err(BackendError::Internal)
+                }))
+            }
+            Feedback::Intent(intent) => {
+                let intents = self.routing.intents.clone()?;
+                Some(Box::pin(
+                    async move { intents.feedback(query, intent).await },
+                ))
+            }
+        }
     }
 
     fn cache_stats(&self) -> Option<inferd_backend::CacheStats> {
@@ -593,6 +473,247 @@ impl Backend for Gateway {
             .as_ref()
             .filter(|_| self.only.is_none())
             .map(|c| c.stats())
+    }
+}
+
+impl Gateway {
+    /// The stages before the model (intent, rules, cache, tools), then the
+    /// tiers (module docs).
+    async fn respond(self, request: Request) -> Result<EventStream, BackendError> {
+        let routing = Arc::clone(&self.routing);
+        let mut stages = Stages::default();
+        let mut query = Query::of(&request);
+        let arrival = request.common().arrival;
+
+        // The intent, when intents are declared.
+        let label = match &routing.intents {
+            Some(intents) if query.text().is_some() => {
+                let t = Instant::now();
+                let label = intents.label(&mut query).await;
+                stages.time("intent", t);
+                label.map(|l| (l, intents))
+            }
+            _ => None,
+        };
+        if let Some((l, intents)) = &label {
+            let clarify = intents.clarification.as_ref().filter(|_| !l.sure);
+            stages.intent = Some(IntentLabel {
+                name: l.name.clone(),
+                score: f64::from(l.score),
+                threshold: f64::from(intents.threshold),
+                action: match (l.sure, clarify.is_some()) {
+                    (true, _) => "labelled",
+                    (false, true) => "clarified",
+                    (false, false) => "unsure",
+                }
+                .to_owned(),
+            });
+            if let Some(text) = clarify {
+                let route = Route {
+                    tier: "intent".into(),
+                    backend: "clarification".into(),
+                    reason: "intent".into(),
+                    ..Default::default()
+                };
+                return Ok(answered(&request, stages.into_route(route), text.clone()));
+            }
+        }
+        let sure = label.as_ref().filter(|(l, _)| l.sure);
+
+        // The rules.
+        let asked = ask(&request, &routing.detectors, routing.context.as_deref());
+        let plan = asked
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|a| self.plan(a));
+        let t = Instant::now();
+        let handling = self.handle(
+            request,
+            &asked,
+            &plan,
+            sure.map(|(l, _)| l.name.as_str()),
+            &mut stages,
+        );
+        if !routing.rules.is_empty() {
+            stages.time("rules", t);
+        }
+        let (mut request, forced) = match handling {
+            Handling::Answered(events) => return Ok(events),
+            Handling::Route { request, tier } => (request, tier),
+        };
+        // A rule's tier, else the intent's, when routing chose and policies
+        // left it eligible.
+        let forced = forced
+            .or_else(|| {
+                let (l, intents) = sure?;
+                let name = intents.spec(l.index).tier.as_ref()?;
+                routing.tiers.iter().position(|t| &t.name == name)
+            })
+            .filter(|t| {
+                self.only.is_none() && plan.as_ref().is_ok_and(|p| p.iter().any(|(i, _)| i == t))
+            });
+        let plan: Vec<Step> = plan?
+            .into_iter()
+            .filter(|(i, _)| forced.is_none_or(|t| *i == t))
+            .map(|(tier, why)| Step {
+                tier,
+                first_try: self.reason(&why, false),
+                after_failures: self.reason(&why, true),
+            })
+            .collect();
+
+        // The response cache.
+        let mut store = None;
+        if let Some(cache) = &routing.cache {
+            let t = Instant::now();
+            let exact = crate::cache::ResponseCache::key(&self.name, &request);
+            if let Some((route, events)) = exact.and_then(|k| cache.get(k)) {
+                return Ok(crate::cache::replay(route, &events, arrival, None));
+            }
+            let context = match &routing.embedder {
+                Some(e) if cache.is_semantic() => {
+                    crate::cache::ResponseCache::context(&self.name, &request).map(|c| (c.0, e))
+                }
+                _ => None,
+            };
+            let semantic = match context {
+                Some((context, e)) => query
+                    .vector(e)
+                    .await
+                    .map(|vector| crate::cache::Semantic { context, vector }),
+                None => None,
+            };
+            if let Some((route, events, cos)) = semantic.as_ref().and_then(|s| cache.nearest(s)) {
+                return Ok(crate::cache::replay(route, &events, arrival, Some(cos)));
+            }
+            stages.time("cache", t);
+            if exact.is_some() || semantic.is_some() {
+                store = Some((Arc::clone(cache), exact.unwrap_or_else(rand::random), semantic));
+            }
+        }
+
+        // The tools: the intent's, or the most relevant by similarity (none
+        // narrowed when the intent is unsure).
+        let t = Instant::now();
+        let intent_tools = sure
+            .map(|(l, intents)| &intents.spec(l.index).tools)
+            .filter(|t| !t.is_empty());
+        stages.tools = match (intent_tools, &routing.tools) {
+            (Some(names), _) => crate::tools::keep_named(&mut request, names),
+            (None, Some(n)) if label.is_none() || sure.is_some() => {
+                n.narrow(&mut request, &mut query).await
+            }
+            _ => None,
+        };
+        if intent_tools.is_some() || routing.tools.is_some() {
+            stages.time("tools", t);
+        }
+
+        let choices = request.choices();
+        let events = self.answer(request, plan, stages).await?;
+        Ok(match store {
+            Some((cache, key, semantic)) => {
+                crate::cache::storing(cache, key, semantic, events, choices)
+            }
+            None => events,
+        })
+    }
+
+    /// The tiers of `plan` in order, with escalation when configured.
+    async fn answer(
+        &self,
+        request: Request,
+        plan: Vec<Step>,
+        stages: Stages,
+    ) -> Result<EventStream, BackendError> {
+        let routing = &*self.routing;
+        // Escalation re-asks a later tier: only when routing chose the tier,
+        // for one choice, and (streamed) with tokens to hold.
+        let escalation = routing.escalation.filter(|e| {
+            self.only.is_none()
+                && request.choices() == 1
+                && (!request.common().stream || e.hold_tokens > 0)
+        });
+        let keyed = plan
+            .iter()
+            .any(|p| routing.tiers[p.tier].balancer.wants_prefix());
+        let prefix = if keyed {
+            prefix_key(&request)
+        } else {
+            PrefixKey::default()
+        };
+        let mut tries = Tries {
+            routing,
+            prefix: &prefix,
+            attempts: Vec::new(),
+            arrival: request.common().arrival,
+            elsewhere: std::time::Duration::ZERO,
+            dispatched: Instant::now(),
+            too_long: None,
+        };
+        let scored_first = escalation
+            .filter(|_| plan.len() > 1 && routing.tiers[plan[0].tier].capabilities().logprobs);
+        let Some(esc) = scored_first else {
+            return tries.run(&plan, &request).await.map(|r| routed(r, &stages));
+        };
+        let scored = escalate::with_logprobs(&request, esc.top_logprobs);
+        let (route, events) = match tries.run(&plan[..1], &scored).await {
+            Ok(first) => first,
+            Err(e @ BackendError::Invalid(_)) => return Err(e),
+            Err(_) => {
+                return tries
+                    .run(&plan[1..], &request)
+                    .await
+                    .map(|r| routed(r, &stages))
+            }
+        };
+        let held = Held::read(events, request.common().stream.then_some(esc.hold_tokens)).await;
+        // The scored answer's time is the first tier's, not the gateway's.
+        tries.elsewhere += tries.dispatched.elapsed();
+        if let Some(e) = held.failed {
+            // Nothing was relayed: the next tiers may still answer.
+            tries.failed(&route.tier, &route.backend, &e);
+            return tries
+                .run(&plan[1..], &request)
+                .await
+                .map(|r| routed(r, &stages));
+        }
+        let client_top = request.logprobs();
+        let Some(scores) = escalate::Scores::of(&held.tokens) else {
+            return Ok(routed((route, held.replay(client_top)), &stages));
+        };
+        let score = esc.signal.of(&scores);
+        let mut confidence = Confidence {
+            tier: route.tier.clone(),
+            backend: route.backend.clone(),
+            tokens: scores.tokens,
+            mean_logprob: scores.mean_logprob,
+            min_logprob: scores.min_logprob,
+            mean_entropy: scores.mean_entropy,
+            signal: esc.signal.name().to_owned(),
+            score,
+            threshold: esc.threshold,
+            escalated: false,
+        };
+        if score < esc.threshold {
+            let before = tries.attempts.len();
+            // If the next tiers fail, the first answer stands, with those
+            // attempts named in its route.
+            if let Ok((mut upper, events)) = tries.run(&plan[1..], &request).await {
+                upper.reason = if upper.attempts.len() > before {
+                    "escalation+fallback".into()
+                } else {
+                    "escalation".into()
+                };
+                confidence.escalated = true;
+                upper.confidence = Some(confidence);
+                return Ok(routed((upper, events), &stages));
+            }
+        }
+        let mut route = route;
+        route.attempts = std::mem::take(&mut tries.attempts);
+        route.confidence = Some(confidence);
+        Ok(routed((route, held.replay(client_top)), &stages))
     }
 }
 
@@ -614,13 +735,22 @@ struct Tries<'a> {
     elsewhere: std::time::Duration,
     /// When the last backend was handed the request.
     dispatched: std::time::Instant,
+    /// The last refusal for a prompt too long for a tier: what the client is
+    /// told when every tier refused so.
+    too_long: Option<BackendError>,
 }
 
 impl Tries<'_> {
     fn failed(&mut self, tier: &str, backend: &str, error: &BackendError) {
         let error = match error {
-            BackendError::TooLong(p) => p.message.clone(),
-            e => e.to_string(),
+            BackendError::TooLong(p) => {
+                self.too_long = Some(BackendError::TooLong(p.clone()));
+                p.message.clone()
+            }
+            e => {
+                self.too_long = None;
+                e.to_string()
+            }
         };
         self.attempts.push(RouteAttempt {
             tier: tier.to_owned(),
@@ -644,13 +774,39 @@ impl Tries<'_> {
                     break;
                 }
                 let backend = &tier.backends[replica];
+                // The context budget, fitted to this tier's window.
+                let (request, context, context_ms) = match (&self.routing.context, request) {
+                    (Some(budgets), Request::Chat(r)) => {
+                        let t = Instant::now();
+                        let fitted = crate::context::apply(
+                            Arc::clone(budgets),
+                            r.clone(),
+                            tier.name.clone(),
+                            tier.window(),
+                            Arc::clone(backend),
+                        )
+                        .await;
+                        match fitted {
+                            Ok((r, report)) => (
+                                Request::Chat(r),
+                                Some(report),
+                                Some(t.elapsed().as_secs_f64() * 1e3),
+                            ),
+                            Err(e) => {
+                                self.failed(&tier.name, backend.name(), &e);
+                                break;
+                            }
+                        }
+                    }
+                    _ => (request.clone(), None, None),
+                };
                 let in_flight = tier.balancer.start(replica);
                 self.dispatched = std::time::Instant::now();
                 let own = self
                     .dispatched
                     .saturating_duration_since(self.arrival)
                     .saturating_sub(self.elsewhere);
-                let started = backend.generate(request.clone()).await;
+                let started = backend.generate(request).await;
                 if started.is_err() {
                     self.elsewhere += self.dispatched.elapsed();
                 }
@@ -671,11 +827,12 @@ impl Tries<'_> {
                                 .prefix_match
                                 .filter(|_| nth == 0 && tier.backends.len() > 1),
                             overhead_ms: Some(own.as_secs_f64() * 1e3),
-                            confidence: None,
-                            handler: None,
-                            cache: None,
-                            cache_similarity: None,
-                            tools: None,
+                            context,
+                            stages_ms: context_ms
+                                .map(|ms| ("context".to_owned(), ms))
+                                .into_iter()
+                                .collect(),
+                            ..Default::default()
                         };
                         // In flight on the replica until its events are dropped.
                         let events = events
@@ -694,6 +851,10 @@ impl Tries<'_> {
                 }
             }
         }
+        if let Some(e) = self.too_long.take() {
+            // Every tier tried found the prompt too long: the client's to fix.
+            return Err(e);
+        }
         let tried: Vec<String> = self
             .attempts
             .iter()
@@ -711,12 +872,28 @@ impl Tries<'_> {
 struct Stages {
     handled: Option<Handled>,
     tools: Option<inferd_protocol::ToolsNarrowed>,
+    intent: Option<IntentLabel>,
+    ms: std::collections::BTreeMap<String, f64>,
+}
+
+impl Stages {
+    fn time(&mut self, stage: &str, since: Instant) {
+        *self.ms.entry(stage.to_owned()).or_default() += since.elapsed().as_secs_f64() * 1e3;
+    }
+
+    /// `route` with what the stages did.
+    fn into_route(self, mut route: Route) -> Route {
+        route.handler = self.handled;
+        route.tools = self.tools;
+        route.intent = self.intent;
+        route.stages_ms.extend(self.ms);
+        route
+    }
 }
 
 /// The route event (with what the stages did), then the answer.
-fn routed((mut route, events): (Route, EventStream), stages: &Stages) -> EventStream {
-    route.handler = stages.handled.clone();
-    route.tools = stages.tools.clone();
+fn routed((route, events): (Route, EventStream), stages: &Stages) -> EventStream {
+    let route = stages.clone().into_route(route);
     futures_util::stream::once(async move { Event::Route(Box::new(route)) })
         .chain(events)
         .boxed()
@@ -728,21 +905,23 @@ fn routed((mut route, events): (Route, EventStream), stages: &Stages) -> EventSt
 enum Handling {
     /// A rule answered: the whole answer's events.
     Answered(EventStream),
-    /// Route it (perhaps changed), reporting the rule, perhaps to one tier.
+    /// Route it (perhaps changed), perhaps to one tier.
     Route {
         request: Request,
-        handled: Option<Handled>,
         tier: Option<usize>,
     },
 }
 
 impl Gateway {
-    /// Runs the rules on a chat request's last user message.
+    /// Runs the rules on a chat request's last user message (and its intent,
+    /// when labelled); what a rule did goes into `stages`.
     fn handle(
         &self,
         request: Request,
         asked: &Result<Ask, BackendError>,
         plan: &Result<Vec<(usize, Vec<&'static str>)>, BackendError>,
+        intent: Option<&str>,
+        stages: &mut Stages,
     ) -> Handling {
         let rules = &self.routing.rules;
         let text = match &request {
@@ -757,7 +936,6 @@ impl Gateway {
         let Some(text) = text else {
             return Handling::Route {
                 request,
-                handled: None,
                 tier: None,
             };
         };
@@ -768,17 +946,16 @@ impl Gateway {
             saved_tokens: None,
             saved_usd: None,
         };
-        match rules.apply(&text) {
+        match rules.apply(&text, intent) {
             Outcome::Pass => Handling::Route {
                 request,
-                handled: None,
                 tier: None,
             },
             Outcome::Failed { rule, error } => {
                 tracing::info!(rule, %error, "rule failed; the model answers");
+                stages.handled = Some(report(rule, "failed", Some(error)));
                 Handling::Route {
                     request,
-                    handled: Some(report(rule, "failed", Some(error))),
                     tier: None,
                 }
             }
@@ -792,11 +969,8 @@ impl Gateway {
                     add_system_hint(&mut c.messages, hint);
                 }
                 let tier = tier.and_then(|t| self.routing.tiers.iter().position(|x| x.name == t));
-                Handling::Route {
-                    request,
-                    handled: Some(report(rule, "transformed", None)),
-                    tier,
-                }
+                stages.handled = Some(report(rule, "transformed", None));
+                Handling::Route { request, tier }
             }
             Outcome::Answer { rule, text } => {
                 let mut handled = report(rule, "answered", None);
@@ -812,7 +986,15 @@ impl Gateway {
                         );
                     }
                 }
-                Handling::Answered(answered(&request, handled, text))
+                let route = Route {
+                    tier: "rules".into(),
+                    backend: handled.rule.clone(),
+                    reason: "handler".into(),
+                    ..Default::default()
+                };
+                stages.handled = Some(handled);
+                let route = std::mem::take(stages).into_route(route);
+                Handling::Answered(answered(&request, route, text))
             }
         }
     }
@@ -833,23 +1015,10 @@ fn add_system_hint(messages: &mut Vec<ChatMessage>, hint: &str) {
     }
 }
 
-/// A rule's answer as a whole response: the route, then for each choice the
-/// text and its end. No model ran: no tokens are counted.
-fn answered(request: &Request, handled: Handled, text: String) -> EventStream {
-    let route = Route {
-        tier: "rules".into(),
-        backend: handled.rule.clone(),
-        reason: "handler".into(),
-        attempts: Vec::new(),
-        balance: None,
-        prefix_match: None,
-        overhead_ms: None,
-        confidence: None,
-        handler: Some(handled),
-        cache: None,
-        cache_similarity: None,
-        tools: None,
-    };
+/// An answer made without a model (a rule's, a clarification) as a whole
+/// response: the route, then for each choice the text and its end. No
+/// tokens are counted.
+fn answered(request: &Request, route: Route, text: String) -> EventStream {
     let ms = request.common().arrival.elapsed().as_secs_f64() * 1e3;
     let timings = inferd_protocol::Timings {
         ttft_ms: ms,
@@ -975,13 +1144,14 @@ fn prefix_key(request: &Request) -> PrefixKey {
     }
 }
 
-/// Prompt tokens estimated from text (module docs): one per 3 bytes.
-fn estimate(text_bytes: usize) -> usize {
-    text_bytes.div_ceil(3)
-}
+use crate::context::estimate;
 
 /// Works out what the policies need from a request.
-fn ask(request: &Request, detectors: &[Detector]) -> Result<Ask, BackendError> {
+fn ask(
+    request: &Request,
+    detectors: &[Detector],
+    budgets: Option<&crate::context::Budgets>,
+) -> Result<Ask, BackendError> {
     // The text the detectors read, and the longest prompt's estimated tokens.
     let (texts, prompt_tokens): (Vec<String>, usize) = match request {
         Request::Chat(r) => {
@@ -1051,10 +1221,17 @@ fn ask(request: &Request, detectors: &[Detector]) -> Result<Ask, BackendError> {
             }
         },
     };
+    let essential = match (budgets, request) {
+        (Some(b), Request::Chat(r)) => Some(
+            crate::context::essential(r) + common.max_tokens.unwrap_or(b.output_reserve),
+        ),
+        _ => None,
+    };
     Ok(Ask {
         capabilities,
         tokens: prompt_tokens + common.max_tokens.unwrap_or(0),
         prompt_tokens,
+        essential,
         ttft_target,
         private,
     })

@@ -118,6 +118,92 @@ pub async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Optio
     embedder.embed(request).await.ok().map(|e| e.vectors)
 }
 
+/// A request's last user message, embedded at most once per embedding model
+/// however many stages (intent, tools, semantic cache) ask for it.
+pub(crate) struct Query {
+    text: Option<String>,
+    memo: Vec<(Arc<dyn Backend>, Option<Vec<f32>>)>,
+}
+
+impl Query {
+    pub(crate) fn of(request: &Request) -> Query {
+        let text = match request {
+            Request::Chat(r) => r
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| m.text())
+                .filter(|t| !t.trim().is_empty()),
+            Request::Completion(_) => None,
+        };
+        Query {
+            text,
+            memo: Vec::new(),
+        }
+    }
+
+    pub(crate) fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// The text's embedding by `embedder` (`None`: no text, or it failed).
+    pub(crate) async fn vector(&mut self, embedder: &Arc<dyn Backend>) -> Option<Vec<f32>> {
+        let same = |m: &Arc<dyn Backend>| {
+            std::ptr::eq(
+                Arc::as_ptr(m) as *const (),
+                Arc::as_ptr(embedder) as *const (),
+            )
+        };
+        if let Some((_, v)) = self.memo.iter().find(|(m, _)| same(m)) {
+            return v.clone();
+        }
+        let v = match &self.text {
+            Some(t) => embed_all(embedder, vec![t.clone()])
+                .await
+                .and_then(|mut v| v.pop()),
+            None => None,
+        };
+        self.memo.push((Arc::clone(embedder), v.clone()));
+        v
+    }
+}
+
+/// Appends one line to a feedback file.
+pub(crate) fn append_line(path: &std::path::Path, line: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{line}"))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// Keeps only the request's tools named in `names` (and a tool `tool_choice`
+/// names); `None` when that would keep none or all of them.
+pub fn keep_named(request: &mut Request, names: &[String]) -> Option<ToolsNarrowed> {
+    let Request::Chat(r) = request else {
+        return None;
+    };
+    let named = match &r.tool_choice {
+        ToolMode::Named(n) => Some(n.as_str()),
+        _ => None,
+    };
+    let keep = |t: &Tool| names.contains(&t.function.name) || named == Some(&t.function.name);
+    let kept = r.tools.iter().filter(|t| keep(t)).count();
+    if kept == 0 || kept == r.tools.len() {
+        return None;
+    }
+    let before = r.tools.len();
+    r.tools.retain(keep);
+    Some(ToolsNarrowed {
+        before,
+        after: r.tools.len(),
+        kept: r.tools.iter().map(|t| t.function.name.clone()).collect(),
+    })
+}
+
 impl ToolNarrowing {
     /// `examples`: (query, tool name) pairs to learn from, embedded here;
     /// feedback is appended to `feedback_file` as JSONL lines of the same form.
@@ -164,14 +250,8 @@ impl ToolNarrowing {
         let persisted = match &self.feedback_file {
             None => false,
             Some(path) => {
-                use std::io::Write;
                 let line = serde_json::json!({"query": query, "tool": tool}).to_string();
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .and_then(|mut f| writeln!(f, "{line}"))
-                    .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
+                append_line(path, &line)?;
                 true
             }
         };
@@ -190,7 +270,11 @@ impl ToolNarrowing {
     /// Keeps the request's `top_k` most relevant tools; what it did, or
     /// `None` when it left the request alone (few tools, a named tool choice,
     /// no user message, an embedding failure).
-    pub async fn narrow(&self, request: &mut Request) -> Option<ToolsNarrowed> {
+    pub(crate) async fn narrow(
+        &self,
+        request: &mut Request,
+        query: &mut Query,
+    ) -> Option<ToolsNarrowed> {
         let Request::Chat(r) = request else {
             return None;
         };
@@ -199,12 +283,7 @@ impl ToolNarrowing {
         {
             return None;
         }
-        let query = r
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)?
-            .text();
+        let q = query.vector(&self.embedder).await?;
         let texts: Vec<String> = r
             .tools
             .iter()
@@ -225,10 +304,7 @@ impl ToolNarrowing {
             m.dedup();
             m
         };
-        let mut inputs = vec![query];
-        inputs.extend(missing.iter().cloned());
-        let mut vectors = embed_all(&self.embedder, inputs).await?;
-        let q = vectors.remove(0);
+        let vectors = embed_all(&self.embedder, missing.clone()).await?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         for (t, v) in missing.into_iter().zip(vectors) {
             known.insert(t, v);

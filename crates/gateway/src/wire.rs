@@ -33,7 +33,7 @@ macro_rules! put_constraint {
 pub fn chat_body(r: &ValidChatRequest, model: &str) -> ChatCompletionRequest {
     let mut body = ChatCompletionRequest {
         model: Some(model.to_owned()),
-        messages: Some(r.messages.clone()),
+        messages: Some(r.with_sections().into_owned()),
         logprobs: r.logprobs.map(|_| true),
         top_logprobs: r.logprobs.filter(|&n| n > 0).map(|n| n as u64),
         ..Default::default()

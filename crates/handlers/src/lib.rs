@@ -38,6 +38,8 @@ pub struct RuleSpec {
     pub regex: Option<String>,
     /// Matches when the last user message is JSON valid against this schema.
     pub json_schema: Option<serde_json::Value>,
+    /// Matches when the gateway's intent layer labels the request so.
+    pub intent: Option<String>,
     pub builtin: Option<String>,
     pub answer: Option<String>,
     /// `lookup`: the CSV file and its key column.
@@ -52,6 +54,7 @@ pub struct RuleSpec {
 enum Matcher {
     Regex(Regex),
     Schema(Box<jsonschema::Validator>),
+    Intent(String),
 }
 
 enum Builtin {
@@ -116,15 +119,16 @@ pub enum Outcome<'a> {
 
 impl Rule {
     pub fn new(spec: &RuleSpec) -> Result<Rule, String> {
-        let matcher = match (&spec.regex, &spec.json_schema) {
-            (Some(r), None) => {
+        let matcher = match (&spec.regex, &spec.json_schema, &spec.intent) {
+            (Some(r), None, None) => {
                 Matcher::Regex(Regex::new(r).map_err(|e| format!("`regex` is not a regex: {e}"))?)
             }
-            (None, Some(s)) => Matcher::Schema(Box::new(
+            (None, Some(s), None) => Matcher::Schema(Box::new(
                 jsonschema::validator_for(s)
                     .map_err(|e| format!("`json_schema` is not a JSON Schema: {e}"))?,
             )),
-            _ => return Err("set one of `regex` or `json_schema`".into()),
+            (None, None, Some(i)) => Matcher::Intent(i.clone()),
+            _ => return Err("set one of `regex`, `json_schema` or `intent`".into()),
         };
         let transform = spec.system_hint.is_some() || spec.tier.is_some();
         let answers = spec.builtin.is_some() || spec.answer.is_some();
@@ -164,10 +168,23 @@ impl Rule {
         &self.name
     }
 
-    /// Named groups (and `input`) when it matches.
-    fn matches(&self, text: &str) -> Option<BTreeMap<String, String>> {
+    /// The intent it matches, if it matches by intent.
+    pub fn intent(&self) -> Option<&str> {
+        match &self.matcher {
+            Matcher::Intent(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Named groups (and `input`) when it matches `text`, labelled `intent`.
+    fn matches(&self, text: &str, intent: Option<&str>) -> Option<BTreeMap<String, String>> {
         let mut vars = BTreeMap::new();
         match &self.matcher {
+            Matcher::Intent(i) => {
+                if intent != Some(i.as_str()) {
+                    return None;
+                }
+            }
             Matcher::Regex(r) => {
                 let c = r.captures(text)?;
                 for name in r.capture_names().flatten() {
@@ -277,10 +294,16 @@ impl Rules {
         self.0.is_empty()
     }
 
-    /// What the first rule matching `last_user` makes of it.
-    pub fn apply(&self, last_user: &str) -> Outcome<'_> {
+    /// The rules, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.0.iter()
+    }
+
+    /// What the first rule matching `last_user` (labelled `intent` by the
+    /// intent layer, when it is sure) makes of it.
+    pub fn apply(&self, last_user: &str, intent: Option<&str>) -> Outcome<'_> {
         for rule in &self.0 {
-            let Some(mut vars) = rule.matches(last_user) else {
+            let Some(mut vars) = rule.matches(last_user, intent) else {
                 continue;
             };
             let name = rule.name.as_str();
@@ -399,21 +422,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            rules.apply("What is 17% of 240?"),
+            rules.apply("What is 17% of 240?", None),
             Outcome::Answer {
                 rule: "math",
                 text: "17% of 240 = 40.8".into()
             }
         );
         assert_eq!(
-            rules.apply("hi Ann"),
+            rules.apply("hi Ann", None),
             Outcome::Answer {
                 rule: "greet",
                 text: "Hello, Ann!".into()
             }
         );
         assert_eq!(
-            rules.apply("about my lawsuit"),
+            rules.apply("about my lawsuit", None),
             Outcome::Transform {
                 rule: "legal",
                 system_hint: Some("Be careful."),
@@ -421,10 +444,27 @@ mod tests {
             }
         );
         assert!(matches!(
-            rules.apply("What is 1 / 0?"),
+            rules.apply("What is 1 / 0?", None),
             Outcome::Failed { rule: "math", .. }
         ));
-        assert_eq!(rules.apply("tell me a story"), Outcome::Pass);
+        assert_eq!(rules.apply("tell me a story", None), Outcome::Pass);
+        // By intent: only when the intent layer labelled the request so.
+        let by_intent = Rules::new(&[RuleSpec {
+            name: "hours".into(),
+            intent: Some("opening_hours".into()),
+            answer: Some("We are open 9 to 5.".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        assert_eq!(by_intent.apply("when can I come by", None), Outcome::Pass);
+        assert_eq!(
+            by_intent.apply("when can I come by", Some("opening_hours")),
+            Outcome::Answer {
+                rule: "hours",
+                text: "We are open 9 to 5.".into()
+            }
+        );
+        assert_eq!(by_intent.apply("x", Some("refund")), Outcome::Pass);
         let worded = Rules::new(&[RuleSpec {
             builtin: Some("convert".into()),
             ..spec(
@@ -434,7 +474,7 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(
-            worded.apply("How many feet are in 3 miles?"),
+            worded.apply("How many feet are in 3 miles?", None),
             Outcome::Answer {
                 rule: "units",
                 text: "15840 feet".into()
@@ -468,7 +508,7 @@ mod tests {
             ..spec("t", "x")
         }])
         .unwrap();
-        assert!(matches!(unknown.apply("x"), Outcome::Failed { .. }));
+        assert!(matches!(unknown.apply("x", None), Outcome::Failed { .. }));
     }
 
     #[test]
@@ -498,22 +538,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            rules.apply(r#"{"order_id": 7}"#),
+            rules.apply(r#"{"order_id": 7}"#, None),
             Outcome::Answer {
                 rule: "order",
                 text: "Order received.".into()
             }
         );
-        assert_eq!(rules.apply(r#"{"other": 7}"#), Outcome::Pass);
+        assert_eq!(rules.apply(r#"{"other": 7}"#, None), Outcome::Pass);
         assert_eq!(
-            rules.apply("What is the capital of korea, south?"),
+            rules.apply("What is the capital of korea, south?", None),
             Outcome::Answer {
                 rule: "capital",
                 text: "The capital of Korea, South is Seoul.".into()
             }
         );
         assert!(matches!(
-            rules.apply("capital of Atlantis"),
+            rules.apply("capital of Atlantis", None),
             Outcome::Failed { .. }
         ));
     }

@@ -18,7 +18,7 @@ mod valid;
 pub use constraint::{ConstraintFields, ConstraintKind, OutputConstraint};
 pub use error::{ErrorBody, ErrorObject, ProtocolError};
 pub use request::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, EmbeddingInput,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, ContentPart, Document, EmbeddingInput,
     EmbeddingRequest, FunctionCall, FunctionDef, MessageContent, Prompt, PromptItem,
     ResponseFormat, Role, Stop, StreamOptions, Tool, ToolCall, ToolChoice,
 };
@@ -26,7 +26,8 @@ pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
     ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence, Delta,
     Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta,
-    Handled, ModelList, ModelObject, PromptTokensDetails, Route, RouteAttempt, Timings,
+    ContextReport, Handled, IntentLabel, ModelList, ModelObject, PromptTokensDetails, Route,
+    RouteAttempt, SectionTokens, Timings,
     TokenLogprob, ToolCallDelta, ToolsNarrowed, TopLogprob, Usage,
 };
 pub use valid::{

@@ -90,6 +90,24 @@ pub struct ChatCompletionRequest {
     /// Extension (llama.cpp): the output is JSON matching this schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<Value>,
+    /// Extension: retrieved documents for the prompt, each with a relevance
+    /// score; a gateway's context budget drops the lowest-scored first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<Document>>,
+    /// Extension: facts remembered about the user or the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Vec<String>>,
+}
+
+/// One retrieved document (the `documents` extension).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub text: String,
+    /// Higher is more relevant (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 /// `POST /v1/completions`.

@@ -328,7 +328,7 @@ mod tests {
 
 /// How a gateway chose what answered: the `route` object of a response (an
 /// extension; the first chunk of a stream) and the `x-inferd-route` header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Route {
     /// The tier that answered.
     pub tier: String,
@@ -373,6 +373,67 @@ pub struct Route {
     /// Tool narrowing: how many tools the request offered and which were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<ToolsNarrowed>,
+    /// The intent the request was classified as, and what that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentLabel>,
+    /// The context budget: what was cut to fit the answering tier's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextReport>,
+    /// Milliseconds each stage before the model took (`intent`, `rules`,
+    /// `cache`, `tools`, `context`), for the stages that ran.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stages_ms: std::collections::BTreeMap<String, f64>,
+}
+
+/// The intent layer's label for a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentLabel {
+    /// The best-scoring intent, even below the threshold.
+    pub name: String,
+    pub score: f64,
+    pub threshold: f64,
+    /// `labelled` (at or above the threshold: its tools and tier applied),
+    /// `unsure` (below: the full tool list) or `clarified` (below: the
+    /// configured clarification answered).
+    pub action: String,
+}
+
+/// One section's tokens before and after the context budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionTokens {
+    pub before: usize,
+    pub after: usize,
+}
+
+/// What the context budget did to fit a request into a tier's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextReport {
+    /// The tier it was fitted to, its window and the tokens kept for the answer.
+    pub tier: String,
+    pub window: usize,
+    pub reserve: usize,
+    /// `tokenizer` (the tier's own, exact) or `estimate` (one token per 3 bytes).
+    pub counted: String,
+    /// The prompt's tokens before and after.
+    pub prompt_before: usize,
+    pub prompt_after: usize,
+    /// `system`, `tools`, `memory`, `documents`, `history`, `current`.
+    pub sections: std::collections::BTreeMap<String, SectionTokens>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub turns_dropped: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub documents_dropped: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_dropped: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tools_dropped: usize,
+    /// The dropped turns were summarised by a model into one turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub summarized: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The tools a request offered and the ones narrowing kept for the model.

@@ -11,8 +11,8 @@ use serde_json::Value;
 use crate::constraint::{ConstraintFields, OutputConstraint};
 use crate::error::ProtocolError;
 use crate::request::{
-    ChatCompletionRequest, ChatMessage, CompletionRequest, EmbeddingInput, EmbeddingRequest,
-    MessageContent, Prompt, PromptItem, Stop, StreamOptions, Tool, ToolChoice,
+    ChatCompletionRequest, ChatMessage, CompletionRequest, Document, EmbeddingInput,
+    EmbeddingRequest, MessageContent, Prompt, PromptItem, Stop, Role, StreamOptions, Tool, ToolChoice,
 };
 
 /// Most choices one request may ask for (prompts × `n`).
@@ -100,7 +100,68 @@ pub struct ValidChatRequest {
     pub constraint: Option<OutputConstraint>,
     /// `Some(n)`: report each output token's log-probability and `n` alternatives.
     pub logprobs: Option<usize>,
+    /// Retrieved documents (an extension), most relevant first as sent.
+    pub documents: Vec<Document>,
+    /// Remembered facts (an extension).
+    pub memory: Vec<String>,
     pub common: Common,
+}
+
+impl ValidChatRequest {
+    /// The system message that carries `memory` and `documents` to the model:
+    /// `None` when there are neither.
+    pub fn sections_message(&self) -> Option<ChatMessage> {
+        if self.memory.is_empty() && self.documents.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        if !self.memory.is_empty() {
+            text.push_str("Memory:");
+            for m in &self.memory {
+                text.push_str("\n- ");
+                text.push_str(m);
+            }
+        }
+        if !self.documents.is_empty() {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str("Documents:");
+            for (i, d) in self.documents.iter().enumerate() {
+                match &d.id {
+                    Some(id) => text.push_str(&format!("\n[{}] ({id}) ", i + 1)),
+                    None => text.push_str(&format!("\n[{}] ", i + 1)),
+                }
+                text.push_str(&d.text);
+            }
+        }
+        Some(ChatMessage::new(Role::System, text))
+    }
+
+    /// The messages as the model reads them: `memory` and `documents` as one
+    /// system message after the leading system messages.
+    pub fn with_sections(&self) -> std::borrow::Cow<'_, [ChatMessage]> {
+        let Some(m) = self.sections_message() else {
+            return std::borrow::Cow::Borrowed(&self.messages);
+        };
+        let at = self
+            .messages
+            .iter()
+            .position(|m| !matches!(m.role, Role::System | Role::Developer))
+            .unwrap_or(self.messages.len());
+        let mut messages = self.messages.clone();
+        messages.insert(at, m);
+        std::borrow::Cow::Owned(messages)
+    }
+
+    /// Moves `memory` and `documents` into the messages (`with_sections`).
+    pub fn inline_sections(&mut self) {
+        if let std::borrow::Cow::Owned(m) = self.with_sections() {
+            self.messages = m;
+            self.memory.clear();
+            self.documents.clear();
+        }
+    }
 }
 
 /// What `tool_choice` allows.
@@ -392,6 +453,14 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
         (Some(m), _) => ("max_completion_tokens", Some(m)),
         (None, m) => ("max_tokens", m),
     };
+    let documents = r.documents.take().unwrap_or_default();
+    if let Some(i) = documents.iter().position(|d| d.score.is_some_and(|s| !s.is_finite())) {
+        return Err(ProtocolError::field(
+            format!("documents[{i}].score"),
+            format!("`documents[{i}].score` must be a finite number"),
+        ));
+    }
+    let memory = r.memory.take().unwrap_or_default();
     let fields = common_fields!(r, max_field, max_tokens);
     let common = fields.validate(arrival, 1)?;
     Ok(ValidChatRequest {
@@ -401,6 +470,8 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
         parallel_tool_calls,
         constraint,
         logprobs,
+        documents,
+        memory,
         common,
     })
 }

@@ -190,9 +190,10 @@ async fn embeddings_route(
     embeddings::route(s, headers, &body, arrival.0).await
 }
 
-/// `POST /v1/intent/feedback` `{"query": "...", "tool": "<tool name>"}`: a
-/// labelled example for the gateway's tool narrowing, used from the next
-/// request on (and kept in its examples file, when it has one).
+/// `POST /v1/intent/feedback` `{"query": "...", "tool": "<tool name>"}` or
+/// `{"query": "...", "intent": "<intent name>"}`: a labelled example for the
+/// gateway's tool narrowing or intent layer, used from the next request on
+/// (and kept in its examples file, when it has one).
 async fn intent_feedback(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
@@ -208,33 +209,55 @@ async fn intent_feedback(
                 .into_response()
         }
     };
-    let field = |name: &str| match v.get(name).and_then(|x| x.as_str()) {
-        Some(t) if !t.trim().is_empty() => Ok(t.to_owned()),
-        _ => Err(error::ApiError::invalid(
+    let field = |name: &str| match v.get(name) {
+        None => Ok(None),
+        Some(serde_json::Value::String(t)) if !t.trim().is_empty() => Ok(Some(t.clone())),
+        Some(_) => Err(error::ApiError::invalid(
             name,
             format!("`{name}` must be a non-empty string"),
         )),
     };
-    let (query, tool) = match (field("query"), field("tool")) {
-        (Ok(q), Ok(t)) => (q, t),
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    let (query, tool, intent) = match (field("query"), field("tool"), field("intent")) {
+        (Ok(q), Ok(t), Ok(i)) => (q, t, i),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
+    };
+    let Some(query) = query else {
+        return error::ApiError::invalid("query", "`query` must be a non-empty string")
+            .into_response();
+    };
+    let (label, key, value, missing) = match (tool, intent) {
+        (Some(t), None) => (
+            inferd_backend::Feedback::Tool(t.clone()),
+            "tool",
+            t,
+            "this server narrows no tools: configure `[routing.tools]`",
+        ),
+        (None, Some(i)) => (
+            inferd_backend::Feedback::Intent(i.clone()),
+            "intent",
+            i,
+            "this server classifies no intents: configure `[routing.intents]`",
+        ),
+        _ => {
+            return error::ApiError::invalid(
+                "tool",
+                "give one of `tool` (a tool name) or `intent` (an intent name)",
+            )
+            .into_response()
+        }
     };
     let Some(taken) = s
         .backends
         .iter()
-        .find_map(|b| b.tool_feedback(query.clone(), tool.clone()))
+        .find_map(|b| b.feedback(query.clone(), label.clone()))
     else {
-        return error::ApiError::not_found(
-            "tool",
-            "this server narrows no tools: configure `[routing.tools]`",
-        )
-        .into_response();
+        return error::ApiError::not_found(key, missing).into_response();
     };
     match taken.await {
         Ok((examples, persisted)) => Json(json!({
             "object": "intent.feedback",
             "query": query,
-            "tool": tool,
+            key: value,
             "examples": examples,
             "persisted": persisted,
         }))

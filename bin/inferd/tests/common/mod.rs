@@ -128,3 +128,37 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A chat request, greedy and of 8 tokens unless `extra` sets `temperature`
+/// or `max_tokens`.
+pub fn chat_body(model: &str, messages: &serde_json::Value, extra: &str) -> String {
+    let max = if extra.contains("\"max_tokens\"") {
+        ""
+    } else {
+        r#", "max_tokens": 8"#
+    };
+    let temperature = if extra.contains("\"temperature\"") {
+        ""
+    } else {
+        r#", "temperature": 0"#
+    };
+    format!(r#"{{"model": "{model}", "messages": {messages}{temperature}{max}{extra}}}"#)
+}
+
+pub fn post(addr: &str, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = http(addr, "POST", "/v1/chat/completions", body);
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"));
+    (status, v)
+}
+
+pub fn metric(addr: &str, name: &str, labels: &[&str]) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", "");
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn user(text: &str) -> serde_json::Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
