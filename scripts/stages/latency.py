@@ -25,7 +25,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 
 
@@ -49,6 +51,22 @@ def load(data):
     return desc, rows
 
 
+def split(rows, per_tool, seed=7):
+    """The tools, then rows shuffled by `seed`: the first `per_tool` of each
+    tool are labelled examples, the rest the unseen test."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    tools = sorted({t for _, t in rows})
+    train, test, seen = [], [], {}
+    for q, t in rows:
+        if seen.get(t, 0) < per_tool:
+            seen[t] = seen.get(t, 0) + 1
+            train.append((q, t))
+        else:
+            test.append((q, t))
+    return tools, train, test
+
+
 def serve(inferd, config):
     proc = subprocess.Popen([inferd, "serve", "--config", config], stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
@@ -57,7 +75,6 @@ def serve(inferd, config):
         m = re.search(r"ready: (http://[0-9.:]+)/v1", line)
         if m:
             # Keep draining so the server never blocks on its log.
-            import threading
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc, m.group(1)
         if time.time() > deadline:
@@ -69,7 +86,10 @@ def serve(inferd, config):
 def post(base, body):
     req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
                                  headers={"content-type": "application/json"})
-    return json.load(urllib.request.urlopen(req, timeout=300))
+    try:
+        return json.load(urllib.request.urlopen(req, timeout=300))
+    except urllib.error.HTTPError as e:
+        sys.exit(f"{e.code}: {e.read().decode()}")
 
 
 def pct(xs, p):
@@ -87,16 +107,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     desc, rows = load(args.data)
-    rng = random.Random(7)
-    rng.shuffle(rows)
-    tools = sorted({t for _, t in rows})
-    train, test, seen = [], [], {}
-    for q, t in rows:
-        if seen.get(t, 0) < args.train:
-            seen[t] = seen.get(t, 0) + 1
-            train.append((q, t))
-        else:
-            test.append((q, t))
+    tools, train, test = split(rows, args.train)
     test = test[:args.queries]
     tool_defs = [{"type": "function", "function": {"name": t, "description": desc.get(normal(t), ""),
                                                     "parameters": {"type": "object", "properties": {}}}}
@@ -108,7 +119,7 @@ def main():
             f.write(json.dumps({"query": q, "tool": t}) + "\n")
     head = (f'port = 0\nthreads = {args.threads}\n\n[[models]]\nname = "local"\nmodel = "{args.model}"\n\n'
             '[[models]]\nname = "minilm"\nmodel = "minilm-l6"\n\n'
-            '[[tiers]]\nname = "on-box"\nbackends = ["local"]\ncontext_window = 512\n\n')
+            '[[tiers]]\nname = "on-box"\nbackends = ["local"]\ncontext_window = {window}\n\n')
     by_tool = {}
     for q, t in train:
         by_tool.setdefault(t, []).append(q)
@@ -116,9 +127,9 @@ def main():
         f'[[routing.intents.intent]]\nname = {json.dumps(t)}\ndescription = {json.dumps(desc.get(normal(t), ""))}\n'
         f'examples = {json.dumps(by_tool.get(t, []))}\ntools = [{json.dumps(t)}]\n\n' for t in tools)
     configs = {
-        "tools": head + f'[routing.tools]\nmodel = "minilm"\ntop_k = 5\nexamples_file = {json.dumps(examples)}\n',
-        "intent": head + '[routing.intents]\nmodel = "minilm"\nthreshold = -1\n\n' + intents,
-        "context": head + '[routing.context]\noutput_reserve = 8\n',
+        "tools": head.format(window=2048) + f'[routing.tools]\nmodel = "minilm"\ntop_k = 5\nexamples_file = {json.dumps(examples)}\n',
+        "intent": head.format(window=2048) + '[routing.intents]\nmodel = "minilm"\nthreshold = -1\n\n' + intents,
+        "context": head.format(window=512) + '[routing.context]\noutput_reserve = 8\n',
     }
     history = []
     for i in range(40):

@@ -416,7 +416,10 @@ impl ContextSettings {
     ) -> std::result::Result<
         (
             Vec<inferd_gateway::context::Section>,
-            Vec<(inferd_gateway::context::Section, inferd_gateway::context::Limit)>,
+            Vec<(
+                inferd_gateway::context::Section,
+                inferd_gateway::context::Limit,
+            )>,
         ),
         String,
     > {
@@ -474,9 +477,8 @@ fn read_examples(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| {
-                anyhow::anyhow!("{}:{}: not JSON: {e}", path.display(), i + 1)
-            })?;
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| anyhow::anyhow!("{}:{}: not JSON: {e}", path.display(), i + 1))?;
             match (v["query"].as_str(), v[label].as_str()) {
                 (Some(q), Some(t)) => Ok((q.to_owned(), t.to_owned())),
                 _ => anyhow::bail!(

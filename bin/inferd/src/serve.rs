@@ -374,7 +374,12 @@ fn build_gateway(
                     i.examples_file.clone(),
                 ))
                 .map_err(anyhow::Error::msg)?;
-            tracing::info!(intents = i.intents.len(), learned = n, threshold = i.threshold, "intent layer");
+            tracing::info!(
+                intents = i.intents.len(),
+                learned = n,
+                threshold = i.threshold,
+                "intent layer"
+            );
             Some(Arc::new(intents))
         }
     };
@@ -389,7 +394,11 @@ fn build_gateway(
                     max_tokens: c.summary_max_tokens,
                 }),
             };
-            tracing::info!(output_reserve = c.output_reserve, summary = c.summary_model.is_some(), "context budgets");
+            tracing::info!(
+                output_reserve = c.output_reserve,
+                summary = c.summary_model.is_some(),
+                "context budgets"
+            );
             Some(Arc::new(inferd_gateway::context::Budgets {
                 output_reserve: c.output_reserve,
                 limits,

@@ -110,7 +110,7 @@ pub fn estimate(text_bytes: usize) -> usize {
 /// 8 per message for the chat template.
 pub fn estimate_chat(r: &ValidChatRequest) -> usize {
     let messages = r.with_sections();
-    let bytes: usize = messages.iter().map(|m| message_bytes(m)).sum::<usize>()
+    let bytes: usize = messages.iter().map(message_bytes).sum::<usize>()
         + r.tools.iter().map(tool_bytes).sum::<usize>();
     estimate(bytes) + 8 * messages.len()
 }
@@ -119,7 +119,9 @@ pub fn estimate_chat(r: &ValidChatRequest) -> usize {
 /// current turn.
 pub fn essential(r: &ValidChatRequest) -> usize {
     let p = Parts::of(r);
-    let kept = r.messages[..p.system].iter().chain(&r.messages[p.current..]);
+    let kept = r.messages[..p.system]
+        .iter()
+        .chain(&r.messages[p.current..]);
     let (bytes, n) = kept.fold((0, 0), |(b, n), m| (b + message_bytes(m), n + 1));
     estimate(bytes) + 8 * n
 }
@@ -180,9 +182,9 @@ impl<'a> Parts<'a> {
             .filter(|&u| u >= system)
             .unwrap_or(system);
         let mut turns: Vec<std::ops::Range<usize>> = Vec::new();
-        for i in system..current {
+        for (i, message) in m.iter().enumerate().take(current).skip(system) {
             match turns.last_mut() {
-                Some(t) if m[i].role != Role::User => t.end = i + 1,
+                Some(t) if message.role != Role::User => t.end = i + 1,
                 _ => turns.push(i..i + 1),
             }
         }
@@ -401,7 +403,13 @@ pub(crate) fn fit(
     for name in parts.present() {
         let without = counter.count(&parts.without(name))?;
         let t = before.saturating_sub(without);
-        sections.insert(name.to_owned(), SectionTokens { before: t, after: t });
+        sections.insert(
+            name.to_owned(),
+            SectionTokens {
+                before: t,
+                after: t,
+            },
+        );
     }
     let report = |after: usize,
                   dropped: &[Dropped],
@@ -411,7 +419,12 @@ pub(crate) fn fit(
             tier: tier.to_owned(),
             window,
             reserve,
-            counted: if counter.exact { "tokenizer" } else { "estimate" }.to_owned(),
+            counted: if counter.exact {
+                "tokenizer"
+            } else {
+                "estimate"
+            }
+            .to_owned(),
             prompt_before: before,
             prompt_after: after,
             sections,
@@ -432,8 +445,10 @@ pub(crate) fn fit(
             exact: counter.exact,
         });
     }
-    let marginal: Vec<(String, usize)> =
-        sections.iter().map(|(n, t)| (n.clone(), t.before)).collect();
+    let marginal: Vec<(String, usize)> = sections
+        .iter()
+        .map(|(n, t)| (n.clone(), t.before))
+        .collect();
     let tokens_of = |name: &str| {
         marginal
             .iter()
@@ -451,10 +466,10 @@ pub(crate) fn fit(
     let mut dropped: Vec<Dropped> = Vec::new();
     let mut estimated = before;
     let drop_until = |parts: &mut Parts,
-                          dropped: &mut Vec<Dropped>,
-                          estimated: &mut usize,
-                          s: Section,
-                          done: &dyn Fn(usize, usize) -> bool| {
+                      dropped: &mut Vec<Dropped>,
+                      estimated: &mut usize,
+                      s: Section,
+                      done: &dyn Fn(usize, usize) -> bool| {
         let share = shares(parts, s);
         let mut section_left: usize = tokens_of(s.name())
             - dropped
@@ -524,8 +539,8 @@ pub(crate) fn fit(
                 break;
             }
             return Err(too_long(format!(
-                "the system prompt and the current turn alone are {after} tokens (counted by {}); tier `{tier}` holds {window} tokens with {reserve} kept for the answer, so the prompt may have {limit}",
-                if counter.exact { "its tokenizer" } else { "estimate" }
+                "with every cut the budget allows, the prompt is still {after} tokens ({}; the system prompt and the current turn are never cut): tier `{tier}` holds {window} tokens with {reserve} kept for the answer, so the prompt may have {limit}",
+                if counter.exact { "counted by its tokenizer" } else { "estimated" }
             )));
         };
         parts.keep(s)[i] = false;
@@ -555,7 +570,6 @@ pub(crate) fn fit(
             break;
         }
     }
-    let mut sections = sections;
     for (name, t) in sections.iter_mut() {
         if let Some(s) = Section::parse(name) {
             let share = shares(&parts, s);
@@ -609,7 +623,10 @@ pub(crate) async fn apply(
     };
     let fitted = {
         let (budgets, backend) = (Arc::clone(&budgets), Arc::clone(&backend));
-        blocking(Box::new(move || fit(&budgets, &r, &tier, window, &*backend))).await?
+        blocking(Box::new(move || {
+            fit(&budgets, &r, &tier, window, &*backend)
+        }))
+        .await?
     };
     let Fitted {
         request,
@@ -619,7 +636,11 @@ pub(crate) async fn apply(
         limit,
         exact,
     } = fitted;
-    let Some(summary) = budgets.summary.as_ref().filter(|_| !dropped_turns.is_empty()) else {
+    let Some(summary) = budgets
+        .summary
+        .as_ref()
+        .filter(|_| !dropped_turns.is_empty())
+    else {
         return Ok((request, report));
     };
     let Some(text) = summarize(summary, &dropped_turns).await else {
@@ -668,11 +689,17 @@ async fn summarize(summary: &Summary, turns: &[ChatMessage]) -> Option<String> {
     });
     let request =
         inferd_protocol::parse_chat(body.to_string().as_bytes(), std::time::Instant::now()).ok()?;
-    let mut events = summary.backend.generate(Request::Chat(request)).await.ok()?;
+    let mut events = summary
+        .backend
+        .generate(Request::Chat(request))
+        .await
+        .ok()?;
     let mut text = String::new();
     while let Some(ev) = events.next().await {
         match ev {
-            Event::Delta { index: 0, text: t, .. } => text.push_str(&t),
+            Event::Delta {
+                index: 0, text: t, ..
+            } => text.push_str(&t),
             Event::Error(_) => return None,
             _ => {}
         }
@@ -687,8 +714,7 @@ mod tests {
     use inferd_backend::TestBackend;
 
     fn chat(body: serde_json::Value) -> ValidChatRequest {
-        inferd_protocol::parse_chat(body.to_string().as_bytes(), std::time::Instant::now())
-            .unwrap()
+        inferd_protocol::parse_chat(body.to_string().as_bytes(), std::time::Instant::now()).unwrap()
     }
 
     fn budgets() -> Budgets {
@@ -711,7 +737,9 @@ mod tests {
                     {"id": format!("c{i}"), "type": "function", "function": {"name": "f", "arguments": "{}"}}]}));
                 m.push(serde_json::json!({"role": "tool", "tool_call_id": format!("c{i}"), "content": "sunny"}));
             }
-            m.push(serde_json::json!({"role": "assistant", "content": format!("answer number {i}")}));
+            m.push(
+                serde_json::json!({"role": "assistant", "content": format!("answer number {i}")}),
+            );
         }
         m.push(serde_json::json!({"role": "user", "content": "and now?"}));
         serde_json::json!({"messages": m})
@@ -750,7 +778,10 @@ mod tests {
         assert_eq!((f.report.prompt_after, f.report.turns_dropped), (full, 0));
         let f = fit(&budgets(), &r, "big", full + 9, &b).unwrap();
         assert_eq!(f.report.turns_dropped, 1);
-        assert_eq!(f.request.messages[3].text(), "question number 2 about the weather");
+        assert_eq!(
+            f.request.messages[3].text(),
+            "question number 2 about the weather"
+        );
     }
 
     #[test]
@@ -784,7 +815,11 @@ mod tests {
         let BackendError::TooLong(p) = err else {
             panic!("{err:?}")
         };
-        assert!(p.message.contains("alone are"), "{}", p.message);
-        assert!(p.message.contains("holds 20 tokens with 10 kept"), "{}", p.message);
+        assert!(p.message.contains("never cut"), "{}", p.message);
+        assert!(
+            p.message.contains("holds 20 tokens with 10 kept"),
+            "{}",
+            p.message
+        );
     }
 }

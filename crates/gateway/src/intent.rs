@@ -82,7 +82,11 @@ impl Intents {
         }
         let mut intents = Vec::with_capacity(specs.len());
         for spec in specs {
-            let mut texts = vec![format!("{}: {}", spec.name.replace('_', " "), spec.description)];
+            let mut texts = vec![format!(
+                "{}: {}",
+                spec.name.replace('_', " "),
+                spec.description
+            )];
             texts.extend(spec.examples.iter().cloned());
             texts.extend(
                 learned

@@ -1,6 +1,13 @@
 //! Tiers and routing: a [`Gateway`] is a backend that answers by choosing among
 //! other backends (local models, upstreams), grouped in tiers.
 //!
+//! Before any tier, the stages run in order, each optional: the intent layer
+//! (`intent`: a label, perhaps a clarification answer), the rules (answer,
+//! transform, or fall through), the response cache (`cache`), and the tools
+//! (the intent's, or narrowed by similarity: `tools`); the context budget
+//! (`context`) runs per tier tried. Each stage's time goes into the route's
+//! `stages_ms`.
+//!
 //! For each request the policies run in order, each a small [`Policy`] with a
 //! name that keeps or drops tiers:
 //! - explicit: `model` naming a tier keeps that tier alone (the gateway is
@@ -14,7 +21,11 @@
 //! - context: a tier whose window cannot hold the prompt plus `max_tokens`
 //!   is dropped. Prompt tokens are estimated at one per 3 bytes of text (BPE
 //!   vocabularies average about 4 bytes per token on English; the margin covers
-//!   code and other languages), plus 8 per message for the chat template;
+//!   code and other languages), plus 8 per message for the chat template.
+//!   With context budgets (`context`) no tier is dropped for its window:
+//!   tiers estimated to hold the whole prompt are tried first, then those
+//!   that hold it once cut, and each tier fits the request to its own window
+//!   before its backend gets it;
 //! - slo: a request with `metadata.ttft_slo_ms` drops the tiers whose backends
 //!   predict a later first token (a local engine's prediction from its queue
 //!   and measured step times; upstreams predict nothing and are kept), unless
@@ -39,13 +50,12 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use inferd_backend::{
-    Backend, BackendError, Capabilities, Event, EventStream, Feedback, Health, LoggedToken,
-    Request,
+    Backend, BackendError, Capabilities, Event, EventStream, Feedback, Health, LoggedToken, Request,
 };
 use inferd_handlers::Outcome;
 use inferd_protocol::{
-    ChatMessage, Confidence, Handled, IntentLabel, MessageContent, PromptInput, ProtocolError, Role, Route,
-    RouteAttempt, ToolMode,
+    ChatMessage, Confidence, Handled, IntentLabel, MessageContent, PromptInput, ProtocolError,
+    Role, Route, RouteAttempt, ToolMode,
 };
 use regex::Regex;
 
@@ -541,27 +551,6 @@ impl Gateway {
             Handling::Answered(events) => return Ok(events),
             Handling::Route { request, tier } => (request, tier),
         };
-        // A rule's tier, else the intent's, when routing chose and policies
-        // left it eligible.
-        let forced = forced
-            .or_else(|| {
-                let (l, intents) = sure?;
-                let name = intents.spec(l.index).tier.as_ref()?;
-                routing.tiers.iter().position(|t| &t.name == name)
-            })
-            .filter(|t| {
-                self.only.is_none() && plan.as_ref().is_ok_and(|p| p.iter().any(|(i, _)| i == t))
-            });
-        let plan: Vec<Step> = plan?
-            .into_iter()
-            .filter(|(i, _)| forced.is_none_or(|t| *i == t))
-            .map(|(tier, why)| Step {
-                tier,
-                first_try: self.reason(&why, false),
-                after_failures: self.reason(&why, true),
-            })
-            .collect();
-
         // The response cache.
         let mut store = None;
         if let Some(cache) = &routing.cache {
@@ -588,7 +577,11 @@ impl Gateway {
             }
             stages.time("cache", t);
             if exact.is_some() || semantic.is_some() {
-                store = Some((Arc::clone(cache), exact.unwrap_or_else(rand::random), semantic));
+                store = Some((
+                    Arc::clone(cache),
+                    exact.unwrap_or_else(rand::random),
+                    semantic,
+                ));
             }
         }
 
@@ -608,6 +601,40 @@ impl Gateway {
         if intent_tools.is_some() || routing.tools.is_some() {
             stages.time("tools", t);
         }
+
+        // Planned again when a stage changed the request (a rule's hint, fewer
+        // tools): the policies judge what the tiers will get.
+        let plan = if stages.tools.is_some()
+            || stages
+                .handled
+                .as_ref()
+                .is_some_and(|h| h.action == "transformed")
+        {
+            ask(&request, &routing.detectors, routing.context.as_deref())
+                .and_then(|a| self.plan(&a))
+        } else {
+            plan
+        };
+        // A rule's tier, else the intent's, when routing chose and policies
+        // left it eligible.
+        let forced = forced
+            .or_else(|| {
+                let (l, intents) = sure?;
+                let name = intents.spec(l.index).tier.as_ref()?;
+                routing.tiers.iter().position(|t| &t.name == name)
+            })
+            .filter(|t| {
+                self.only.is_none() && plan.as_ref().is_ok_and(|p| p.iter().any(|(i, _)| i == t))
+            });
+        let plan: Vec<Step> = plan?
+            .into_iter()
+            .filter(|(i, _)| forced.is_none_or(|t| *i == t))
+            .map(|(tier, why)| Step {
+                tier,
+                first_try: self.reason(&why, false),
+                after_failures: self.reason(&why, true),
+            })
+            .collect();
 
         let choices = request.choices();
         let events = self.answer(request, plan, stages).await?;
@@ -1222,9 +1249,9 @@ fn ask(
         },
     };
     let essential = match (budgets, request) {
-        (Some(b), Request::Chat(r)) => Some(
-            crate::context::essential(r) + common.max_tokens.unwrap_or(b.output_reserve),
-        ),
+        (Some(b), Request::Chat(r)) => {
+            Some(crate::context::essential(r) + common.max_tokens.unwrap_or(b.output_reserve))
+        }
         _ => None,
     };
     Ok(Ask {

@@ -122,8 +122,11 @@ pub async fn embed_all(embedder: &Arc<dyn Backend>, texts: Vec<String>) -> Optio
 /// however many stages (intent, tools, semantic cache) ask for it.
 pub(crate) struct Query {
     text: Option<String>,
-    memo: Vec<(Arc<dyn Backend>, Option<Vec<f32>>)>,
+    /// Per embedding model asked: its vector (`None`: it failed).
+    memo: Vec<(Arc<dyn Backend>, Embedded)>,
 }
+
+type Embedded = Option<Vec<f32>>;
 
 impl Query {
     pub(crate) fn of(request: &Request) -> Query {

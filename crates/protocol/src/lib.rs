@@ -24,11 +24,11 @@ pub use request::{
 };
 pub use response::{
     AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChoiceLogprobs,
-    ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence, Delta,
-    Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, FinishReason, FunctionCallDelta,
-    ContextReport, Handled, IntentLabel, ModelList, ModelObject, PromptTokensDetails, Route,
-    RouteAttempt, SectionTokens, Timings,
-    TokenLogprob, ToolCallDelta, ToolsNarrowed, TopLogprob, Usage,
+    ChunkChoice, CompletionChoice, CompletionLogprobs, CompletionResponse, Confidence,
+    ContextReport, Delta, Embedding, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
+    FinishReason, FunctionCallDelta, Handled, IntentLabel, ModelList, ModelObject,
+    PromptTokensDetails, Route, RouteAttempt, SectionTokens, Timings, TokenLogprob, ToolCallDelta,
+    ToolsNarrowed, TopLogprob, Usage,
 };
 pub use valid::{
     parse_chat, parse_completion, parse_embeddings, Common, EncodingFormat, PromptInput, Sampling,

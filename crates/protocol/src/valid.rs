@@ -12,7 +12,8 @@ use crate::constraint::{ConstraintFields, OutputConstraint};
 use crate::error::ProtocolError;
 use crate::request::{
     ChatCompletionRequest, ChatMessage, CompletionRequest, Document, EmbeddingInput,
-    EmbeddingRequest, MessageContent, Prompt, PromptItem, Stop, Role, StreamOptions, Tool, ToolChoice,
+    EmbeddingRequest, MessageContent, Prompt, PromptItem, Role, Stop, StreamOptions, Tool,
+    ToolChoice,
 };
 
 /// Most choices one request may ask for (prompts × `n`).
@@ -454,7 +455,10 @@ pub fn parse_chat(body: &[u8], arrival: Instant) -> Result<ValidChatRequest, Pro
         (None, m) => ("max_tokens", m),
     };
     let documents = r.documents.take().unwrap_or_default();
-    if let Some(i) = documents.iter().position(|d| d.score.is_some_and(|s| !s.is_finite())) {
+    if let Some(i) = documents
+        .iter()
+        .position(|d| d.score.is_some_and(|s| !s.is_finite()))
+    {
         return Err(ProtocolError::field(
             format!("documents[{i}].score"),
             format!("`documents[{i}].score` must be a finite number"),
