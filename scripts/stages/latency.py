@@ -51,6 +51,19 @@ def load(data):
     return desc, rows
 
 
+def arguments(**defaults):
+    """The flags both scripts take, with their own defaults added."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--inferd", default="target/release/inferd")
+    ap.add_argument("--data", default="../shared/data/metatool")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--train", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    for name, value in defaults.items():
+        ap.add_argument(f"--{name}", type=int, default=value)
+    return ap.parse_args()
+
+
 def split(rows, per_tool, seed=7):
     """The tools, then rows shuffled by `seed`: the first `per_tool` of each
     tool are labelled examples, the rest the unseen test."""
@@ -98,14 +111,7 @@ def pct(xs, p):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--inferd", default="target/release/inferd")
-    ap.add_argument("--data", default="../shared/data/metatool")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--train", type=int, default=20)
-    ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = arguments(queries=300)
     desc, rows = load(args.data)
     tools, train, test = split(rows, args.train)
     test = test[:args.queries]

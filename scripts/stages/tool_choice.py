@@ -17,7 +17,6 @@ narrowing, prompt tokens and time per request.
     python3 scripts/stages/tool_choice.py --inferd target/release/inferd --tools 50 --queries 100
 """
 
-import argparse
 import json
 import os
 import random
@@ -26,19 +25,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from latency import load, normal, post, serve, split  # noqa: E402
+from latency import arguments, load, normal, post, serve, split  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--inferd", default="target/release/inferd")
-    ap.add_argument("--data", default="../shared/data/metatool")
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--train", type=int, default=20)
-    ap.add_argument("--tools", type=int, default=50)
-    ap.add_argument("--queries", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = arguments(tools=50, queries=100)
     desc, rows = load(args.data)
     tools, train, test = split(rows, args.train)
     chosen = sorted(random.Random(11).sample(tools, args.tools))

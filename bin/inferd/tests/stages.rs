@@ -9,7 +9,7 @@ mod common;
 
 use serde_json::{json, Value};
 
-use common::{chat_body, http, model, post, serve, temp_file, user};
+use common::{chat_body, http, local_and_remote, model, post, serve, temp_file, user};
 
 fn tool(name: &str, description: &str) -> Value {
     json!({"type": "function", "function": {"name": name, "description": description,
@@ -283,43 +283,17 @@ fn prompt_tokens(addr: &str, model: &str, messages: &[Value], extra: &str) -> u6
     v["usage"]["prompt_tokens"].as_u64().unwrap()
 }
 
+/// SmolLM2 as tier `narrow` (a 400-token window) and a dead upstream as the
+/// wide tier `wide`, with context budgets.
 fn budget_config(summary: bool, dead: u16) -> String {
+    let summary = if summary {
+        "summary_model = \"local\"\nsummary_max_tokens = 24\n"
+    } else {
+        ""
+    };
     format!(
-        r#"port = 0
-threads = 1
-
-[[models]]
-name = "local"
-model = {model:?}
-
-[[upstreams]]
-name = "gone"
-base_url = "http://127.0.0.1:{dead}/v1"
-model = "small"
-context_window = 8192
-
-[[tiers]]
-name = "wide"
-backends = ["gone"]
-
-[[tiers]]
-name = "narrow"
-backends = ["local"]
-context_window = 400
-
-[routing]
-max_attempts = 2
-
-[routing.context]
-output_reserve = 32
-{summary}
-"#,
-        model = model(),
-        summary = if summary {
-            "summary_model = \"local\"\nsummary_max_tokens = 24"
-        } else {
-            ""
-        }
+        "{}\n[[tiers]]\nname = \"wide\"\nbackends = [\"remote\"]\n\n[[tiers]]\nname = \"narrow\"\nbackends = [\"local\"]\ncontext_window = 400\n\n[routing]\nmax_attempts = 2\n\n[routing.context]\noutput_reserve = 32\n{summary}",
+        local_and_remote(&format!("127.0.0.1:{dead}"), "context_window = 8192")
     )
 }
 
