@@ -531,11 +531,10 @@ impl Gateway {
         let sure = label.as_ref().filter(|(l, _)| l.sure);
 
         // The rules.
-        let asked = ask(&request, &routing.detectors, routing.context.as_deref());
-        let plan = asked
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|a| self.plan(a));
+        // A request the policies cannot read (a bad `metadata.ttft_slo_ms`) is
+        // refused before any stage answers it.
+        let asked = ask(&request, &routing.detectors, routing.context.as_deref())?;
+        let plan = self.plan(&asked);
         let t = Instant::now();
         let handling = self.handle(
             request,
@@ -945,7 +944,7 @@ impl Gateway {
     fn handle(
         &self,
         request: Request,
-        asked: &Result<Ask, BackendError>,
+        asked: &Ask,
         plan: &Result<Vec<(usize, Vec<&'static str>)>, BackendError>,
         intent: Option<&str>,
         stages: &mut Stages,
@@ -1002,13 +1001,13 @@ impl Gateway {
             Outcome::Answer { rule, text } => {
                 let mut handled = report(rule, "answered", None);
                 // What the tier that would have answered would have cost.
-                if let (Ok(a), Ok(p)) = (asked, plan) {
-                    let answer = estimate(text.len());
-                    handled.saved_tokens = Some(a.prompt_tokens + answer);
+                let answer = estimate(text.len());
+                handled.saved_tokens = Some(asked.prompt_tokens + answer);
+                if let Ok(p) = plan {
                     if let Some((t, _)) = p.first() {
                         let t = &self.routing.tiers[*t];
                         handled.saved_usd = Some(
-                            (a.prompt_tokens as f64 * t.price_in + answer as f64 * t.price_out)
+                            (asked.prompt_tokens as f64 * t.price_in + answer as f64 * t.price_out)
                                 / 1e6,
                         );
                     }
