@@ -64,6 +64,30 @@ def arguments(**defaults):
     return ap.parse_args()
 
 
+def tool_defs(desc, names):
+    """Function tools for `names`, described from the benchmark."""
+    return [{"type": "function", "function": {"name": t, "description": desc.get(normal(t), ""),
+                                               "parameters": {"type": "object", "properties": {}}}}
+            for t in names]
+
+
+def write_examples(tmp, train):
+    """The labelled examples as `[routing.tools]` reads them; their path."""
+    path = os.path.join(tmp, "examples.jsonl")
+    with open(path, "w") as f:
+        for q, t in train:
+            f.write(json.dumps({"query": q, "tool": t}) + "\n")
+    return path
+
+
+def gateway_head(args, window=None):
+    """A config's start: the chat model, MiniLM, and one tier of the model."""
+    cap = f"context_window = {window}\n" if window else ""
+    return (f'port = 0\nthreads = {args.threads}\n\n[[models]]\nname = "local"\nmodel = "{args.model}"\n\n'
+            '[[models]]\nname = "minilm"\nmodel = "minilm-l6"\n\n'
+            f'[[tiers]]\nname = "on-box"\nbackends = ["local"]\n{cap}\n')
+
+
 def split(rows, per_tool, seed=7):
     """The tools, then rows shuffled by `seed`: the first `per_tool` of each
     tool are labelled examples, the rest the unseen test."""
@@ -115,17 +139,9 @@ def main():
     desc, rows = load(args.data)
     tools, train, test = split(rows, args.train)
     test = test[:args.queries]
-    tool_defs = [{"type": "function", "function": {"name": t, "description": desc.get(normal(t), ""),
-                                                    "parameters": {"type": "object", "properties": {}}}}
-                 for t in tools]
+    defs = tool_defs(desc, tools)
     tmp = tempfile.mkdtemp()
-    examples = os.path.join(tmp, "examples.jsonl")
-    with open(examples, "w") as f:
-        for q, t in train:
-            f.write(json.dumps({"query": q, "tool": t}) + "\n")
-    head = (f'port = 0\nthreads = {args.threads}\n\n[[models]]\nname = "local"\nmodel = "{args.model}"\n\n'
-            '[[models]]\nname = "minilm"\nmodel = "minilm-l6"\n\n'
-            '[[tiers]]\nname = "on-box"\nbackends = ["local"]\ncontext_window = {window}\n\n')
+    examples = write_examples(tmp, train)
     by_tool = {}
     for q, t in train:
         by_tool.setdefault(t, []).append(q)
@@ -133,9 +149,9 @@ def main():
         f'[[routing.intents.intent]]\nname = {json.dumps(t)}\ndescription = {json.dumps(desc.get(normal(t), ""))}\n'
         f'examples = {json.dumps(by_tool.get(t, []))}\ntools = [{json.dumps(t)}]\n\n' for t in tools)
     configs = {
-        "tools": head.format(window=2048) + f'[routing.tools]\nmodel = "minilm"\ntop_k = 5\nexamples_file = {json.dumps(examples)}\n',
-        "intent": head.format(window=2048) + '[routing.intents]\nmodel = "minilm"\nthreshold = -1\n\n' + intents,
-        "context": head.format(window=512) + '[routing.context]\noutput_reserve = 8\n',
+        "tools": gateway_head(args, 2048) + f'[routing.tools]\nmodel = "minilm"\ntop_k = 5\nexamples_file = {json.dumps(examples)}\n',
+        "intent": gateway_head(args, 2048) + '[routing.intents]\nmodel = "minilm"\nthreshold = -1\n\n' + intents,
+        "context": gateway_head(args, 512) + '[routing.context]\noutput_reserve = 8\n',
     }
     history = []
     for i in range(40):
@@ -154,7 +170,7 @@ def main():
                 body = {"model": "auto", "max_tokens": 1, "temperature": 0,
                         "messages": [{"role": "user", "content": q}]}
                 if stage == "tools":
-                    body["tools"] = tool_defs
+                    body["tools"] = defs
                 if stage == "context":
                     body["messages"] = history + body["messages"]
                 route = post(base, body)["route"]

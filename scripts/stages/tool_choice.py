@@ -25,7 +25,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from latency import arguments, load, normal, post, serve, split  # noqa: E402
+from latency import (arguments, gateway_head, load, post, serve, split, tool_defs,  # noqa: E402
+                     write_examples)
 
 
 def main():
@@ -34,19 +35,12 @@ def main():
     tools, train, test = split(rows, args.train)
     chosen = sorted(random.Random(11).sample(tools, args.tools))
     test = [(q, t) for q, t in test if t in chosen][:args.queries]
-    defs = [{"type": "function", "function": {"name": t, "description": desc.get(normal(t), ""),
-                                               "parameters": {"type": "object", "properties": {}}}}
-            for t in chosen]
+    defs = tool_defs(desc, chosen)
     tmp = tempfile.mkdtemp()
-    examples = os.path.join(tmp, "examples.jsonl")
-    with open(examples, "w") as f:
-        for q, t in train:
-            f.write(json.dumps({"query": q, "tool": t}) + "\n")
+    examples = write_examples(tmp, train)
     config = os.path.join(tmp, "gateway.toml")
     with open(config, "w") as f:
-        f.write(f'port = 0\nthreads = {args.threads}\n\n[[models]]\nname = "local"\nmodel = "{args.model}"\n\n'
-                '[[models]]\nname = "minilm"\nmodel = "minilm-l6"\n\n'
-                '[[tiers]]\nname = "on-box"\nbackends = ["local"]\n\n'
+        f.write(gateway_head(args) +
                 f'[routing.tools]\nmodel = "minilm"\ntop_k = 5\nexamples_file = {json.dumps(examples)}\n')
     proc, base = serve(args.inferd, config)
     print(f"{args.tools} candidate tools, {len(test)} unseen test queries; SmolLM2-135M Q4_1, "

@@ -929,24 +929,7 @@ fn long_tool_lists_are_narrowed_to_the_relevant_tools_before_the_template() {
     let p = temp_file("tools.toml", &config);
     let (_gw, gw, log) = serve(&["--config", p.to_str().unwrap()], &[]);
     assert!(log.contains("tool narrowing"), "{log}");
-    let tool = |name: &str, description: &str| {
-        serde_json::json!({"type": "function", "function": {"name": name, "description": description,
-            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})
-    };
-    let all = [
-        tool("get_weather", "Current weather conditions for a city"),
-        tool("get_forecast", "The weather forecast for the next days"),
-        tool("get_stock_price", "The latest price of a stock ticker"),
-        tool("send_email", "Send an email message to someone"),
-        tool("translate_text", "Translate text into another language"),
-        tool("book_flight", "Book a plane ticket between two airports"),
-        tool("play_music", "Play a song or a playlist"),
-        tool("set_alarm", "Set an alarm clock for a time"),
-        tool("search_recipes", "Find cooking recipes by ingredient"),
-        tool("convert_currency", "Convert an amount between currencies"),
-        tool("find_restaurant", "Find restaurants near a place"),
-        tool("get_news", "Top news headlines on a topic"),
-    ];
+    let all = common::everyday_tools();
     let ask = |q: &str, tools: &[Value]| {
         let extra = format!(r#", "tools": {}"#, Value::Array(tools.to_vec()));
         post(&gw, &chat_body("auto", &user(q), &extra))

@@ -11,22 +11,9 @@ use serde_json::{json, Value};
 
 use common::{chat_body, http, local_and_remote, model, post, serve, temp_file, user};
 
-fn tool(name: &str, description: &str) -> Value {
-    json!({"type": "function", "function": {"name": name, "description": description,
-        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})
-}
-
+/// The first eight of the everyday tools.
 fn tools() -> Vec<Value> {
-    vec![
-        tool("get_weather", "Current weather conditions for a city"),
-        tool("get_forecast", "The weather forecast for the next days"),
-        tool("get_stock_price", "The latest price of a stock ticker"),
-        tool("send_email", "Send an email message to someone"),
-        tool("translate_text", "Translate text into another language"),
-        tool("book_flight", "Book a plane ticket between two airports"),
-        tool("play_music", "Play a song or a playlist"),
-        tool("set_alarm", "Set an alarm clock for a time"),
-    ]
+    common::everyday_tools()[..8].to_vec()
 }
 
 fn intents_config(examples: &std::path::Path, clarification: bool) -> String {

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use inferd_backend::{Backend, CacheStats, Event, EventStream, Request};
+use inferd_backend::{CacheStats, Event, EventStream, Request};
 use inferd_protocol::{Role, Route};
 
 use crate::wire::{chat_body, completion_body};
@@ -128,14 +128,6 @@ fn scoped_hash(router: &str, request: &Request, body: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (router, &c.user, &c.metadata, &c.cache_salt, body).hash(&mut h);
     h.finish()
-}
-
-/// `text` embedded by `embedder` (`None` if it cannot be: no lookup by meaning).
-pub async fn embed(embedder: Arc<dyn Backend>, text: String) -> Option<Vec<f32>> {
-    if text.trim().is_empty() {
-        return None;
-    }
-    crate::tools::embed_all(&embedder, vec![text]).await?.pop()
 }
 
 impl ResponseCache {

@@ -497,7 +497,7 @@ impl Gateway {
 
         // The intent, when intents are declared.
         let label = match &routing.intents {
-            Some(intents) if query.text().is_some() => {
+            Some(intents) if query.text().is_some_and(|t| !t.trim().is_empty()) => {
                 let t = Instant::now();
                 let label = intents.label(&mut query).await;
                 stages.time("intent", t);
@@ -540,6 +540,7 @@ impl Gateway {
             request,
             &asked,
             &plan,
+            query.text(),
             sure.map(|(l, _)| l.name.as_str()),
             &mut stages,
         );
@@ -946,20 +947,12 @@ impl Gateway {
         request: Request,
         asked: &Ask,
         plan: &Result<Vec<(usize, Vec<&'static str>)>, BackendError>,
+        last_user: Option<&str>,
         intent: Option<&str>,
         stages: &mut Stages,
     ) -> Handling {
         let rules = &self.routing.rules;
-        let text = match &request {
-            Request::Chat(c) if !rules.is_empty() => c
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == Role::User)
-                .map(|m| m.text()),
-            _ => None,
-        };
-        let Some(text) = text else {
+        let Some(text) = last_user.filter(|_| !rules.is_empty()) else {
             return Handling::Route {
                 request,
                 tier: None,
@@ -972,7 +965,7 @@ impl Gateway {
             saved_tokens: None,
             saved_usd: None,
         };
-        match rules.apply(&text, intent) {
+        match rules.apply(text, intent) {
             Outcome::Pass => Handling::Route {
                 request,
                 tier: None,

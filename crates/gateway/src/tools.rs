@@ -136,8 +136,7 @@ impl Query {
                 .iter()
                 .rev()
                 .find(|m| m.role == Role::User)
-                .map(|m| m.text())
-                .filter(|t| !t.trim().is_empty()),
+                .map(|m| m.text()),
             Request::Completion(_) => None,
         };
         Query {
@@ -146,6 +145,7 @@ impl Query {
         }
     }
 
+    /// The last user message of a chat request (perhaps empty).
     pub(crate) fn text(&self) -> Option<&str> {
         self.text.as_deref()
     }
@@ -162,10 +162,10 @@ impl Query {
             return v.clone();
         }
         let v = match &self.text {
-            Some(t) => embed_all(embedder, vec![t.clone()])
+            Some(t) if !t.trim().is_empty() => embed_all(embedder, vec![t.clone()])
                 .await
                 .and_then(|mut v| v.pop()),
-            None => None,
+            _ => None,
         };
         self.memo.push((Arc::clone(embedder), v.clone()));
         v

@@ -162,3 +162,27 @@ pub fn metric(addr: &str, name: &str, labels: &[&str]) -> f64 {
 pub fn user(text: &str) -> serde_json::Value {
     serde_json::json!([{"role": "user", "content": text}])
 }
+
+/// A function tool with one string parameter.
+pub fn tool(name: &str, description: &str) -> serde_json::Value {
+    serde_json::json!({"type": "function", "function": {"name": name, "description": description,
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}})
+}
+
+/// Twelve everyday tools, the first two about the weather.
+pub fn everyday_tools() -> Vec<serde_json::Value> {
+    vec![
+        tool("get_weather", "Current weather conditions for a city"),
+        tool("get_forecast", "The weather forecast for the next days"),
+        tool("get_stock_price", "The latest price of a stock ticker"),
+        tool("send_email", "Send an email message to someone"),
+        tool("translate_text", "Translate text into another language"),
+        tool("book_flight", "Book a plane ticket between two airports"),
+        tool("play_music", "Play a song or a playlist"),
+        tool("set_alarm", "Set an alarm clock for a time"),
+        tool("search_recipes", "Find cooking recipes by ingredient"),
+        tool("convert_currency", "Convert an amount between currencies"),
+        tool("find_restaurant", "Find restaurants near a place"),
+        tool("get_news", "Top news headlines on a topic"),
+    ]
+}
