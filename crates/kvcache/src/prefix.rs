@@ -33,6 +33,11 @@
 //! the most sequences, released last) survives longest. A released duplicate takes the
 //! place of its evicted twin, or refreshes the recency of its cached twin.
 //!
+//! **Speculative drafts.** Slots for draft tokens are appended like any others; after
+//! verification [`KvCacheManager::truncate_slots`] gives back those of the rejected
+//! ones. Only accepted positions are ever committed, so a block that mixes accepted and
+//! rejected tokens stays partial and unregistered until real tokens fill it.
+//!
 //! **Preemption** is by recompute: [`KvCacheManager::release`] the sequence; its
 //! committed full blocks stay cached, so re-admitting it with prompt + generated tokens
 //! usually hits all of them and recomputes only the tail (the partial block, or the
@@ -296,6 +301,42 @@ impl KvCacheManager {
         }
         seq.num_tokens += n;
         Ok(())
+    }
+
+    /// Gives back the slots past `n`: the positions of draft tokens that verification
+    /// rejected. Trailing blocks left without a position return to the free list; a
+    /// block that keeps some positions stays, and its rejected positions are simply
+    /// written again by the next forward. Only the uncommitted tail can be cut, and it
+    /// is never shared (only committed blocks are reachable through hits) and never
+    /// indexed, so no other sequence loses anything. Pair it with
+    /// [`Self::commit_computed`] up to the accepted tokens only, so that a block holding
+    /// a rejected token is never registered.
+    ///
+    /// Panics if `n` exceeds `seq.num_tokens()` (this only shrinks) or falls inside the
+    /// committed blocks.
+    pub fn truncate_slots(&mut self, seq: &mut SeqBlocks, n: usize) {
+        let bs = self.block_size();
+        assert!(
+            n <= seq.num_tokens,
+            "truncating {} slots to {n}: `truncate_slots` cannot grow a sequence",
+            seq.num_tokens
+        );
+        assert!(
+            n >= seq.full.len() * bs,
+            "truncating to {n} slots would cut into {} committed blocks of {bs} tokens",
+            seq.full.len()
+        );
+        for id in seq.blocks.drain(n.div_ceil(bs)..).rev() {
+            let state = &mut self.blocks[id as usize];
+            assert!(
+                state.ref_count == 1 && state.content.is_none() && !state.indexed,
+                "truncating block {id} that is shared or committed: this is a bug"
+            );
+            state.ref_count = 0;
+            self.used_blocks -= 1;
+            self.free.push(id);
+        }
+        seq.num_tokens = n;
     }
 
     /// Registers every block of `seq` that is full once the model has written K/V for

@@ -360,6 +360,119 @@ fn commit_is_idempotent_and_incremental() {
 }
 
 #[test]
+fn truncate_frees_only_uncommitted_tail_blocks() {
+    let mut m = manager(8);
+    let prompt = toks(0, 9);
+    let mut a = admit_computed(&mut m, &prompt, None);
+    // b hits a's two committed blocks; its token 77 is followed by slots for 7 drafts.
+    let mut b = m
+        .allocate_prompt(&[&prompt[..8], &[77]].concat(), None)
+        .unwrap();
+    assert_eq!(b.num_cached_tokens(), 8);
+    m.append_slots(&mut b, 7).unwrap();
+    let tail = b.blocks()[2..].to_vec();
+    assert_eq!((b.num_tokens(), tail.len()), (16, 2));
+    let free = m.stats().free_blocks;
+
+    m.truncate_slots(&mut b, 13);
+    assert_eq!(
+        (b.num_tokens(), b.blocks().len()),
+        (13, 4),
+        "no block emptied"
+    );
+    assert_eq!(m.stats().free_blocks, free);
+    m.truncate_slots(&mut b, 9);
+    assert_eq!((b.num_tokens(), b.blocks().len()), (9, 3));
+    assert_eq!(m.stats().free_blocks, free + 1);
+    assert!(m.free.contains(&tail[1]), "the emptied block is free");
+    m.check_invariants(&[&a, &b]);
+    // Down to the committed blocks, which a still shares.
+    m.truncate_slots(&mut b, 8);
+    m.truncate_slots(&mut b, 8);
+    assert_eq!(b.blocks(), &a.blocks()[..2]);
+    assert_eq!(m.stats().free_blocks, free + 2);
+    assert_eq!(m.index.len(), 2, "committed blocks stay indexed");
+    m.check_invariants(&[&a, &b]);
+
+    m.append_slots(&mut b, 1).unwrap();
+    assert!(tail.contains(&b.blocks()[2]), "freed blocks are reused");
+    m.check_invariants(&[&a, &b]);
+    m.release(&mut a);
+    m.release(&mut b);
+    m.check_invariants(&[]);
+    assert_eq!(m.stats().cached_blocks, 2);
+}
+
+#[test]
+#[should_panic(expected = "would cut into 2 committed blocks")]
+fn truncate_refuses_to_cut_committed_blocks() {
+    let mut m = manager(8);
+    let mut a = admit_computed(&mut m, &toks(0, 9), None);
+    m.truncate_slots(&mut a, 7);
+}
+
+#[test]
+#[should_panic(expected = "cannot grow")]
+fn truncate_refuses_to_grow() {
+    let mut m = manager(8);
+    let mut a = m.allocate_prompt(&toks(0, 5), None).unwrap();
+    m.truncate_slots(&mut a, 6);
+}
+
+#[test]
+fn rejected_drafts_are_never_registered() {
+    let mut m = manager(8);
+    // Six computed tokens; then the sampled token 60 (position 6) and the drafts 61, 62
+    // and 63, computed together in one forward.
+    let mut tokens = toks(0, 6);
+    let mut seq = admit_computed(&mut m, &tokens, None);
+    tokens.extend([60, 61, 62, 63]);
+    m.append_slots(&mut seq, 4).unwrap();
+    assert_eq!(seq.blocks().len(), 3);
+
+    // Verification rejects the first draft: block 1 now mixes accepted positions (4..=6)
+    // with a rejected one (7), and block 2 holds only rejected ones.
+    let computed = 7;
+    tokens.truncate(computed);
+    m.commit_computed(&mut seq, &tokens, computed);
+    m.truncate_slots(&mut seq, computed);
+    assert_eq!(seq.blocks().len(), 2, "the all-rejected block is freed");
+    assert_eq!(
+        seq.block_hashes().len(),
+        1,
+        "the mixed block is not committed"
+    );
+    assert_eq!(m.cached_tokens(seq.blocks()[1]), None);
+    m.check_invariants(&[&seq]);
+
+    // A request that continues with the rejected draft hits only the accepted, full
+    // block before it.
+    let with_draft = [toks(0, 6), vec![60, 61, 9]].concat();
+    let mut other = m.allocate_prompt(&with_draft, None).unwrap();
+    assert_eq!(other.num_cached_tokens(), 4);
+    m.check_invariants(&[&seq, &other]);
+    m.release(&mut other);
+
+    // The model's own token takes the rejected position; once computed, the block is
+    // registered with it, and only with it.
+    tokens.push(70);
+    m.append_slots(&mut seq, 1).unwrap();
+    m.commit_computed(&mut seq, &tokens, 8);
+    assert_eq!(m.cached_tokens(seq.blocks()[1]), Some(&[4, 5, 60, 70][..]));
+    let mut hit = m
+        .allocate_prompt(&[&tokens[..], &[1]].concat(), None)
+        .unwrap();
+    assert_eq!(hit.num_cached_tokens(), 8);
+    let mut miss = m.allocate_prompt(&with_draft, None).unwrap();
+    assert_eq!(miss.num_cached_tokens(), 4, "the rejected draft never hits");
+    m.check_invariants(&[&seq, &hit, &miss]);
+    for s in [&mut seq, &mut hit, &mut miss] {
+        m.release(s);
+    }
+    m.check_invariants(&[]);
+}
+
+#[test]
 fn identical_concurrent_blocks_are_indexed_once_and_never_swapped() {
     let mut m = manager(16);
     let prompt = toks(0, 9);
@@ -480,11 +593,26 @@ fn hash_collisions_never_return_another_prefix() {
     m.check_invariants(&[]);
 }
 
+/// What each block's K/V rows stand for in the random test: the salt and the whole
+/// token prefix up to the last position written into the block.
+type KvRows = HashMap<BlockId, (Option<u64>, Vec<u32>)>;
+
 /// A sequence in the random test, with what the model has "computed" so far.
 struct Live {
     blocks: SeqBlocks,
     tokens: Vec<u32>,
     computed: usize,
+}
+
+/// The model writes position `p`'s K/V. A committed block's rows are what every hit on
+/// it reads, so they must never change: a write may only land past the committed blocks.
+fn write_kv(kv: &mut KvRows, s: &Live, p: usize) {
+    assert!(
+        p >= s.blocks.block_hashes().len() * BS,
+        "writing position {p} into a committed block"
+    );
+    let b = s.blocks.blocks()[p / BS];
+    kv.insert(b, (s.blocks.salt(), s.tokens[..=p].to_vec()));
 }
 
 /// Drives the manager like a scheduler would and checks every invariant after every
@@ -510,7 +638,7 @@ fn random_operations(seed: u64, hasher: BlockHasher) -> KvCacheStats {
         [toks(2000, 5), toks(0, 10)].concat(),
     ];
     let salts = [None, Some(1), Some(2)];
-    let mut kv: HashMap<BlockId, (Option<u64>, Vec<u32>)> = HashMap::new();
+    let mut kv = KvRows::new();
     let mut live: Vec<Live> = Vec::new();
     let mut preempted: Vec<(Option<u64>, Vec<u32>)> = Vec::new();
 
@@ -579,14 +707,14 @@ fn random_operations(seed: u64, hasher: BlockHasher) -> KvCacheStats {
                     // Prefill chunk or decode step: the model writes K/V, then commit.
                     let end = (s.computed + rng.gen_range(1..=10)).min(s.tokens.len());
                     for p in s.computed..end {
-                        let b = s.blocks.blocks()[p / BS];
-                        kv.insert(b, (s.blocks.salt(), s.tokens[..=p].to_vec()));
+                        write_kv(&mut kv, s, p);
                     }
                     s.computed = end;
                     m.commit_computed(&mut s.blocks, &s.tokens, s.computed);
                 }
+                25..=69 if rng.gen_bool(0.4) => speculative_step(&mut m, s, &mut kv, &mut rng),
                 25..=69 => {
-                    // Sample one token, or accept a few speculative ones.
+                    // Sample one token, or append a few at once.
                     let n = if rng.gen_bool(0.8) {
                         1
                     } else {
@@ -639,6 +767,47 @@ fn random_operations(seed: u64, hasher: BlockHasher) -> KvCacheStats {
     assert_eq!(st.used_blocks, 0);
     assert_eq!(st.free_blocks + st.cached_blocks, st.total_blocks);
     st
+}
+
+/// A speculative decode step of a fully computed sequence, as the scheduler drives it:
+/// slots for a sampled token and `k` drafts, one forward writing K/V for all of them,
+/// then verification accepts the first few drafts; only those are committed, the
+/// rejected ones' slots are cut off and the model's own token takes the first rejected
+/// position. Were a block holding a rejected draft committed, writing the model's token
+/// there would change a committed block's K/V, which `write_kv` refuses.
+fn speculative_step(m: &mut KvCacheManager, s: &mut Live, kv: &mut KvRows, rng: &mut StdRng) {
+    let k = rng.gen_range(1..=5);
+    let before = (m.stats(), s.blocks.blocks().to_vec());
+    if m.append_slots(&mut s.blocks, 1 + k).is_err() {
+        assert_eq!((m.stats(), s.blocks.blocks().to_vec()), before);
+        return;
+    }
+    for &b in &s.blocks.blocks()[before.1.len()..] {
+        kv.remove(&b);
+    }
+    s.tokens.extend((0..=k).map(|_| rng.gen_range(0..3)));
+    for p in s.computed..s.tokens.len() {
+        write_kv(kv, s, p);
+    }
+    let accepted = rng.gen_range(0..=k);
+    s.computed += 1 + accepted;
+    let rejected = s.tokens.get(s.computed).copied();
+    s.tokens.truncate(s.computed);
+    m.commit_computed(&mut s.blocks, &s.tokens, s.computed);
+    m.truncate_slots(&mut s.blocks, s.computed);
+    assert_eq!(s.blocks.num_tokens(), s.computed);
+    // The model's token differs from the draft it rejected.
+    let own = match rejected {
+        Some(d) => (d + rng.gen_range(1..3)) % 3,
+        None => rng.gen_range(0..3),
+    };
+    match m.append_slots(&mut s.blocks, 1) {
+        Ok(()) => s.tokens.push(own),
+        Err(_) => assert!(
+            rejected.is_none(),
+            "the rejected drafts' slots make room for the model's token"
+        ),
+    }
 }
 
 #[test]
