@@ -34,12 +34,16 @@ fn fake_next(tokens: &[u32]) -> u32 {
         % 1000
 }
 
-/// Drives the scheduler to completion, returning each sequence's outputs.
+/// Drives the scheduler to completion, returning each sequence's outputs. The model
+/// writes each fed token into the K/V slot its block table maps it to and reads its
+/// context back from there, so a prefix hit on the wrong K/V changes the outputs.
 struct Driver {
     prompt_len: HashMap<SeqId, usize>,
     max_tokens: HashMap<SeqId, usize>,
     outputs: HashMap<SeqId, Vec<u32>>,
     steps: usize,
+    /// The token written at each (block, slot).
+    kv: HashMap<(BlockId, usize), u32>,
 }
 
 impl Driver {
@@ -49,6 +53,7 @@ impl Driver {
             max_tokens: HashMap::new(),
             outputs: HashMap::new(),
             steps: 0,
+            kv: HashMap::new(),
         }
     }
 
@@ -66,19 +71,10 @@ impl Driver {
             plan.num_tokens() <= s.config().max_batch_tokens,
             "budget exceeded"
         );
+        self.forward(s, &plan);
         s.complete_step(&plan);
-        for c in &plan.chunks {
-            if !c.sample {
-                continue;
-            }
-            let next = fake_next(s.tokens(c.id).unwrap());
-            s.append_token(c.id, next);
-            let generated = s.tokens(c.id).unwrap().len() - self.prompt_len[&c.id];
-            if generated == self.max_tokens[&c.id] {
-                let toks = s.tokens(c.id).unwrap()[self.prompt_len[&c.id]..].to_vec();
-                s.finish(c.id).unwrap();
-                self.outputs.insert(c.id, toks);
-            }
+        for c in plan.chunks.iter().filter(|c| c.sample) {
+            self.sample(s, c);
         }
         s.check_invariants();
         self.steps += 1;
@@ -89,6 +85,45 @@ impl Driver {
         while s.has_work() {
             self.step(s);
             assert!(self.steps < 100_000, "no progress");
+        }
+    }
+
+    /// Writes every fed token into its K/V slot.
+    fn forward(&mut self, s: &Scheduler, plan: &StepPlan) {
+        let bs = s.kv.block_size();
+        for c in &plan.chunks {
+            let (tokens, table) = (s.tokens(c.id).unwrap(), s.block_table(c.id).unwrap());
+            for p in c.start_pos..c.start_pos + c.len {
+                self.kv.insert((table[p / bs], p % bs), tokens[p]);
+            }
+        }
+    }
+
+    /// The model's next token after position `pos`, from the context in the K/V.
+    fn predict(&self, s: &Scheduler, id: SeqId, pos: usize) -> u32 {
+        let bs = s.kv.block_size();
+        let table = s.block_table(id).unwrap();
+        let context: Vec<u32> = (0..=pos)
+            .map(|q| {
+                *self
+                    .kv
+                    .get(&(table[q / bs], q % bs))
+                    .unwrap_or_else(|| panic!("sequence {id}: position {q} was never written"))
+            })
+            .collect();
+        fake_next(&context)
+    }
+
+    /// Samples after a chunk that reached the last token: the model's next token, read
+    /// from the K/V.
+    fn sample(&mut self, s: &mut Scheduler, c: &ScheduledChunk) {
+        let next = self.predict(s, c.id, c.start_pos + c.len - 1);
+        s.append_token(c.id, next);
+        let generated = s.tokens(c.id).unwrap().len() - self.prompt_len[&c.id];
+        if generated == self.max_tokens[&c.id] {
+            let toks = s.tokens(c.id).unwrap()[self.prompt_len[&c.id]..].to_vec();
+            s.finish(c.id).unwrap();
+            self.outputs.insert(c.id, toks);
         }
     }
 }
