@@ -21,6 +21,17 @@
 //!
 //! Admission reuses cached prefix blocks ([`KvCacheManager::allocate_prompt`]);
 //! after each step the newly full blocks are registered for reuse.
+//!
+//! **Speculative drafts.** A decoding sequence may carry draft tokens
+//! ([`Scheduler::set_draft`]): guesses of its next outputs, appended provisionally after
+//! its one real pending token so that one forward verifies them all. They never count
+//! as pending work: drafts are added to the decode chunks only after every real decode
+//! token has its slot, within what is left of the token budget and only from free or
+//! evictable blocks, so they never preempt a sequence or delay another one's token.
+//! Drafts that do not fit are dropped and the sequence decodes one token as before.
+//! Only real tokens count as computed; after verification
+//! ([`Scheduler::accept_draft`]) the accepted drafts do, the rejected ones are removed
+//! with their slots, and so a rejected token is never hashed into the prefix cache.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -119,6 +130,9 @@ struct Sequence {
     num_computed: usize,
     /// Token slots allocated in `blocks`.
     slots: usize,
+    /// Draft tokens at the tail of `tokens`, after the one real pending token; not yet
+    /// verified, so never counted as computed.
+    draft: usize,
     /// Prompt tokens served from the prefix cache at first admission.
     cached_tokens: Option<usize>,
     preemptions: u32,
@@ -126,8 +140,18 @@ struct Sequence {
 }
 
 impl Sequence {
-    fn pending(&self) -> usize {
-        self.tokens.len() - self.num_computed
+    /// Real tokens the next forward must consume (drafts excluded): one while decoding,
+    /// more while in prefill.
+    fn real_pending(&self) -> usize {
+        self.tokens.len() - self.draft - self.num_computed
+    }
+
+    /// Forgets the draft tokens. It gives back no slots: callers drop drafts before any
+    /// are allocated for them, after [`Scheduler::accept_draft`] gave them back, or when
+    /// releasing every block.
+    fn drop_draft(&mut self) {
+        self.tokens.truncate(self.tokens.len() - self.draft);
+        self.draft = 0;
     }
 
     fn waiting_key(&self, id: SeqId) -> (Reverse<i32>, u64, SeqId) {
@@ -141,9 +165,13 @@ pub struct ScheduledChunk {
     pub id: SeqId,
     pub start_pos: usize,
     pub len: usize,
-    /// The chunk ends at the last token: the model must return logits and the
-    /// engine samples the next token.
+    /// The chunk reaches the last real token (followed only by its drafts, if any): the
+    /// model must return logits and the engine samples the next token.
     pub sample: bool,
+    /// Draft tokens at the chunk's tail, after its one real token (0 for every chunk
+    /// without drafts). The model must return logits for all `len` positions; the engine
+    /// verifies them and reports with [`Scheduler::accept_draft`].
+    pub draft: usize,
 }
 
 /// What to run this step.
@@ -161,8 +189,14 @@ impl StepPlan {
         self.chunks.is_empty()
     }
 
+    /// Tokens fed this step, drafts included.
     pub fn num_tokens(&self) -> usize {
         self.chunks.iter().map(|c| c.len).sum()
+    }
+
+    /// Draft tokens fed this step (part of [`Self::num_tokens`]).
+    pub fn num_draft_tokens(&self) -> usize {
+        self.chunks.iter().map(|c| c.draft).sum()
     }
 }
 
@@ -234,6 +268,7 @@ impl Scheduler {
             blocks: SeqBlocks::default(),
             num_computed: 0,
             slots: 0,
+            draft: 0,
             cached_tokens: None,
             preemptions: 0,
             running: false,
@@ -248,40 +283,23 @@ impl Scheduler {
         let mut plan = StepPlan::default();
         let mut budget = self.config.max_batch_tokens;
 
-        // Decode first, then prefill; within each, priority then arrival.
+        // Decode first, then drafts, then prefill; within each, priority then arrival.
         let mut order = self.running.clone();
         order.sort_by_key(|id| {
             let s = &self.seqs[id];
-            (s.pending() > 1, Reverse(s.priority), s.arrival)
+            (Reverse(s.priority), s.arrival)
         });
+        let (decoding, prefilling): (Vec<SeqId>, Vec<SeqId>) = order
+            .into_iter()
+            .partition(|id| self.seqs[id].real_pending() <= 1);
         // Prefill tokens left for this step; capped once a decode is scheduled.
         let mut prefill_left = usize::MAX;
-        for id in order {
-            if budget == 0 {
-                break;
-            }
-            // It may have been preempted to make room for an earlier one.
-            if !self.seqs[&id].running {
-                continue;
-            }
-            let pending = self.seqs[&id].pending();
-            let n = if pending > 1 {
-                pending.min(budget).min(prefill_left)
-            } else {
-                pending.min(budget)
-            };
-            if n == 0 {
-                continue;
-            }
-            if self.reserve(id, n, &mut plan) {
-                budget -= n;
-                if pending > 1 {
-                    prefill_left -= n.min(prefill_left);
-                } else if let Some(cap) = self.config.max_prefill_tokens_while_decoding {
-                    prefill_left = prefill_left.min(cap);
-                }
-                self.push_chunk(id, n, &mut plan);
-            }
+        for id in decoding {
+            self.schedule_running(id, &mut budget, &mut prefill_left, &mut plan);
+        }
+        self.schedule_drafts(&mut budget, &mut plan);
+        for id in prefilling {
+            self.schedule_running(id, &mut budget, &mut prefill_left, &mut plan);
         }
 
         // Admit waiting sequences while there is room.
@@ -311,12 +329,71 @@ impl Scheduler {
             if s.preemptions == 0 {
                 plan.first_scheduled.push(id);
             }
-            let n = s.pending().min(budget).min(prefill_left);
+            let n = s.real_pending().min(budget).min(prefill_left);
             budget -= n;
             prefill_left -= n;
             self.push_chunk(id, n, &mut plan);
         }
         plan
+    }
+
+    /// Schedules the real pending tokens of running sequence `id` (one to decode, or a
+    /// prefill chunk) within `budget` and `prefill_left`, reserving their slots.
+    fn schedule_running(
+        &mut self,
+        id: SeqId,
+        budget: &mut usize,
+        prefill_left: &mut usize,
+        plan: &mut StepPlan,
+    ) {
+        // It may have been preempted to make room for an earlier one.
+        if *budget == 0 || !self.seqs[&id].running {
+            return;
+        }
+        let pending = self.seqs[&id].real_pending();
+        let n = if pending > 1 {
+            pending.min(*budget).min(*prefill_left)
+        } else {
+            pending.min(*budget)
+        };
+        if n == 0 || !self.reserve(id, n, plan) {
+            return;
+        }
+        *budget -= n;
+        if pending > 1 {
+            *prefill_left -= n.min(*prefill_left);
+        } else if let Some(cap) = self.config.max_prefill_tokens_while_decoding {
+            *prefill_left = (*prefill_left).min(cap);
+        }
+        self.push_chunk(id, n, plan);
+    }
+
+    /// Extends the decode chunks planned so far by their sequences' drafts, in the
+    /// chunks' (priority) order. Runs once every real decode token has its slot, and
+    /// takes only blocks that are free or evictable now, never preempting: speculation
+    /// only uses the room real tokens leave. A sequence whose drafts do not fit in the
+    /// budget or the blocks drops them and decodes its one token.
+    fn schedule_drafts(&mut self, budget: &mut usize, plan: &mut StepPlan) {
+        for c in &mut plan.chunks {
+            let s = self
+                .seqs
+                .get_mut(&c.id)
+                .expect("scheduled sequence exists: this is a bug");
+            if s.draft == 0 {
+                continue;
+            }
+            let need = (s.num_computed + c.len + s.draft).saturating_sub(s.slots);
+            let fits = s.draft <= *budget
+                && (need == 0 || self.kv.append_slots(&mut s.blocks, need).is_ok());
+            if !fits {
+                s.drop_draft();
+                continue;
+            }
+            s.slots += need;
+            *budget -= s.draft;
+            c.len += s.draft;
+            c.draft = s.draft;
+        }
     }
 
     fn push_chunk(&mut self, id: SeqId, n: usize, plan: &mut StepPlan) {
@@ -325,7 +402,8 @@ impl Scheduler {
             id,
             start_pos: s.num_computed,
             len: n,
-            sample: s.num_computed + n == s.tokens.len(),
+            sample: s.num_computed + n == s.tokens.len() - s.draft,
+            draft: 0,
         });
     }
 
@@ -365,6 +443,8 @@ impl Scheduler {
             .seqs
             .get_mut(&id)
             .expect("preempted sequence exists: this is a bug");
+        // Re-admission must not prefill guesses as if they were prompt.
+        s.drop_draft();
         self.kv.release(&mut s.blocks);
         s.num_computed = 0;
         s.slots = 0;
@@ -377,20 +457,81 @@ impl Scheduler {
     }
 
     /// Records that the planned chunks were computed (their KV is written): full
-    /// blocks become reusable by later requests.
+    /// blocks become reusable by later requests. A chunk's drafts are not counted as
+    /// computed until [`Self::accept_draft`] says which of them were right.
     pub fn complete_step(&mut self, plan: &StepPlan) {
         for c in &plan.chunks {
             if let Some(s) = self.seqs.get_mut(&c.id).filter(|s| s.running) {
-                s.num_computed += c.len;
+                s.num_computed += c.len - c.draft;
                 self.kv
                     .commit_computed(&mut s.blocks, &s.tokens, s.num_computed);
             }
         }
     }
 
-    /// Appends a sampled token to a running sequence (it is fed next step).
+    /// Attaches draft tokens (guesses of the next outputs) to running sequence `id`,
+    /// replacing any it holds; an empty `draft` clears them. They follow its one real
+    /// pending token in [`Self::tokens`] and are fed with it when the next step has room
+    /// (see the module docs); a sequence left out of a step keeps them for the next.
+    /// Call it after [`Self::append_token`] and before the next [`Self::schedule`]; the
+    /// caller caps the drafts so that verifying all of them cannot pass the request's
+    /// `max_tokens`.
+    ///
+    /// Returns false and changes nothing unless the sequence is running with exactly one
+    /// real pending token and no drafts already scheduled: unknown, waiting, in prefill,
+    /// or between [`Self::schedule`] and the end of verification.
+    pub fn set_draft(&mut self, id: SeqId, draft: &[u32]) -> bool {
+        let Some(s) = self
+            .seqs
+            .get_mut(&id)
+            .filter(|s| s.running && s.real_pending() == 1 && s.slots <= s.tokens.len() - s.draft)
+        else {
+            return false;
+        };
+        s.drop_draft();
+        s.tokens.extend_from_slice(draft);
+        s.draft = draft.len();
+        true
+    }
+
+    /// Reports the verification of a computed chunk with drafts (after
+    /// [`Self::complete_step`], before [`Self::append_token`] of the model's own next
+    /// token): its first `accepted` drafts were right and become computed tokens, the
+    /// rest are removed from the sequence and their slots given back. Full blocks of
+    /// accepted tokens are registered in the prefix cache; rejected tokens never are.
+    ///
+    /// Returns false and changes nothing when the sequence is gone (finished within the
+    /// burst) or holds no computed drafts. Panics if `accepted` exceeds its drafts.
+    pub fn accept_draft(&mut self, id: SeqId, accepted: usize) -> bool {
+        let Some(s) = self
+            .seqs
+            .get_mut(&id)
+            .filter(|s| s.running && s.draft > 0 && s.real_pending() == 0)
+        else {
+            return false;
+        };
+        assert!(
+            accepted <= s.draft,
+            "sequence {id}: accepting {accepted} of {} draft tokens: this is a bug",
+            s.draft
+        );
+        s.num_computed += accepted;
+        s.tokens.truncate(s.num_computed);
+        s.draft = 0;
+        self.kv
+            .commit_computed(&mut s.blocks, &s.tokens, s.num_computed);
+        self.kv.truncate_slots(&mut s.blocks, s.num_computed);
+        s.slots = s.num_computed;
+        true
+    }
+
+    /// Appends a sampled token to a running sequence (it is fed next step). Drafts the
+    /// sequence still holds are rejected first, as by `accept_draft(id, 0)`: a sampled
+    /// token always follows the real tokens.
     pub fn append_token(&mut self, id: SeqId, token: u32) {
+        self.accept_draft(id, 0);
         if let Some(s) = self.seqs.get_mut(&id) {
+            s.drop_draft();
             s.tokens.push(token);
         }
     }
@@ -410,6 +551,7 @@ impl Scheduler {
         })
     }
 
+    /// The sequence's tokens: prompt, outputs, then its draft tokens if it holds any.
     pub fn tokens(&self, id: SeqId) -> Option<&[u32]> {
         self.seqs.get(&id).map(|s| s.tokens.as_slice())
     }
@@ -440,7 +582,7 @@ impl Scheduler {
     pub fn pending_prefill_tokens(&self) -> usize {
         self.seqs
             .values()
-            .map(|s| s.pending())
+            .map(|s| s.real_pending())
             .filter(|&p| p > 1)
             .sum()
     }
@@ -478,14 +620,38 @@ impl Scheduler {
                 self.waiting.contains(&s.waiting_key(*id)),
                 "sequence {id} waiting entry"
             );
+            assert!(
+                s.num_computed + s.draft <= s.tokens.len(),
+                "sequence {id}: {} computed and {} draft tokens of {}",
+                s.num_computed,
+                s.draft,
+                s.tokens.len()
+            );
             if s.running {
                 assert!(
-                    s.num_computed < s.tokens.len() || s.tokens.is_empty(),
+                    s.real_pending() > 0 || s.tokens.is_empty(),
                     "sequence {id} has a pending token"
+                );
+                assert!(
+                    s.draft == 0 || s.real_pending() == 1,
+                    "sequence {id} holds {} drafts with {} real pending tokens",
+                    s.draft,
+                    s.real_pending()
                 );
                 assert!(
                     s.slots >= s.num_computed,
                     "sequence {id} computed past its slots"
+                );
+                assert!(
+                    s.slots <= s.tokens.len(),
+                    "sequence {id}: {} slots past its {} tokens",
+                    s.slots,
+                    s.tokens.len()
+                );
+                assert_eq!(
+                    s.slots,
+                    s.blocks.num_tokens(),
+                    "sequence {id}: slots disagree with its block table"
                 );
                 let cap = s.blocks.blocks().len() * self.kv.block_size();
                 assert!(cap >= s.slots, "sequence {id}: {} slots in {cap}", s.slots);
@@ -494,6 +660,7 @@ impl Scheduler {
                     s.blocks.blocks().is_empty(),
                     "waiting sequence {id} holds blocks"
                 );
+                assert_eq!(s.draft, 0, "waiting sequence {id} holds drafts");
             }
         }
     }

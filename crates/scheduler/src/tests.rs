@@ -44,6 +44,16 @@ struct Driver {
     steps: usize,
     /// The token written at each (block, slot).
     kv: HashMap<(BlockId, usize), u32>,
+    /// Proposes drafts after every sampled token when set.
+    spec: Option<Speculator>,
+}
+
+/// Proposes drafts the way a cheap drafter would: mostly the model's own next tokens,
+/// with seeded random corruption and random lengths.
+struct Speculator {
+    rng: StdRng,
+    drafted: usize,
+    accepted: usize,
 }
 
 impl Driver {
@@ -54,6 +64,19 @@ impl Driver {
             outputs: HashMap::new(),
             steps: 0,
             kv: HashMap::new(),
+            spec: None,
+        }
+    }
+
+    /// A driver that proposes 1..=6 draft tokens after every sampled token.
+    fn speculative(seed: u64) -> Self {
+        Driver {
+            spec: Some(Speculator {
+                rng: StdRng::seed_from_u64(seed),
+                drafted: 0,
+                accepted: 0,
+            }),
+            ..Driver::new()
         }
     }
 
@@ -88,10 +111,11 @@ impl Driver {
         }
     }
 
-    /// Writes every fed token into its K/V slot.
+    /// Writes every fed token, drafts included, into its K/V slot.
     fn forward(&mut self, s: &Scheduler, plan: &StepPlan) {
         let bs = s.kv.block_size();
         for c in &plan.chunks {
+            assert!(c.draft == 0 || (c.sample && c.len == 1 + c.draft));
             let (tokens, table) = (s.tokens(c.id).unwrap(), s.block_table(c.id).unwrap());
             for p in c.start_pos..c.start_pos + c.len {
                 self.kv.insert((table[p / bs], p % bs), tokens[p]);
@@ -114,17 +138,52 @@ impl Driver {
         fake_next(&context)
     }
 
-    /// Samples after a chunk that reached the last token: the model's next token, read
-    /// from the K/V.
+    /// Samples after a chunk: verifies its drafts (accepting the longest prefix the model
+    /// agrees with), emits the model's token after them, then proposes new drafts.
     fn sample(&mut self, s: &mut Scheduler, c: &ScheduledChunk) {
-        let next = self.predict(s, c.id, c.start_pos + c.len - 1);
-        s.append_token(c.id, next);
-        let generated = s.tokens(c.id).unwrap().len() - self.prompt_len[&c.id];
-        if generated == self.max_tokens[&c.id] {
-            let toks = s.tokens(c.id).unwrap()[self.prompt_len[&c.id]..].to_vec();
-            s.finish(c.id).unwrap();
-            self.outputs.insert(c.id, toks);
+        let tokens = s.tokens(c.id).unwrap().to_vec();
+        let (prompt_len, max) = (self.prompt_len[&c.id], self.max_tokens[&c.id]);
+        let real_end = c.start_pos + c.len - c.draft;
+        let mut accepted = 0;
+        let (next, generated) = loop {
+            let next = self.predict(s, c.id, real_end + accepted - 1);
+            let generated = real_end + accepted + 1 - prompt_len;
+            if generated == max || accepted == c.draft || tokens[real_end + accepted] != next {
+                break (next, generated);
+            }
+            accepted += 1;
+        };
+        if let Some(spec) = &mut self.spec {
+            spec.drafted += c.draft;
+            spec.accepted += accepted;
         }
+        if generated == max {
+            let mut out = tokens[prompt_len..real_end + accepted].to_vec();
+            out.push(next);
+            s.finish(c.id).unwrap();
+            self.outputs.insert(c.id, out);
+            return;
+        }
+        if c.draft > 0 {
+            assert!(s.accept_draft(c.id, accepted));
+        }
+        s.append_token(c.id, next);
+        // Verifying k drafts emits up to k + 1 tokens: stay within max_tokens.
+        let room = max - generated - 1;
+        let Some(spec) = &mut self.spec else {
+            return;
+        };
+        let len = spec.rng.gen_range(1..=6).min(room);
+        let mut context = s.tokens(c.id).unwrap().to_vec();
+        for _ in 0..len {
+            let mut guess = fake_next(&context);
+            if spec.rng.gen_bool(0.2) {
+                guess = (guess + spec.rng.gen_range(1..1000)) % 1000;
+            }
+            context.push(guess);
+        }
+        let draft = &context[context.len() - len..];
+        assert!(s.set_draft(c.id, draft), "a decoding sequence takes drafts");
     }
 }
 
@@ -285,9 +344,13 @@ fn shared_prefix_is_reused_and_reported() {
 #[test]
 fn preemption_takes_lowest_priority_newest_and_outputs_do_not_change() {
     // 12 blocks of 4 tokens; three sequences that each grow to 20 tokens cannot all fit.
-    let work = |total_blocks| {
+    let work = |total_blocks, speculate: bool| {
         let mut s = scheduler(total_blocks, 4, SchedulerConfig::default());
-        let mut d = Driver::new();
+        let mut d = if speculate {
+            Driver::speculative(5)
+        } else {
+            Driver::new()
+        };
         d.add(&mut s, seq(1, vec![1; 8], 12, 1)).unwrap();
         d.add(&mut s, seq(2, vec![2; 8], 12, 0)).unwrap();
         d.add(&mut s, seq(3, vec![3; 8], 12, 0)).unwrap();
@@ -297,19 +360,267 @@ fn preemption_takes_lowest_priority_newest_and_outputs_do_not_change() {
         }
         (d.outputs, preempted, s.preemptions_total())
     };
-    let (roomy, none, _) = work(100);
+    let (roomy, none, _) = work(100, false);
     assert!(none.is_empty());
-    let (tight, preempted, total) = work(12);
-    assert!(total > 0, "the tight cache must preempt");
-    assert_eq!(preempted[0], 3, "lowest priority, newest goes first");
+    for speculate in [false, true] {
+        let (tight, preempted, total) = work(12, speculate);
+        assert!(
+            total > 0,
+            "the tight cache must preempt (speculate: {speculate})"
+        );
+        assert_eq!(preempted[0], 3, "lowest priority, newest goes first");
+        assert!(
+            !preempted.contains(&1),
+            "the high-priority sequence is never preempted (speculate: {speculate})"
+        );
+        assert_eq!(
+            roomy, tight,
+            "recompute after preemption gives the same outputs (speculate: {speculate})"
+        );
+    }
+    let (roomy_speculative, none, _) = work(100, true);
+    assert!(none.is_empty(), "drafts alone never preempt");
+    assert_eq!(roomy, roomy_speculative);
+}
+
+/// A workload with shared prefixes, long and short prompts and outputs, for comparing
+/// schedules: every sequence must produce the same outputs under any of them.
+fn mixed_workload(rng: &mut StdRng) -> Vec<NewSequence> {
+    let system: Vec<u32> = (500..523).collect();
+    (0..12)
+        .map(|id| {
+            let mut prompt = if id % 3 == 0 { vec![] } else { system.clone() };
+            prompt.extend((0..rng.gen_range(1..30)).map(|_| rng.gen_range(0..1000)));
+            seq(id, prompt, rng.gen_range(1..40), rng.gen_range(-1..2))
+        })
+        .collect()
+}
+
+#[test]
+fn speculative_decoding_gives_the_plain_outputs() {
+    let configs = [
+        // (total blocks, block size, max_batch_tokens, prefill cap while decoding)
+        (200, 4, 256, None),
+        (200, 16, 64, Some(8)),
+        (24, 4, 32, None),
+        (30, 4, 7, Some(2)),
+        (40, 8, 3, None),
+    ];
+    let (mut drafted, mut accepted, mut preemptions) = (0, 0, 0);
+    for (round, &(total_blocks, block_size, max_batch_tokens, cap)) in configs.iter().enumerate() {
+        let config = SchedulerConfig {
+            max_batch_tokens,
+            max_running: 8,
+            max_prefill_tokens_while_decoding: cap,
+            ..Default::default()
+        };
+        let workload = mixed_workload(&mut StdRng::seed_from_u64(round as u64));
+        let mut plain = Driver::new();
+        let mut s = scheduler(total_blocks, block_size, config.clone());
+        for n in &workload {
+            plain.add(&mut s, n.clone()).unwrap();
+        }
+        plain.run(&mut s);
+        for seed in 0..3 {
+            let mut spec = Driver::speculative(seed);
+            let mut s = scheduler(total_blocks, block_size, config.clone());
+            for n in &workload {
+                spec.add(&mut s, n.clone()).unwrap();
+            }
+            spec.run(&mut s);
+            assert_eq!(spec.outputs, plain.outputs, "round {round}, seed {seed}");
+            assert_eq!(s.kv_stats().used_blocks, 0, "round {round}: blocks leaked");
+            let sp = spec.spec.as_ref().unwrap();
+            drafted += sp.drafted;
+            accepted += sp.accepted;
+            preemptions += s.preemptions_total();
+        }
+    }
     assert!(
-        !preempted.contains(&1),
-        "the high-priority sequence is never preempted"
+        0 < accepted && accepted < drafted && preemptions > 0,
+        "drafts must be both accepted ({accepted} of {drafted}) and rejected, \
+         and the tight caches must preempt ({preemptions})"
     );
+}
+
+/// The model's next `k` tokens after `tokens`: a draft verification accepts whole.
+fn model_chain(tokens: &[u32], k: usize) -> Vec<u32> {
+    let mut context = tokens.to_vec();
+    for _ in 0..k {
+        context.push(fake_next(&context));
+    }
+    context.split_off(tokens.len())
+}
+
+#[test]
+fn drafts_are_dropped_when_the_token_budget_is_short() {
+    let config = SchedulerConfig {
+        max_batch_tokens: 5,
+        ..Default::default()
+    };
+    let mut s = scheduler(100, 4, config);
+    let mut d = Driver::new();
+    d.add(&mut s, seq(1, vec![1, 2], 20, 1)).unwrap();
+    d.add(&mut s, seq(2, vec![3, 4], 20, 0)).unwrap();
+    d.step(&mut s);
+    let len = |s: &Scheduler, id| s.tokens(id).unwrap().len();
+    assert_eq!((len(&s, 1), len(&s, 2)), (3, 3), "both decode now");
+
+    // Two real decode tokens leave 3 of the 5: four drafts do not fit, and the
+    // higher-priority sequence's drafts never take the other one's token.
+    let guess = model_chain(s.tokens(1).unwrap(), 4);
+    assert!(s.set_draft(1, &guess));
+    assert_eq!(len(&s, 1), 3 + 4);
+    let plan = d.step(&mut s);
+    let chunk = |plan: &StepPlan, id| plan.chunks.iter().find(|c| c.id == id).cloned();
+    let one = chunk(&plan, 1).unwrap();
+    assert_eq!((one.len, one.draft, one.sample), (1, 0, true));
+    assert_eq!(chunk(&plan, 2).unwrap().len, 1);
+    assert_eq!(len(&s, 1), 4, "dropped drafts leave the tokens");
+    assert_eq!(plan.num_draft_tokens(), 0);
+
+    // Three drafts fill the budget exactly; right ones are all accepted.
+    let guess = model_chain(s.tokens(1).unwrap(), 3);
+    assert!(s.set_draft(1, &guess));
+    let plan = d.step(&mut s);
+    let one = chunk(&plan, 1).unwrap();
+    assert_eq!((one.len, one.draft, one.sample), (4, 3, true));
+    assert_eq!(chunk(&plan, 2).unwrap().len, 1);
+    assert_eq!((plan.num_tokens(), plan.num_draft_tokens()), (5, 3));
     assert_eq!(
-        roomy, tight,
-        "recompute after preemption gives the same outputs"
+        len(&s, 1),
+        4 + 4,
+        "three accepted drafts and the model's token"
     );
+    d.run(&mut s);
+
+    let mut plain = Driver::new();
+    let mut s = scheduler(100, 4, SchedulerConfig::default());
+    plain.add(&mut s, seq(1, vec![1, 2], 20, 1)).unwrap();
+    plain.add(&mut s, seq(2, vec![3, 4], 20, 0)).unwrap();
+    plain.run(&mut s);
+    assert_eq!(d.outputs, plain.outputs);
+}
+
+#[test]
+fn drafts_never_preempt_and_are_dropped_when_blocks_are_short() {
+    // 4 blocks of 4 tokens, all held once both prompts are in: 1 (5 tokens, room up
+    // to position 7) and 2 (6 tokens).
+    let workload = || [seq(1, vec![1; 5], 10, 0), seq(2, vec![2; 6], 10, 0)];
+    let mut s = scheduler(4, 4, SchedulerConfig::default());
+    let mut d = Driver::new();
+    for n in workload() {
+        d.add(&mut s, n).unwrap();
+    }
+    d.step(&mut s);
+    let stats = s.kv_stats();
+    assert_eq!((stats.free_blocks, stats.cached_blocks), (0, 0));
+
+    // Drafts at positions 6..=8 would need a fifth block: dropped, nobody preempted.
+    let guess = model_chain(s.tokens(1).unwrap(), 3);
+    assert!(s.set_draft(1, &guess));
+    let plan = d.step(&mut s);
+    assert!(plan.preempted.is_empty() && s.preemptions_total() == 0);
+    assert_eq!(plan.chunks.len(), 2, "both sequences decode");
+    assert!(plan.chunks.iter().all(|c| c.len == 1 && c.draft == 0));
+    assert_eq!(s.tokens(1).unwrap().len(), 7);
+
+    // One draft at position 7 fits in the block it already holds.
+    let guess = model_chain(s.tokens(1).unwrap(), 1);
+    assert!(s.set_draft(1, &guess));
+    let plan = d.step(&mut s);
+    assert!(plan.preempted.is_empty());
+    let one = plan.chunks.iter().find(|c| c.id == 1).unwrap();
+    assert_eq!((one.len, one.draft), (2, 1));
+    d.run(&mut s);
+
+    let mut plain = Driver::new();
+    let mut s = scheduler(4, 4, SchedulerConfig::default());
+    for n in workload() {
+        plain.add(&mut s, n).unwrap();
+    }
+    plain.run(&mut s);
+    assert_eq!(d.outputs, plain.outputs);
+}
+
+#[test]
+fn rejected_drafts_never_reach_the_prefix_cache() {
+    let mut s = scheduler(100, 4, SchedulerConfig::default());
+    let mut d = Driver::new();
+    d.add(&mut s, seq(1, (10..17).collect(), 10, 0)).unwrap();
+    d.step(&mut s);
+    // The token at position 7 is pending. Drafts at 8..=11: the first is right.
+    let tokens = s.tokens(1).unwrap().to_vec();
+    let right = model_chain(&tokens, 1)[0];
+    let wrong = [(right + 1) % 1000, 3, 3];
+    assert!(s.set_draft(1, &[&[right][..], &wrong].concat()));
+    let plan = d.step(&mut s);
+    assert_eq!(plan.chunks[0].draft, 4);
+    // Block 2 (positions 8..=11) mixes the accepted draft with rejected ones.
+    let after = s.tokens(1).unwrap();
+    assert_eq!(after.len(), 10, "one accepted draft and the model's token");
+    assert_eq!(after[8], right);
+    assert_ne!(after[9], wrong[0]);
+
+    // A prompt that continues with the rejected drafts hits only the real blocks.
+    let rejected_prompt = [&tokens[..], &[right], &wrong, &[5]].concat();
+    d.add(&mut s, seq(2, rejected_prompt, 3, 0)).unwrap();
+    d.step(&mut s);
+    assert_eq!(s.cached_tokens(2), Some(8));
+    d.run(&mut s);
+    assert_eq!(s.kv_stats().used_blocks, 0);
+}
+
+#[test]
+fn set_draft_only_attaches_to_a_decoding_sequence() {
+    let config = SchedulerConfig {
+        max_batch_tokens: 8,
+        max_running: 1,
+        ..Default::default()
+    };
+    let mut s = scheduler(100, 4, config);
+    let mut d = Driver::new();
+    d.add(&mut s, seq(1, (0..12).collect(), 10, 0)).unwrap();
+    d.add(&mut s, seq(2, vec![7; 3], 10, 0)).unwrap();
+    assert!(!s.set_draft(9, &[1]), "unknown sequence");
+    assert!(!s.set_draft(1, &[1]), "waiting sequence");
+    d.step(&mut s);
+    assert!(!s.set_draft(1, &[1]), "sequence in prefill");
+    assert!(!s.set_draft(2, &[1]), "waiting sequence");
+    d.step(&mut s);
+    assert_eq!(s.tokens(1).unwrap().len(), 13);
+
+    assert!(s.set_draft(1, &[4, 4, 4]));
+    assert!(s.set_draft(1, &[5, 5]), "drafts are replaced");
+    assert_eq!(s.tokens(1).unwrap()[13..], [5, 5]);
+    let plan = s.schedule();
+    assert_eq!(plan.chunks[0].draft, 2);
+    assert!(!s.set_draft(1, &[6]), "drafts already scheduled");
+    d.forward(&s, &plan);
+    s.complete_step(&plan);
+    assert!(!s.set_draft(1, &[6]), "drafts awaiting verification");
+    assert!(!s.accept_draft(2, 0), "no drafts to verify");
+    // A token appended without verification rejects every draft.
+    s.append_token(1, 42);
+    assert_eq!(s.tokens(1).unwrap().len(), 14);
+    assert_eq!(s.tokens(1).unwrap()[13], 42);
+    assert!(!s.accept_draft(1, 0));
+    s.check_invariants();
+    assert!(s.set_draft(1, &[]), "an empty draft clears");
+    s.check_invariants();
+}
+
+#[test]
+#[should_panic(expected = "accepting 3 of 2 draft tokens")]
+fn accepting_more_than_the_drafts_is_a_bug() {
+    let mut s = scheduler(100, 4, SchedulerConfig::default());
+    let mut d = Driver::new();
+    d.add(&mut s, seq(1, vec![1; 3], 10, 0)).unwrap();
+    d.step(&mut s);
+    assert!(s.set_draft(1, &[1, 2]));
+    let plan = s.schedule();
+    s.complete_step(&plan);
+    s.accept_draft(1, 3);
 }
 
 #[test]
@@ -337,6 +648,7 @@ fn cancel_frees_blocks_in_any_state() {
 fn random_workloads_keep_every_invariant() {
     let mut rng = StdRng::seed_from_u64(11);
     let (mut preemptions, mut hits) = (0, 0);
+    let (mut accepted, mut rejected) = (0, 0);
     for round in 0..20 {
         let total_blocks = rng.gen_range(8..64);
         let config = SchedulerConfig {
@@ -346,7 +658,11 @@ fn random_workloads_keep_every_invariant() {
             max_prefill_tokens_while_decoding: [None, Some(1), Some(5)][round % 3],
         };
         let mut s = scheduler(total_blocks, 4, config);
-        let mut d = Driver::new();
+        let mut d = if round % 2 == 1 {
+            Driver::speculative(round as u64)
+        } else {
+            Driver::new()
+        };
         let prefixes: Vec<Vec<u32>> = (0..3)
             .map(|p| (0..rng.gen_range(0..20)).map(|i| p * 100 + i).collect())
             .collect();
@@ -387,9 +703,17 @@ fn random_workloads_keep_every_invariant() {
         assert_eq!(stats.free_blocks + stats.cached_blocks, stats.total_blocks);
         preemptions += s.preemptions_total();
         hits += stats.prefix_hits_total;
+        if let Some(spec) = &d.spec {
+            accepted += spec.accepted;
+            rejected += spec.drafted - spec.accepted;
+        }
     }
     assert!(
         preemptions > 0 && hits > 0,
         "the workload must exercise preemption ({preemptions}) and prefix hits ({hits})"
+    );
+    assert!(
+        accepted > 0 && rejected > 0,
+        "drafts must be accepted ({accepted}) and rejected ({rejected})"
     );
 }
