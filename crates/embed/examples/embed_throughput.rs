@@ -6,7 +6,7 @@
 //!
 //! Flags: `--threads N` (kernel worker pool size, default 1), `--secs S` (time
 //! spent on each measurement, default 3), `--model DIR` (default: minilm-l6 in the
-//! models folder), `--precision f32|bf16` (default: bf16 where the CPU has
+//! models folder), `--precision f32|bf16|q8` (default: bf16 where the CPU has
 //! AVX512-BF16). Sentences are "Sentence number {i}: the quick brown fox jumps
 //! over the lazy dog." (about 16 tokens with [CLS] and [SEP]).
 
@@ -27,14 +27,10 @@ fn main() {
             "--secs" => secs = value().parse().expect("--secs takes seconds"),
             "--model" => model = Some(std::path::PathBuf::from(value())),
             "--precision" => {
-                precision = Some(match value().as_str() {
-                    "f32" => Precision::F32,
-                    "bf16" => Precision::Bf16,
-                    other => panic!("--precision takes f32 or bf16, not {other}"),
-                })
+                precision = Some(value().parse::<Precision>().unwrap_or_else(|e| panic!("--precision: {e}")))
             }
             other => panic!(
-                "unknown flag {other} (flags: --threads N, --secs S, --model DIR, --precision f32|bf16)"
+                "unknown flag {other} (flags: --threads N, --secs S, --model DIR, --precision f32|bf16|q8)"
             ),
         }
     }

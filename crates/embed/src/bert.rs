@@ -24,6 +24,8 @@ use inferd_kernels::bf16::{self, matmul_bf16_on, Bf16Matrix};
 use inferd_kernels::dot::{dot_f32_f32, weighted_rows};
 use inferd_kernels::matmul::matmul_many_on;
 use inferd_kernels::ops::softmax;
+use inferd_kernels::packed::PackedMatrix;
+use inferd_kernels::quant::quantize_q8_0;
 use inferd_kernels::{Activations, Isa, Precision as KernelPrecision, WeightMatrix};
 use safetensors::{Dtype, SafeTensors};
 
@@ -44,13 +46,21 @@ const ROWS_PER_TASK: usize = 16;
 
 /// A dense layer `y = x · Wᵀ + b` (torch's `nn.Linear`): W is `[rows, cols]`, row
 /// major, read in place from the mapped file; the bias is copied out. With
-/// [`Precision::Bf16`], W is also kept rounded to bf16 in the kernel's layout.
+/// [`Precision::Bf16`], W is also kept rounded to bf16 in the kernel's layout;
+/// with [`Precision::Q8`], quantized to Q8_0 blocks and packed.
 struct Linear {
     rows: usize,
     cols: usize,
     bytes: Range<usize>,
     bias: Vec<f32>,
     bf16: Option<Bf16Matrix>,
+    q8: Option<Q8Weights>,
+}
+
+/// A dense layer's weights as Q8_0 bytes and the kernels' packed copy of them.
+struct Q8Weights {
+    bytes: Vec<u8>,
+    packed: PackedMatrix,
 }
 
 /// The arithmetic of the dense layers (the matmuls: nearly all of the work).
@@ -62,6 +72,11 @@ pub enum Precision {
     /// (`inferd_kernels::bf16`): twice the multiply-adds per instruction on CPUs
     /// with AVX512-BF16, within a cosine of 0.99995 of f32 on all-MiniLM-L6-v2.
     Bf16,
+    /// Weights quantized to 8 bits (Q8_0 blocks, a quarter of f32's bytes),
+    /// activations to two 8-bit planes, integer dot products on the chat models'
+    /// kernels: for CPUs without AVX512-BF16, where single short queries are
+    /// bound by streaming the weights from memory.
+    Q8,
 }
 
 impl Precision {
@@ -78,7 +93,20 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Q8 => "q8",
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `bf16` or `q8`.
+    fn from_str(s: &str) -> std::result::Result<Precision, String> {
+        [Precision::F32, Precision::Bf16, Precision::Q8]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("{s:?} is not one of f32, bf16, q8"))
     }
 }
 
@@ -192,6 +220,7 @@ impl Loader<'_> {
             bytes: self.tensor(&format!("{name}.weight"), &[rows, cols])?,
             bias: self.vector(&format!("{name}.bias"), rows)?,
             bf16: None,
+            q8: None,
         })
     }
 
@@ -295,10 +324,27 @@ impl Bert {
         }
     }
 
-    /// Switches the dense layers' arithmetic, rounding the weights to bf16 the
-    /// first time (about 45 MB for all-MiniLM-L6-v2). Fails, changing nothing,
-    /// where the kernel path has no bf16 kernel.
+    /// Switches the dense layers' arithmetic, rounding the weights to bf16 (about
+    /// 45 MB for all-MiniLM-L6-v2) or quantizing them to Q8_0 (about 2 × 23 MB
+    /// with the packed copy) the first time. Fails, changing nothing, where the
+    /// kernel path has no bf16 kernel.
     pub fn set_precision(&mut self, precision: Precision) -> std::result::Result<(), String> {
+        if precision == Precision::Q8 {
+            let mmap = &self.mmap;
+            for layer in &mut self.layers {
+                for l in layer.linears_mut() {
+                    if l.q8.is_none() {
+                        let w: Vec<f32> = f32s(&mmap[l.bytes.clone()]).collect();
+                        let bytes = quantize_q8_0(&w);
+                        let packed = WeightMatrix::new(GgmlType::Q8_0, l.rows, l.cols, &bytes)
+                            .ok()
+                            .and_then(|m| PackedMatrix::pack(&m))
+                            .expect("weight shapes were checked at load: this is a bug");
+                        l.q8 = Some(Q8Weights { bytes, packed });
+                    }
+                }
+            }
+        }
         if precision == Precision::Bf16 {
             if !bf16::supported(self.isa) {
                 return Err(format!(
@@ -324,9 +370,16 @@ impl Bert {
         Ok(())
     }
 
-    fn w<'a>(&'a self, l: &Linear) -> WeightMatrix<'a> {
-        WeightMatrix::new(GgmlType::F32, l.rows, l.cols, &self.mmap[l.bytes.clone()])
-            .expect("weight shapes were checked at load: this is a bug")
+    /// The kernels' view of a layer's weights in this model's precision (f32 or Q8).
+    fn w<'a>(&'a self, l: &'a Linear) -> WeightMatrix<'a> {
+        let shape = "weight shapes were checked at load: this is a bug";
+        match (&l.q8, self.precision) {
+            (Some(q), Precision::Q8) => WeightMatrix::new(GgmlType::Q8_0, l.rows, l.cols, &q.bytes)
+                .and_then(|m| m.with_packed(&q.packed))
+                .expect(shape),
+            _ => WeightMatrix::new(GgmlType::F32, l.rows, l.cols, &self.mmap[l.bytes.clone()])
+                .expect(shape),
+        }
     }
 
     /// `outs[m] = x · Wmᵀ + bm` for layers sharing their input (Q, K and V), in
@@ -348,7 +401,7 @@ impl Bert {
                 .expect("matmul shapes are fixed by the model: this is a bug");
             return;
         }
-        self.linear_f32(ls, x, n, outs);
+        self.linear_dense(ls, x, n, outs);
         for (l, out) in ls.iter().zip(outs.iter_mut()) {
             for row in out.chunks_exact_mut(l.rows) {
                 add_into(row, &l.bias);
@@ -356,20 +409,20 @@ impl Bert {
         }
     }
 
-    /// The f32 matmuls of [`Bert::linear`], each slice of [`TOKENS_PER_MATMUL`]
-    /// tokens as one parallel job.
-    fn linear_f32(&self, ls: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
+    /// The f32 or Q8 matmuls of [`Bert::linear`], each slice of
+    /// [`TOKENS_PER_MATMUL`] tokens as one parallel job.
+    fn linear_dense(&self, ls: &[&Linear], x: &[f32], n: usize, outs: &mut [&mut [f32]]) {
         let cols = ls[0].cols;
         let ws: Vec<WeightMatrix> = ls.iter().map(|l| self.w(l)).collect();
+        let activations = match self.precision {
+            Precision::Q8 => KernelPrecision::Q8x2,
+            _ => KernelPrecision::F32,
+        };
         let mut t0 = 0;
         while t0 < n {
             let t1 = (t0 + TOKENS_PER_MATMUL).min(n);
-            let mut acts = Activations::with_precision(
-                &x[t0 * cols..t1 * cols],
-                t1 - t0,
-                cols,
-                KernelPrecision::F32,
-            );
+            let mut acts =
+                Activations::with_precision(&x[t0 * cols..t1 * cols], t1 - t0, cols, activations);
             let mut part: Vec<&mut [f32]> = outs
                 .iter_mut()
                 .zip(ls)

@@ -78,7 +78,7 @@ impl Embedder {
     }
 
     /// The dense layers' arithmetic: [`Precision::Bf16`] where the CPU has
-    /// AVX512-BF16, else [`Precision::F32`]; `INFERD_EMBED_PRECISION=f32|bf16`
+    /// AVX512-BF16, else [`Precision::F32`]; `INFERD_EMBED_PRECISION=f32|bf16|q8`
     /// chooses at load.
     pub fn precision(&self) -> Precision {
         self.bert.precision()
@@ -182,18 +182,14 @@ impl Embedder {
 
 const PRECISION_VAR: &str = "INFERD_EMBED_PRECISION";
 
-/// `INFERD_EMBED_PRECISION` when set: `f32` or `bf16`.
+/// `INFERD_EMBED_PRECISION` when set: `f32`, `bf16` or `q8`.
 fn precision_from_env() -> Result<Option<Precision>> {
     match std::env::var(PRECISION_VAR) {
         Err(_) => Ok(None),
-        Ok(v) => match v.as_str() {
-            "f32" => Ok(Some(Precision::F32)),
-            "bf16" => Ok(Some(Precision::Bf16)),
-            other => Err(EmbedError::Precision {
-                var: PRECISION_VAR,
-                what: format!("{other:?} is not one of f32, bf16"),
-            }),
-        },
+        Ok(v) => v.parse().map(Some).map_err(|what| EmbedError::Precision {
+            var: PRECISION_VAR,
+            what,
+        }),
     }
 }
 

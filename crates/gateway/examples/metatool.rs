@@ -13,7 +13,7 @@
 //! tool and its examples), p50 and p99 over 500 test queries.
 //!
 //!     cargo run --release -p inferd-gateway --example metatool -- \
-//!         --data ../shared/data/metatool --threads 2
+//!         --data ../shared/data/metatool --threads 2 [--train N] [--test N] [--precision f32|bf16|q8]
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -36,6 +36,8 @@ fn main() {
     let mut data = std::path::PathBuf::from("../shared/data/metatool");
     let mut threads = 2usize;
     let mut train = 5usize;
+    let mut precision = None;
+    let mut test_cap = usize::MAX;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().expect("a value after the flag");
@@ -43,7 +45,17 @@ fn main() {
             "--data" => data = value().into(),
             "--threads" => threads = value().parse().expect("a number"),
             "--train" => train = value().parse().expect("a number"),
-            other => panic!("unknown flag {other} (flags: --data DIR, --threads N, --train N)"),
+            "--test" => test_cap = value().parse().expect("a number"),
+            "--precision" => {
+                precision = Some(
+                    value()
+                        .parse::<inferd_embed::Precision>()
+                        .unwrap_or_else(|e| panic!("--precision: {e}")),
+                )
+            }
+            other => panic!(
+                "unknown flag {other} (flags: --data DIR, --threads N, --train N, --test N, --precision f32|bf16|q8)"
+            ),
         }
     }
     let threads = inferd_kernels::pool::init_global(threads);
@@ -105,6 +117,9 @@ fn main() {
             test.push(r);
         }
     }
+    // The test part is the rows left after the examples, in the seeded order;
+    // `--test N` keeps the first N of them.
+    test.truncate(test_cap);
     println!(
         "{} labelled examples ({train} per tool), {} test queries",
         examples.len(),
@@ -112,6 +127,17 @@ fn main() {
     );
 
     let model = Embedder::load(inferd_testutil::minilm_path()).expect("the model loads");
+    let model = match precision {
+        Some(p) => model
+            .with_precision(p)
+            .unwrap_or_else(|| panic!("this CPU has no {} kernel", p.name())),
+        None => model,
+    };
+    println!(
+        "all-MiniLM-L6-v2 on kernels {} {}",
+        model.isa().name(),
+        model.precision().name()
+    );
     let embed = |texts: Vec<&str>| -> Vec<Vec<f32>> {
         texts
             .chunks(128)

@@ -124,6 +124,25 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Quantizes f32 weights (length a multiple of 32) to Q8_0 blocks, ggml's byte
+/// layout: per 32 weights the scale `d = max|x| / 127` as f16, then each weight
+/// rounded to the nearest multiple of `d` as an i8 (ggml's reference rounding).
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    assert!(
+        x.len().is_multiple_of(QK),
+        "Q8_0 rows are whole 32-weight blocks"
+    );
+    let mut out = Vec::with_capacity(x.len() / QK * 34);
+    for block in x.chunks_exact(QK) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
+}
+
 /// Dequantizes one row (`out.len()` weights) of type `ty` from its raw bytes.
 /// This is the definition every kernel is checked against.
 pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
@@ -247,6 +266,27 @@ mod tests {
             let sum: f32 = (0..32).map(|i| b[0].value(i)).sum();
             assert!((b[0].sum - sum).abs() <= 1e-5 * (1.0 + sum.abs()));
         }
+    }
+
+    #[test]
+    fn q8_0_weights_round_trip_within_half_a_step() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        let bytes = quantize_q8_0(&x);
+        assert_eq!(bytes.len(), 3 * 34);
+        let mut back = vec![0f32; x.len()];
+        dequantize_row(GgmlType::Q8_0, &bytes, &mut back);
+        for (b, blk) in x.chunks(QK).enumerate() {
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // Half a step of the f32 scale, plus the f16 rounding of the scale.
+            let tol = 0.5 * amax / 127.0 + amax * 1e-3;
+            for (i, &v) in blk.iter().enumerate() {
+                let got = back[b * QK + i];
+                assert!((got - v).abs() <= tol, "{b}/{i}: {got} vs {v}");
+            }
+        }
+        assert!(quantize_q8_0(&[0.0; 32]).iter().all(|&b| b == 0));
     }
 
     #[test]
