@@ -56,6 +56,22 @@ pub struct EngineSettings {
     pub kv_cache_mib: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_caching: Option<bool>,
+    /// Speculative decoding by prompt lookup: `off` (default), `adaptive`
+    /// (drafts only what the step-cost model says pays), `always` (to measure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<SpeculationMode>,
+    /// The longest draft per sequence and step (1..=8, default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_max_draft: Option<usize>,
+}
+
+/// The `speculation` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpeculationMode {
+    Off,
+    Adaptive,
+    Always,
 }
 
 impl EngineSettings {
@@ -70,6 +86,8 @@ impl EngineSettings {
                 .or(base.max_prefill_tokens_while_decoding),
             kv_cache_mib: self.kv_cache_mib.or(base.kv_cache_mib),
             prefix_caching: self.prefix_caching.or(base.prefix_caching),
+            speculation: self.speculation.or(base.speculation),
+            spec_max_draft: self.spec_max_draft.or(base.spec_max_draft),
         }
     }
 
@@ -88,6 +106,17 @@ impl EngineSettings {
             },
             kv_cache_mib: self.kv_cache_mib.unwrap_or(d.kv_cache_mib),
             enable_prefix_caching: self.prefix_caching.unwrap_or(d.enable_prefix_caching),
+            speculation: match self.speculation.unwrap_or(SpeculationMode::Off) {
+                SpeculationMode::Off => None,
+                mode => {
+                    let spec = inferd_engine::SpecConfig::default();
+                    Some(inferd_engine::SpecConfig {
+                        adaptive: mode == SpeculationMode::Adaptive,
+                        max_draft: self.spec_max_draft.unwrap_or(spec.max_draft),
+                        ..spec
+                    })
+                }
+            },
             ..d
         }
     }
@@ -102,8 +131,32 @@ pub struct ModelSettings {
     /// The id clients send in `model`; default: the alias, or the file's stem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An embedding model's arithmetic: `f32`, `bf16` (needs AVX512-BF16) or
+    /// `q8` (8-bit weights: about twice as fast without AVX512-BF16, cosine
+    /// ≥ 0.999 to f32); default: bf16 where the CPU has AVX512-BF16, else f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<EmbedPrecision>,
     #[serde(flatten)]
     pub engine: EngineSettings,
+}
+
+/// The `precision` of an embedding model's `[[models]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedPrecision {
+    F32,
+    Bf16,
+    Q8,
+}
+
+impl From<EmbedPrecision> for inferd_embed::Precision {
+    fn from(p: EmbedPrecision) -> inferd_embed::Precision {
+        match p {
+            EmbedPrecision::F32 => inferd_embed::Precision::F32,
+            EmbedPrecision::Bf16 => inferd_embed::Precision::Bf16,
+            EmbedPrecision::Q8 => inferd_embed::Precision::Q8,
+        }
+    }
 }
 
 impl ModelSettings {
@@ -765,6 +818,8 @@ const ENV_KEYS: &[&str] = &[
     "max_prefill_tokens_while_decoding",
     "kv_cache_mib",
     "prefix_caching",
+    "speculation",
+    "spec_max_draft",
 ];
 
 impl ServeConfig {
@@ -800,6 +855,7 @@ impl ServeConfig {
                     .clone()
                     .unwrap_or_else(|| registry::DEFAULT_MODEL.to_owned()),
                 name: None,
+                precision: None,
                 engine: EngineSettings::default(),
             }]
         } else {

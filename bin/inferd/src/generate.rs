@@ -98,6 +98,12 @@ pub struct EngineArgs {
     /// beyond --max-batch-tokens].
     #[arg(long, env = "INFERD_MAX_PREFILL_TOKENS_WHILE_DECODING")]
     pub max_prefill_tokens_while_decoding: Option<usize>,
+    /// Speculative decoding by prompt lookup [default: off].
+    #[arg(long, env = "INFERD_SPECULATION", value_enum)]
+    pub speculation: Option<crate::config::SpeculationMode>,
+    /// The longest draft per sequence and step (1..=8) [default: 6].
+    #[arg(long, env = "INFERD_SPEC_MAX_DRAFT")]
+    pub spec_max_draft: Option<usize>,
 }
 
 impl EngineArgs {
@@ -110,6 +116,8 @@ impl EngineArgs {
             max_prefill_tokens_while_decoding: self.max_prefill_tokens_while_decoding,
             kv_cache_mib: self.kv_cache_mib,
             prefix_caching: self.no_prefix_caching.then_some(false),
+            speculation: self.speculation,
+            spec_max_draft: self.spec_max_draft,
         }
         .engine_config();
         config.validate()?;

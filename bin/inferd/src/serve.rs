@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// beyond --max-batch-tokens].
     #[arg(long)]
     max_prefill_tokens_while_decoding: Option<usize>,
+    /// Speculative decoding by prompt lookup, every model: `adaptive` drafts
+    /// what the step-cost model says pays, `always` whatever it finds [default: off].
+    #[arg(long, value_enum)]
+    speculation: Option<crate::config::SpeculationMode>,
+    /// The longest draft per sequence and step (1..=8), every model [default: 6].
+    #[arg(long)]
+    spec_max_draft: Option<usize>,
 }
 
 impl ServeArgs {
@@ -101,6 +108,8 @@ impl ServeArgs {
             "prefix_caching",
             self.no_prefix_caching.then_some(json!(false)),
         );
+        put("speculation", self.speculation.map(|v| json!(v)));
+        put("spec_max_draft", self.spec_max_draft.map(|v| json!(v)));
         Value::Object(m)
     }
 
@@ -112,11 +121,13 @@ impl ServeArgs {
                 Some((name, model)) if !name.is_empty() && !model.is_empty() => ModelSettings {
                     model: model.to_owned(),
                     name: Some(name.to_owned()),
+                    precision: None,
                     engine: EngineSettings::default(),
                 },
                 _ => ModelSettings {
                     model: m.clone(),
                     name: None,
+                    precision: None,
                     engine: EngineSettings::default(),
                 },
             })
@@ -143,12 +154,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.validate()?;
     let threads = init_threads(config.threads)?;
     // Resolve every model before binding, so a missing file fails at once.
-    let models: Vec<(String, PathBuf, EngineConfig)> = config
+    let models: Vec<ModelToLoad> = config
         .models()
         .into_iter()
         .map(|(m, engine)| {
             let path = registry::resolve(&m.model, args.fetch, "python3")?;
-            Ok((m.name(), path, engine))
+            Ok(ModelToLoad {
+                name: m.name(),
+                path,
+                engine,
+                precision: m.precision.map(Into::into),
+            })
         })
         .collect::<Result<_>>()?;
     let upstreams = config
@@ -195,7 +211,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tracing::info!(%local, models = models.len(), upstreams = upstreams.len(), "listening; loading");
         let names: Vec<String> = models
             .iter()
-            .map(|m| m.0.clone())
+            .map(|m| m.name.clone())
             .chain(upstreams.iter().map(|u| u.name.clone()))
             .chain(gateway.tiers.iter().map(|t| t.name.clone()))
             .chain((!gateway.tiers.is_empty()).then(|| gateway.routing.name.clone()))
@@ -441,22 +457,46 @@ fn build_gateway(
     ))
 }
 
+/// A `[[models]]` entry resolved to its file or directory.
+struct ModelToLoad {
+    name: String,
+    path: PathBuf,
+    engine: EngineConfig,
+    /// An embedding model's arithmetic, when the entry sets one.
+    precision: Option<inferd_embed::Precision>,
+}
+
 fn load_all(
-    models: Vec<(String, PathBuf, EngineConfig)>,
+    models: Vec<ModelToLoad>,
     upstreams: Vec<inferd_gateway::UpstreamConfig>,
     gateway: GatewayPlan,
     options: ServerOptions,
 ) -> Result<axum::Router> {
-    let local_names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+    let local_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
-    for (name, path, config) in models {
+    for ModelToLoad {
+        name,
+        path,
+        engine: config,
+        precision,
+    } in models
+    {
         let started = Instant::now();
         if path.is_dir() {
             // A model directory (safetensors + tokenizer.json): an embedding model.
-            let embedder = inferd_embed::Embedder::load(&path)
+            let mut embedder = inferd_embed::Embedder::load(&path)
                 .with_context(|| format!("cannot load the embedding model {}", path.display()))?;
+            if let Some(p) = precision {
+                embedder = embedder.with_precision(p).with_context(|| {
+                    format!(
+                        "model {name}: precision {} needs AVX512-BF16, which this CPU lacks",
+                        p.name()
+                    )
+                })?;
+            }
             tracing::info!(
                 model = %name,
+                precision = %embedder.precision().name(),
                 dims = embedder.dims(),
                 max_tokens = embedder.max_tokens(),
                 rss_mib = rss_mib().unwrap_or(0),
@@ -465,6 +505,12 @@ fn load_all(
             );
             backends.push(Arc::new(EmbeddingBackend::start(name, Arc::new(embedder))));
             continue;
+        }
+        if precision.is_some() {
+            anyhow::bail!(
+                "model {name}: `precision` applies to embedding models; {} is a GGUF chat model",
+                path.display()
+            );
         }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tracing::info!(model = %name, file = %path.display(), file_mib = bytes >> 20, "loading weights and tokenizer");

@@ -28,6 +28,8 @@ use inferd_protocol::{
 };
 
 pub use embedding::{EmbeddingBackend, EmbeddingModel};
+/// The longest speculative draft (positions of `EngineStats::spec_accepted_at_total`).
+pub use inferd_engine::spec::MAX_DRAFT;
 pub use local::LocalBackend;
 pub use stop::StopMatcher;
 pub use test_backend::{Script, TestBackend};
@@ -202,6 +204,12 @@ pub struct EngineStats {
     pub kv_evictions_total: u64,
     pub preemptions_total: u64,
     pub step_failures_total: u64,
+    pub spec_draft_tokens_total: u64,
+    pub spec_accepted_tokens_total: u64,
+    pub spec_verify_steps_total: u64,
+    /// Drafts accepted at each draft position (0 = the first drafted token).
+    pub spec_accepted_at_total: [u64; MAX_DRAFT],
+    pub spec_draft_ns_total: u64,
 }
 
 /// What a labelled example labels (`POST /v1/intent/feedback`).

@@ -148,6 +148,13 @@ impl Backend for LocalBackend {
             kv_evictions_total: g.kv_evictions_total.load(Relaxed),
             preemptions_total: g.preemptions_total.load(Relaxed),
             step_failures_total: g.step_failures_total.load(Relaxed),
+            spec_draft_tokens_total: g.spec_draft_tokens_total.load(Relaxed),
+            spec_accepted_tokens_total: g.spec_accepted_tokens_total.load(Relaxed),
+            spec_verify_steps_total: g.spec_verify_steps_total.load(Relaxed),
+            spec_accepted_at_total: std::array::from_fn(|i| {
+                g.spec_accepted_at_total[i].load(Relaxed)
+            }),
+            spec_draft_ns_total: g.spec_draft_ns_total.load(Relaxed),
         })
     }
 
@@ -779,6 +786,8 @@ fn timings_of(
         cached_prompt_tokens: cached_tokens,
         preemptions: t.preemptions,
         mask_ms: (t.masks > 0).then(|| ms(t.mask)),
+        spec_draft_tokens: (t.spec_draft_tokens > 0).then_some(t.spec_draft_tokens),
+        spec_accepted_tokens: (t.spec_draft_tokens > 0).then_some(t.spec_accepted_tokens),
     }
 }
 

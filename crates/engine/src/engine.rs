@@ -6,7 +6,9 @@
 //! blocks are freed) → plan a step → one ragged forward over every scheduled
 //! sequence's new tokens (decodes and prefill chunks together, one pass over the
 //! weights) → sample for the sequences that reached their last token → emit →
-//! retire finished sequences. The handle follows the actor pattern (TGI's queue):
+//! retire finished sequences → draft the next tokens of the sequences that
+//! speculate (`spec`), verified in the next step's forward with everyone else's
+//! decode tokens. The handle follows the actor pattern (TGI's queue):
 //! commands over a channel, the state owned by one thread.
 //!
 //! **Panic boundary.** Forward, sampling and emitting run under `catch_unwind`: a
@@ -26,7 +28,8 @@ use std::time::{Duration, Instant};
 use inferd_kvcache::{stable_hash_bytes, KvCacheManager, PrefixCacheConfig};
 use inferd_model::{KvStore, Logits, LogitsRequest, SeqBatch};
 use inferd_scheduler::{
-    FinishedSequence, NewSequence, Scheduler, SchedulerConfig, SchedulerError, SeqId, StepPlan,
+    FinishedSequence, NewSequence, ScheduledChunk, Scheduler, SchedulerConfig, SchedulerError,
+    SeqId, StepPlan,
 };
 use inferd_tokenizer::Detokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
@@ -35,6 +38,7 @@ use crate::constraint::ConstraintState;
 use crate::error::{EngineError, Result};
 use crate::loader::LoadedModel;
 use crate::sampling::{logprobs, Logprobs, Sampler};
+use crate::spec::{worth_drafting, DraftState, Proposer, SpecConfig, StepCost, MAX_DRAFT};
 use crate::stream::{
     Command, EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage,
 };
@@ -56,6 +60,9 @@ pub struct EngineConfig {
     /// not use, else on the pool — a third busy thread on a fully used machine
     /// would steal time slices from the pool's spinning workers.
     pub overlap_masks: Option<bool>,
+    /// Speculative decoding (`spec`): `None` (default) decodes one token per
+    /// sequence and step.
+    pub speculation: Option<SpecConfig>,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +73,7 @@ impl Default for EngineConfig {
             block_size: 16,
             enable_prefix_caching: true,
             overlap_masks: None,
+            speculation: None,
         }
     }
 }
@@ -83,6 +91,9 @@ impl EngineConfig {
                 "`block_size` must be in 1..=1024, got {}",
                 self.block_size
             )));
+        }
+        if let Some(spec) = &self.speculation {
+            spec.validate().map_err(EngineError::Config)?;
         }
         Ok(())
     }
@@ -112,6 +123,14 @@ pub struct EngineGauges {
     /// (0 until such a step ran).
     pub prefill_ns_per_token: AtomicU64,
     pub decode_step_ns: AtomicU64,
+    /// Speculation: tokens drafted, drafts accepted, steps that verified
+    /// drafts, drafts accepted at each draft position (0 = the first drafted
+    /// token), and time spent drafting.
+    pub spec_draft_tokens_total: AtomicU64,
+    pub spec_accepted_tokens_total: AtomicU64,
+    pub spec_verify_steps_total: AtomicU64,
+    pub spec_accepted_at_total: [AtomicU64; MAX_DRAFT],
+    pub spec_draft_ns_total: AtomicU64,
 }
 
 impl EngineGauges {
@@ -232,6 +251,10 @@ struct Active {
     /// Until they are sent with the first token.
     prompt_logprobs: Option<PromptLogprobs>,
     constraint: Option<ConstraintState>,
+    /// Speculation state; `None` when the request does not speculate.
+    draft: Option<DraftState>,
+    spec_drafted: usize,
+    spec_accepted: usize,
 }
 
 /// Prompt log-probabilities being collected over a request's prefill chunks.
@@ -281,6 +304,11 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
     });
     let state = EngineLoop {
         overlap_masks,
+        spec: config.speculation.clone().map(|config| Speculation {
+            config,
+            cost: StepCost::default(),
+            scratch: Vec::new(),
+        }),
         model,
         scheduler,
         kv,
@@ -302,11 +330,20 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
 struct EngineLoop {
     /// See [`EngineConfig::overlap_masks`].
     overlap_masks: bool,
+    spec: Option<Speculation>,
     model: LoadedModel,
     scheduler: Scheduler,
     kv: KvStore,
     active: HashMap<SeqId, Active>,
     gauges: Arc<EngineGauges>,
+}
+
+/// The engine's speculation: its settings and the step-time fit that decides
+/// how much drafting pays.
+struct Speculation {
+    config: SpecConfig,
+    cost: StepCost,
+    scratch: Vec<u32>,
 }
 
 /// The prefix-cache salt of a `cache_salt` string: a stable hash, so the same
@@ -335,13 +372,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Which logits a chunk starting at `start_pos` needs: every row while its request
-/// is scoring prompt positions (any `p` with `p + 1 < prompt_tokens`), else the last
-/// one when the chunk ends at the last token.
-fn logits_needed(active: Option<&Active>, start_pos: usize, sample: bool) -> LogitsRequest {
+/// Which logits a chunk needs: every row while its request is scoring prompt
+/// positions (any `p` with `p + 1 < prompt_tokens`) or verifying drafts, else the
+/// last one when the chunk ends at the last token.
+fn logits_needed(active: Option<&Active>, c: &ScheduledChunk) -> LogitsRequest {
     let scoring =
-        active.is_some_and(|a| a.prompt_logprobs.is_some() && start_pos + 1 < a.prompt_tokens);
-    match (scoring, sample) {
+        active.is_some_and(|a| a.prompt_logprobs.is_some() && c.start_pos + 1 < a.prompt_tokens);
+    match (scoring || c.draft > 0, c.sample) {
         (true, _) => LogitsRequest::All,
         (false, true) => LogitsRequest::Last,
         (false, false) => LogitsRequest::None,
@@ -497,6 +534,15 @@ impl EngineLoop {
                     top_n,
                     entries: vec![None; req.prompt.len() - 1],
                 }),
+                // Masks are computed one token at a time: a constrained request
+                // does not speculate.
+                draft: self
+                    .spec
+                    .as_ref()
+                    .filter(|_| req.constraint.as_ref().is_none_or(|c| c.0.is_free()))
+                    .map(|s| DraftState::new(s.config.max_draft)),
+                spec_drafted: 0,
+                spec_accepted: 0,
                 constraint: req
                     .constraint
                     .map(|c| ConstraintState::new(c.0, self.model.model.config().vocab_size)),
@@ -540,9 +586,14 @@ impl EngineLoop {
         // and every one of them is removed below, its blocks freed.
         let started = Instant::now();
         let ran = catch_unwind(AssertUnwindSafe(|| self.run_step(&plan)));
-        // Decode-only steps count their sequences, prefill steps their tokens.
+        let took = started.elapsed();
+        // Decode-only steps count their sequences, prefill steps their tokens
+        // (drafts are neither: a decode step stays one, however many it verifies).
         self.gauges
-            .observe_step(plan.num_tokens(), started.elapsed());
+            .observe_step(plan.num_tokens() - plan.num_draft_tokens(), took);
+        if let Some(spec) = &mut self.spec {
+            spec.cost.observe(plan.num_tokens(), took.as_secs_f64());
+        }
         if let Err(payload) = ran {
             let msg = panic_message(payload.as_ref());
             self.gauges
@@ -570,7 +621,7 @@ impl EngineLoop {
                     .scheduler
                     .block_table(c.id)
                     .expect("scheduled sequence exists: this is a bug"),
-                logits: logits_needed(self.active.get(&c.id), c.start_pos, c.sample),
+                logits: logits_needed(self.active.get(&c.id), c),
             })
             .collect();
         // The masks of this step's constrained samples: beside the forward pass
@@ -641,9 +692,114 @@ impl EngineLoop {
             if !c.sample {
                 continue;
             }
-            if let Some(row) = logits.last_of(i) {
-                self.sample_and_emit(c.id, row, now);
+            if c.draft > 0 {
+                self.verify(i, c, &logits, now);
+            } else if let Some(row) = logits.last_of(i) {
+                if let Some(token) = self.sample_and_emit(c.id, row, now) {
+                    self.scheduler.append_token(c.id, token);
+                }
             }
+        }
+        self.draft_next(plan);
+    }
+
+    /// Emits the tokens of a chunk that carried `c.draft` drafted tokens after
+    /// its last real one: row j's token is sampled exactly as plain decoding
+    /// would, and while it equals draft j the next row (computed as if the
+    /// draft were right) is sampled too (module docs of `spec`). The accepted
+    /// drafts become computed tokens, the rest are rolled back.
+    fn verify(&mut self, i: usize, c: &ScheduledChunk, logits: &Logits, now: Instant) {
+        let tokens = self
+            .scheduler
+            .tokens(c.id)
+            .expect("scheduled sequence exists: this is a bug");
+        let drafts = tokens[c.start_pos + 1..c.start_pos + c.len].to_vec();
+        let first = logits
+            .rows
+            .iter()
+            .position(|r| r.0 == i)
+            .expect("a verifying chunk has all its rows: this is a bug");
+        let g = &self.gauges;
+        g.spec_verify_steps_total.fetch_add(1, Ordering::Relaxed);
+        g.spec_draft_tokens_total
+            .fetch_add(drafts.len() as u64, Ordering::Relaxed);
+        if let Some(a) = self.active.get_mut(&c.id) {
+            a.spec_drafted += drafts.len();
+        }
+        let mut accepted = 0;
+        for j in 0..=drafts.len() {
+            if j > 0 {
+                // Row j exists for this sequence only because draft j − 1 matched.
+                accepted = j;
+                self.gauges
+                    .spec_accepted_tokens_total
+                    .fetch_add(1, Ordering::Relaxed);
+                self.gauges.spec_accepted_at_total[j - 1].fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = self.active.get_mut(&c.id) {
+                    a.spec_accepted += 1;
+                }
+            }
+            // Finished or failed: its blocks, drafts included, are already freed.
+            let Some(token) = self.sample_and_emit(c.id, logits.row(first + j), now) else {
+                return;
+            };
+            if j < drafts.len() && token == drafts[j] {
+                continue;
+            }
+            if let Some(d) = self.active.get_mut(&c.id).and_then(|a| a.draft.as_mut()) {
+                d.observe(drafts.len(), accepted);
+            }
+            self.scheduler.accept_draft(c.id, accepted);
+            self.scheduler.append_token(c.id, token);
+            return;
+        }
+        unreachable!("the last row always ends the loop: this is a bug");
+    }
+
+    /// Drafts the next tokens of every sequence that sampled this step and
+    /// speculates, as far as the step-cost model says drafting pays.
+    fn draft_next(&mut self, plan: &StepPlan) {
+        let Some(spec) = self.spec.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        let fit = spec.cost.fit();
+        // The next step is assumed to look like this one.
+        let step_tokens = plan.num_tokens();
+        let step_yield = plan.chunks.iter().filter(|c| c.sample).count() as f64;
+        let mut drafted = false;
+        for c in plan.chunks.iter().filter(|c| c.sample) {
+            let Some(a) = self.active.get_mut(&c.id) else {
+                continue;
+            };
+            let Some(d) = a.draft.as_mut() else {
+                continue;
+            };
+            // Never past `max_tokens`: the token after the drafts is sampled too.
+            let room = a.max_tokens.saturating_sub(a.generated + 1);
+            let wanted = d.wanted().min(room);
+            let k = if spec.config.adaptive {
+                worth_drafting(fit, step_tokens, step_yield, d.rate(), wanted)
+            } else {
+                wanted
+            };
+            if k == 0 {
+                continue;
+            }
+            let Some(tokens) = self.scheduler.tokens(c.id) else {
+                continue;
+            };
+            spec.scratch.clear();
+            spec.config.proposer.propose(tokens, k, &mut spec.scratch);
+            if !spec.scratch.is_empty() {
+                drafted |= self.scheduler.set_draft(c.id, &spec.scratch);
+            }
+        }
+        if drafted {
+            let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            self.gauges
+                .spec_draft_ns_total
+                .fetch_add(ns, Ordering::Relaxed);
         }
     }
 
@@ -670,10 +826,10 @@ impl EngineLoop {
         }
     }
 
-    fn sample_and_emit(&mut self, id: SeqId, row: &[f32], now: Instant) {
-        let Some(a) = self.active.get_mut(&id) else {
-            return;
-        };
+    /// Samples `row` for sequence `id` and sends the token; the token when the
+    /// sequence goes on (the caller appends it), `None` when it finished or failed.
+    fn sample_and_emit(&mut self, id: SeqId, row: &[f32], now: Instant) -> Option<u32> {
+        let a = self.active.get_mut(&id)?;
         if let Some(pl) = a.prompt_logprobs.take() {
             let entries = pl
                 .entries
@@ -694,15 +850,17 @@ impl EngineLoop {
                     c.prepare();
                 }
                 if let Some(Err(e)) = c.ready.take() {
-                    return self.fail(id, EngineError::Constraint(e));
+                    self.fail(id, EngineError::Constraint(e));
+                    return None;
                 }
                 // An empty mask (1,536 words for 49k ids) is cheaper to spot than
                 // a row of −∞ (49k floats).
                 if c.mask.count() == 0 {
-                    return self.fail(
+                    self.fail(
                         id,
                         EngineError::Constraint("the grammar allows no next token".into()),
                     );
+                    return None;
                 }
                 let mut masked = row.to_vec();
                 c.mask.apply(&mut masked);
@@ -716,7 +874,8 @@ impl EngineLoop {
         if !grammar_end && !a.stop_token_ids.contains(&token) {
             if let Some(c) = a.constraint.as_mut() {
                 if let Err(e) = c.constraint.commit(token) {
-                    return self.fail(id, EngineError::Constraint(e));
+                    self.fail(id, EngineError::Constraint(e));
+                    return None;
                 }
             }
         }
@@ -744,8 +903,11 @@ impl EngineLoop {
             logprobs,
         });
         match reason {
-            Some(reason) => self.complete(id, reason, now),
-            None => self.scheduler.append_token(id, token),
+            Some(reason) => {
+                self.complete(id, reason, now);
+                None
+            }
+            None => Some(token),
         }
     }
 
@@ -773,6 +935,8 @@ impl EngineLoop {
                 .as_ref()
                 .map_or(Duration::ZERO, |c| c.mask_time),
             masks: a.constraint.as_ref().map_or(0, |c| c.masks),
+            spec_draft_tokens: a.spec_drafted,
+            spec_accepted_tokens: a.spec_accepted,
         };
         let usage = Usage {
             prompt_tokens: a.prompt_tokens,

@@ -11,6 +11,7 @@ mod engine;
 mod error;
 mod loader;
 mod sampling;
+pub mod spec;
 mod stream;
 
 pub use constraint::{BoxedConstraint, Constraint, TokenMask};
@@ -18,4 +19,5 @@ pub use engine::{start_engine, EngineConfig, EngineGauges, EngineHandle};
 pub use error::{EngineError, Result};
 pub use loader::LoadedModel;
 pub use sampling::{Logprobs, Sampler, SamplingParams};
+pub use spec::{PromptLookup, SpecConfig};
 pub use stream::{EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage};

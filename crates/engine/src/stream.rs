@@ -83,6 +83,10 @@ pub struct Timings {
     /// thread, overlapped with forward passes), and how many were computed.
     pub mask: Duration,
     pub masks: usize,
+    /// Speculation: tokens drafted for this request, and how many of them the
+    /// model accepted (each one a token without a step of its own).
+    pub spec_draft_tokens: usize,
+    pub spec_accepted_tokens: usize,
 }
 
 #[derive(Debug)]

@@ -84,6 +84,12 @@ pub struct Timings {
     /// thread, beside the forward passes) over the whole output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_ms: Option<f64>,
+    /// Speculating requests only: tokens drafted, and those the model accepted
+    /// (each a token that took no step of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_draft_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_accepted_tokens: Option<usize>,
 }
 
 /// Other servers send their own `timings` object (llama-server's has

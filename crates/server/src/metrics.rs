@@ -53,6 +53,17 @@ const EDGE_BUCKETS: &[f64] = &[
 const MASK_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 ];
+/// The `position` labels of the per-position acceptance counters.
+const DRAFT_POSITIONS: [&str; inferd_backend::MAX_DRAFT] = [
+    ",position=\"1\"",
+    ",position=\"2\"",
+    ",position=\"3\"",
+    ",position=\"4\"",
+    ",position=\"5\"",
+    ",position=\"6\"",
+    ",position=\"7\"",
+    ",position=\"8\"",
+];
 const TOKEN_BUCKETS: &[f64] = &[1.0, 8.0, 32.0, 128.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0];
 
 impl Metrics {
@@ -351,6 +362,45 @@ impl Metrics {
             "Engine steps that failed (their requests got a 500; the engine kept serving)",
             &|g| vec![("", g.step_failures_total)],
         );
+        put(
+            "inferd_spec_draft_tokens_total",
+            "counter",
+            "Tokens drafted by speculative decoding",
+            &|g| vec![("", g.spec_draft_tokens_total)],
+        );
+        put(
+            "inferd_spec_accepted_tokens_total",
+            "counter",
+            "Drafted tokens the model accepted",
+            &|g| vec![("", g.spec_accepted_tokens_total)],
+        );
+        put(
+            "inferd_spec_accepted_at_position_total",
+            "counter",
+            "Drafted tokens accepted, by position in the draft (1 = first)",
+            &|g| {
+                DRAFT_POSITIONS
+                    .iter()
+                    .zip(g.spec_accepted_at_total)
+                    .map(|(label, v)| (*label, v))
+                    .collect()
+            },
+        );
+        put(
+            "inferd_spec_verify_steps_total",
+            "counter",
+            "Sequence steps that verified drafted tokens",
+            &|g| vec![("", g.spec_verify_steps_total)],
+        );
+        s.push_str(
+            "# HELP inferd_spec_draft_seconds_total Time spent drafting\n# TYPE inferd_spec_draft_seconds_total counter\n",
+        );
+        for (model, st) in &stats {
+            s.push_str(&format!(
+                "inferd_spec_draft_seconds_total{{model=\"{model}\"}} {}\n",
+                st.spec_draft_ns_total as f64 / 1e9
+            ));
+        }
         render_upstreams(&mut s, backends);
         render_caches(&mut s, backends);
         s

@@ -268,7 +268,10 @@ fn a_client_that_hangs_up_mid_stream_frees_its_blocks() {
 
 #[test]
 fn requests_past_the_timeout_are_cancelled() {
-    let (app, engine) = loaded_router(Some(Duration::from_millis(300)));
+    // Long enough for the stream's first token on a slow, busy CPU (the
+    // stream must have started to report the timeout as an event), far
+    // shorter than 2,000 tokens take anywhere.
+    let (app, engine) = loaded_router(Some(Duration::from_millis(2000)));
     let addr = serve(Arc::new(OnceLock::from(app)));
     let long = "Write a very long story about a dragon.";
 
