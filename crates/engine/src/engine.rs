@@ -764,9 +764,11 @@ impl EngineLoop {
         };
         let started = Instant::now();
         let fit = spec.cost.fit();
-        // The next step is assumed to look like this one.
-        let step_tokens = plan.num_tokens();
-        let step_yield = plan.chunks.iter().filter(|c| c.sample).count() as f64;
+        // The next step is assumed to decode the sequences this one sampled.
+        // Prefill tokens in the step are left out: they are work of their own,
+        // so counting their time would make drafting look cheap beside them.
+        let sampled = plan.chunks.iter().filter(|c| c.sample).count();
+        let (step_tokens, step_yield) = (sampled, sampled as f64);
         let mut drafted = false;
         for c in plan.chunks.iter().filter(|c| c.sample) {
             let Some(a) = self.active.get_mut(&c.id) else {
