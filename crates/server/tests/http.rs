@@ -616,3 +616,91 @@ async fn structured_output_and_forced_tool_calls_over_http() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speculating_engine_reports_drafts_in_timings_and_metrics_and_answers_the_same() {
+    let spec = EngineConfig {
+        speculation: Some(inferd_engine::SpecConfig {
+            adaptive: false,
+            ..Default::default()
+        }),
+        ..EngineConfig::default()
+    };
+    let app = app_on(vec![
+        backend("plain", EngineConfig::default()),
+        backend("spec", spec),
+    ]);
+    let copy = "Repeat this list exactly: red, green, blue, yellow, purple, orange, \
+                black, white, grey, brown, pink, gold.";
+    let ask = |model: &str, stream: bool| {
+        json!({"model": model, "messages": [{"role": "user", "content": copy}],
+               "temperature": 0, "max_tokens": 32, "stream": stream,
+               "stream_options": {"include_usage": true}})
+    };
+    let (_, _, plain) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(ask("plain", false)),
+        None,
+    )
+    .await;
+    let (status, _, text) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(ask("spec", false)),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (plain, v): (Value, Value) = (
+        serde_json::from_str(&plain).unwrap(),
+        serde_json::from_str(&text).unwrap(),
+    );
+    assert_eq!(
+        v["choices"][0]["message"]["content"], plain["choices"][0]["message"]["content"],
+        "speculation changed a greedy answer"
+    );
+    let t = &v["timings"];
+    let (drafted, accepted) = (
+        t["spec_draft_tokens"].as_u64().expect("drafts reported"),
+        t["spec_accepted_tokens"]
+            .as_u64()
+            .expect("acceptances reported"),
+    );
+    assert!(accepted > 0 && accepted <= drafted, "{t}");
+    assert!(
+        plain["timings"].get("spec_draft_tokens").is_none(),
+        "only a speculating request reports drafts"
+    );
+    // Streaming: the final chunk carries them too.
+    let (_, _, sse) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(ask("spec", true)),
+        None,
+    )
+    .await;
+    assert!(sse.contains("\"spec_accepted_tokens\""), "{sse}");
+    let (_, _, metrics) = call(&app, "GET", "/metrics", None, None).await;
+    let value = |key: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing: {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // The streamed run accepted drafts too.
+    assert!(value("inferd_spec_accepted_tokens_total{model=\"spec\"}") > accepted);
+    assert!(
+        value("inferd_spec_accepted_tokens_total{model=\"spec\"}")
+            <= value("inferd_spec_draft_tokens_total{model=\"spec\"}")
+    );
+    assert_eq!(value("inferd_spec_draft_tokens_total{model=\"plain\"}"), 0);
+    assert!(value("inferd_spec_accepted_at_position_total{model=\"spec\",position=\"1\"}") > 0);
+    assert!(metrics.contains("inferd_spec_draft_seconds_total{model=\"spec\"}"));
+}
