@@ -38,7 +38,10 @@ use crate::constraint::ConstraintState;
 use crate::error::{EngineError, Result};
 use crate::loader::LoadedModel;
 use crate::sampling::{logprobs, Logprobs, Sampler};
-use crate::spec::{worth_drafting, DraftState, Proposer, SpecConfig, StepCost, MAX_DRAFT};
+use crate::spec::{
+    worth_drafting, DraftState, Proposer, SpecConfig, StepCost, SuffixStore, MAX_DRAFT,
+    SUFFIX_TENANTS,
+};
 use crate::stream::{
     Command, EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage,
 };
@@ -255,6 +258,11 @@ struct Active {
     draft: Option<DraftState>,
     spec_drafted: usize,
     spec_accepted: usize,
+    /// A speculating request's tenant (its prefix-cache salt) and the tokens it
+    /// emitted, for the suffix store when it finishes; `None` when it is not
+    /// remembered (prompt log-probabilities give it a salt of its own).
+    tenant: Option<Option<u64>>,
+    output: Vec<u32>,
 }
 
 /// Prompt log-probabilities being collected over a request's prefill chunks.
@@ -305,6 +313,7 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
     let state = EngineLoop {
         overlap_masks,
         spec: config.speculation.clone().map(|config| Speculation {
+            suffix: SuffixStore::new(config.suffix_tokens_per_tenant, SUFFIX_TENANTS),
             config,
             cost: StepCost::default(),
             scratch: Vec::new(),
@@ -343,6 +352,9 @@ struct EngineLoop {
 struct Speculation {
     config: SpecConfig,
     cost: StepCost,
+    /// Earlier outputs per tenant, drafted from when a sequence's own tokens
+    /// have no match.
+    suffix: SuffixStore,
     scratch: Vec<u32>,
 }
 
@@ -543,6 +555,8 @@ impl EngineLoop {
                     .map(|s| DraftState::new(s.config.max_draft)),
                 spec_drafted: 0,
                 spec_accepted: 0,
+                tenant: (self.spec.is_some() && req.prompt_logprobs.is_none()).then_some(salt),
+                output: Vec::new(),
                 constraint: req
                     .constraint
                     .map(|c| ConstraintState::new(c.0, self.model.model.config().vocab_size)),
@@ -793,6 +807,13 @@ impl EngineLoop {
             };
             spec.scratch.clear();
             spec.config.proposer.propose(tokens, k, &mut spec.scratch);
+            if spec.scratch.is_empty() {
+                if let Some(tenant) = a.tenant {
+                    let lookup = spec.config.proposer;
+                    spec.suffix
+                        .propose(tenant, &lookup, tokens, k, &mut spec.scratch);
+                }
+            }
             if !spec.scratch.is_empty() {
                 drafted |= self.scheduler.set_draft(c.id, &spec.scratch);
             }
@@ -883,6 +904,9 @@ impl EngineLoop {
         }
         a.sampler.observe(token);
         a.generated += 1;
+        if a.tenant.is_some() {
+            a.output.push(token);
+        }
         a.first_token.get_or_insert(now);
         let reason = if grammar_end || a.stop_token_ids.contains(&token) {
             Some(FinishReason::Stop)
@@ -917,6 +941,9 @@ impl EngineLoop {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
+        if let (Some(spec), Some(tenant)) = (self.spec.as_mut(), a.tenant) {
+            spec.suffix.record(tenant, &a.output);
+        }
         let info = self.scheduler.finish(id).unwrap_or(FinishedSequence {
             cached_tokens: 0,
             preemptions: 0,

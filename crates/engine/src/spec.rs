@@ -25,6 +25,9 @@
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecConfig {
     pub proposer: PromptLookup,
+    /// Tokens of earlier outputs kept per tenant for [`SuffixStore`] (0: none).
+    /// Default 16,384; at most [`SUFFIX_TENANTS`] tenants are kept.
+    pub suffix_tokens_per_tenant: usize,
     /// The longest draft per sequence and step, 1..=[`MAX_DRAFT`]. Default 6.
     pub max_draft: usize,
     /// Draft only what the step-cost model says pays ([`worth_drafting`]).
@@ -36,6 +39,7 @@ impl Default for SpecConfig {
     fn default() -> Self {
         SpecConfig {
             proposer: PromptLookup::default(),
+            suffix_tokens_per_tenant: 16_384,
             max_draft: 6,
             adaptive: true,
         }
@@ -61,6 +65,9 @@ impl SpecConfig {
         Ok(())
     }
 }
+
+/// Tenants whose outputs a [`SuffixStore`] keeps.
+pub const SUFFIX_TENANTS: usize = 256;
 
 /// Drafts tokens likely to follow a sequence.
 pub trait Proposer: Send {
@@ -112,6 +119,106 @@ impl Proposer for PromptLookup {
 
     fn name(&self) -> &'static str {
         "prompt_lookup"
+    }
+}
+
+/// Earlier requests' outputs, per tenant (prefix-cache salt), searched for the
+/// sequence's last tokens when its own tokens have no match: agent loops and
+/// templated tasks repeat their own earlier answers (a tool call's shape, a
+/// boilerplate paragraph), as SuffixDecoding and Arctic Inference exploit.
+/// Bounded: each tenant keeps its most recent outputs up to
+/// `tokens_per_tenant`, and at most `tenants` tenants are kept, the least
+/// recently used forgotten first. A bounded store is small enough to scan per
+/// draft (16,384 tokens by default: microseconds), so there is no index to
+/// keep consistent.
+#[derive(Debug, Clone)]
+pub struct SuffixStore {
+    tokens_per_tenant: usize,
+    tenants: usize,
+    /// Tenant → its outputs (oldest first) and their token count, with the
+    /// tick of its last use.
+    by_tenant: std::collections::HashMap<Option<u64>, TenantOutputs>,
+    tick: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TenantOutputs {
+    outputs: std::collections::VecDeque<Vec<u32>>,
+    tokens: usize,
+    used: u64,
+}
+
+impl SuffixStore {
+    pub fn new(tokens_per_tenant: usize, tenants: usize) -> SuffixStore {
+        SuffixStore {
+            tokens_per_tenant,
+            tenants: tenants.max(1),
+            by_tenant: std::collections::HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// Remembers a finished request's output for its tenant.
+    pub fn record(&mut self, tenant: Option<u64>, output: &[u32]) {
+        if output.len() < 2 || output.len() > self.tokens_per_tenant {
+            return;
+        }
+        self.tick += 1;
+        if !self.by_tenant.contains_key(&tenant) && self.by_tenant.len() >= self.tenants {
+            let oldest = self
+                .by_tenant
+                .iter()
+                .min_by_key(|(_, t)| t.used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.by_tenant.remove(&k);
+            }
+        }
+        let t = self.by_tenant.entry(tenant).or_default();
+        t.used = self.tick;
+        t.tokens += output.len();
+        t.outputs.push_back(output.to_vec());
+        while t.tokens > self.tokens_per_tenant {
+            let gone = t.outputs.pop_front().map_or(0, |o| o.len());
+            t.tokens -= gone;
+        }
+    }
+
+    /// Tokens held for all tenants.
+    pub fn tokens(&self) -> usize {
+        self.by_tenant.values().map(|t| t.tokens).sum()
+    }
+
+    /// Up to `max` tokens that followed the longest suffix of `tokens`
+    /// (`lookup`'s n-gram range) in this tenant's earlier outputs, the most
+    /// recent output first.
+    pub fn propose(
+        &mut self,
+        tenant: Option<u64>,
+        lookup: &PromptLookup,
+        tokens: &[u32],
+        max: usize,
+        out: &mut Vec<u32>,
+    ) {
+        self.tick += 1;
+        let Some(t) = self.by_tenant.get_mut(&tenant) else {
+            return;
+        };
+        t.used = self.tick;
+        let len = tokens.len();
+        for n in (lookup.min_ngram.max(1)..=lookup.max_ngram.min(len)).rev() {
+            let tail = &tokens[len - n..];
+            for o in t.outputs.iter().rev() {
+                let found = (0..o.len().saturating_sub(n))
+                    .rev()
+                    .find(|&s| &o[s..s + n] == tail);
+                if let Some(s) = found {
+                    let from = s + n;
+                    out.extend_from_slice(&o[from..(from + max).min(o.len())]);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -306,6 +413,39 @@ mod tests {
         assert!(lookup(&t, 0).is_empty());
         assert!(lookup(&[], 4).is_empty());
         assert!(lookup(&[3], 4).is_empty());
+    }
+
+    #[test]
+    fn the_suffix_store_drafts_from_a_tenants_earlier_outputs_only_and_stays_bounded() {
+        let lookup = PromptLookup::default();
+        let mut store = SuffixStore::new(10, 2);
+        store.record(Some(1), &[7, 8, 9, 10, 11]);
+        store.record(Some(2), &[7, 8, 20, 21]);
+        let draft = |store: &mut SuffixStore, tenant, tokens: &[u32]| {
+            let mut out = Vec::new();
+            store.propose(tenant, &lookup, tokens, 3, &mut out);
+            out
+        };
+        // "… 7 8" continues as tenant 1's output did, and as tenant 2's did for it.
+        assert_eq!(draft(&mut store, Some(1), &[1, 7, 8]), [9, 10, 11]);
+        assert_eq!(draft(&mut store, Some(2), &[1, 7, 8]), [20, 21]);
+        // A tenant with no outputs gets nothing; a suffix seen nowhere, nothing.
+        assert!(draft(&mut store, None, &[1, 7, 8]).is_empty());
+        assert!(draft(&mut store, Some(1), &[5, 6]).is_empty());
+        // The most recent output wins.
+        store.record(Some(1), &[7, 8, 30]);
+        assert_eq!(draft(&mut store, Some(1), &[7, 8]), [30]);
+        // Over 10 tokens for tenant 1: its oldest output goes.
+        store.record(Some(1), &[40, 41, 42, 43]);
+        assert_eq!(store.tokens(), 3 + 4 + 4);
+        assert_eq!(draft(&mut store, Some(1), &[9, 10]), Vec::<u32>::new());
+        // A third tenant pushes out the least recently used (tenant 2).
+        store.record(Some(3), &[1, 2, 3]);
+        assert!(draft(&mut store, Some(2), &[7, 8]).is_empty());
+        assert_eq!(draft(&mut store, Some(1), &[7, 8]), [30]);
+        // An output longer than a tenant may hold is not kept at all.
+        store.record(Some(1), &[0; 11]);
+        assert_eq!(draft(&mut store, Some(1), &[7, 8]), [30]);
     }
 
     #[test]

@@ -258,3 +258,38 @@ fn preempted_speculating_sequences_give_the_plain_outputs() {
     );
     wait_for_free_blocks(&spec);
 }
+
+#[test]
+fn a_tenants_earlier_output_drafts_its_repeat_and_no_other_tenants() {
+    let spec = engine(EngineConfig {
+        speculation: always(),
+        ..EngineConfig::default()
+    });
+    let prompt = tokenizer()
+        .encode("Write a short poem about the sea at night.", false)
+        .unwrap();
+    let as_tenant = |salt: &str| EngineRequest {
+        cache_salt: Some(salt.into()),
+        ..request(prompt.clone(), 32)
+    };
+    let (first, _, t1) = run(&spec, as_tenant("a"));
+    // The same request again, same tenant: the first answer drafts it.
+    let (again, _, t2) = run(&spec, as_tenant("a"));
+    // Another tenant sees none of tenant a's outputs: it drafts exactly as
+    // the first request did, from its own tokens alone.
+    let (other, _, t3) = run(&spec, as_tenant("b"));
+    assert_eq!(again, first);
+    assert_eq!(other, first);
+    println!(
+        "accepted drafts of 32 tokens: first {}, repeat {}, other tenant {}",
+        t1.spec_accepted_tokens, t2.spec_accepted_tokens, t3.spec_accepted_tokens
+    );
+    assert!(
+        t2.spec_accepted_tokens >= t1.spec_accepted_tokens + 16,
+        "the repeat drew on the earlier output: {} vs {}",
+        t2.spec_accepted_tokens,
+        t1.spec_accepted_tokens
+    );
+    assert_eq!(t3.spec_accepted_tokens, t1.spec_accepted_tokens);
+    assert_eq!(t3.spec_draft_tokens, t1.spec_draft_tokens);
+}
