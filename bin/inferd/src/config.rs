@@ -63,6 +63,18 @@ pub struct EngineSettings {
     /// The longest draft per sequence and step (1..=8, default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_max_draft: Option<usize>,
+    /// A draft model (alias or GGUF path) with the model's tokenizer, asked when
+    /// prompt lookup finds nothing. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_draft_model: Option<String>,
+    /// Self-speculation: the model's own first N layers (with its final norm and
+    /// head) as the draft model. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_draft_layers: Option<usize>,
+    /// Draft by prompt lookup and from earlier outputs (default true); false
+    /// leaves drafting to the draft model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_lookup: Option<bool>,
 }
 
 /// The `speculation` setting.
@@ -88,7 +100,34 @@ impl EngineSettings {
             prefix_caching: self.prefix_caching.or(base.prefix_caching),
             speculation: self.speculation.or(base.speculation),
             spec_max_draft: self.spec_max_draft.or(base.spec_max_draft),
+            spec_draft_model: self
+                .spec_draft_model
+                .clone()
+                .or_else(|| base.spec_draft_model.clone()),
+            spec_draft_layers: self.spec_draft_layers.or(base.spec_draft_layers),
+            spec_lookup: self.spec_lookup.or(base.spec_lookup),
         }
+    }
+
+    /// What the engine's own validation cannot see: settings that exclude each other.
+    pub fn problem(&self) -> Option<String> {
+        (self.spec_draft_model.is_some() && self.spec_draft_layers.is_some()).then(|| {
+            "`spec_draft_model` and `spec_draft_layers` are both set; a model has one draft"
+                .to_owned()
+        })
+    }
+
+    /// The draft model the settings name: an alias's file, or a path.
+    fn draft_source(&self) -> Option<inferd_engine::DraftSource> {
+        if let Some(n) = self.spec_draft_layers {
+            return Some(inferd_engine::DraftSource::TargetLayers(n));
+        }
+        let model = self.spec_draft_model.as_ref()?;
+        let path = match (registry::find(model), registry::inferd_home()) {
+            (Some(entry), Ok(home)) => entry.path(&home),
+            _ => std::path::PathBuf::from(model),
+        };
+        Some(inferd_engine::DraftSource::File(path))
     }
 
     /// The engine configuration: these settings over the engine's defaults.
@@ -113,6 +152,8 @@ impl EngineSettings {
                     Some(inferd_engine::SpecConfig {
                         adaptive: mode == SpeculationMode::Adaptive,
                         max_draft: self.spec_max_draft.unwrap_or(spec.max_draft),
+                        lookup: self.spec_lookup.unwrap_or(spec.lookup),
+                        draft: self.draft_source(),
                         ..spec
                     })
                 }
@@ -820,6 +861,9 @@ const ENV_KEYS: &[&str] = &[
     "prefix_caching",
     "speculation",
     "spec_max_draft",
+    "spec_draft_model",
+    "spec_draft_layers",
+    "spec_lookup",
 ];
 
 impl ServeConfig {
@@ -891,6 +935,9 @@ impl ServeConfig {
             } else {
                 format!("models[{i}].")
             };
+            if let Some(p) = m.engine.over(&self.engine).problem() {
+                problems.push(format!("{at}{p}"));
+            }
             if let Err(e) = engine.validate() {
                 problems.push(format!(
                     "{at}{}",

@@ -104,6 +104,17 @@ pub struct EngineArgs {
     /// The longest draft per sequence and step (1..=8) [default: 6].
     #[arg(long, env = "INFERD_SPEC_MAX_DRAFT")]
     pub spec_max_draft: Option<usize>,
+    /// A draft model (alias or GGUF path) with the model's tokenizer, asked when
+    /// prompt lookup finds nothing [default: none].
+    #[arg(long, conflicts_with = "spec_draft_layers")]
+    pub spec_draft_model: Option<String>,
+    /// Self-speculation: the model's own first N layers as its draft model
+    /// [default: none].
+    #[arg(long)]
+    pub spec_draft_layers: Option<usize>,
+    /// Leave drafting to the draft model: no prompt lookup.
+    #[arg(long)]
+    pub no_spec_lookup: bool,
 }
 
 impl EngineArgs {
@@ -118,6 +129,9 @@ impl EngineArgs {
             prefix_caching: self.no_prefix_caching.then_some(false),
             speculation: self.speculation,
             spec_max_draft: self.spec_max_draft,
+            spec_draft_model: self.spec_draft_model.clone(),
+            spec_draft_layers: self.spec_draft_layers,
+            spec_lookup: self.no_spec_lookup.then_some(false),
         }
         .engine_config();
         config.validate()?;

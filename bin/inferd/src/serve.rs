@@ -73,6 +73,17 @@ pub struct ServeArgs {
     /// The longest draft per sequence and step (1..=8), every model [default: 6].
     #[arg(long)]
     spec_max_draft: Option<usize>,
+    /// A draft model (alias or GGUF path) with the served model's tokenizer,
+    /// asked when prompt lookup finds nothing [default: none].
+    #[arg(long, conflicts_with = "spec_draft_layers")]
+    spec_draft_model: Option<String>,
+    /// Self-speculation: the model's own first N layers as its draft model
+    /// [default: none].
+    #[arg(long)]
+    spec_draft_layers: Option<usize>,
+    /// Leave drafting to the draft model: no prompt lookup.
+    #[arg(long)]
+    no_spec_lookup: bool,
 }
 
 impl ServeArgs {
@@ -110,6 +121,15 @@ impl ServeArgs {
         );
         put("speculation", self.speculation.map(|v| json!(v)));
         put("spec_max_draft", self.spec_max_draft.map(|v| json!(v)));
+        put(
+            "spec_draft_model",
+            self.spec_draft_model.as_ref().map(|v| json!(v)),
+        );
+        put(
+            "spec_draft_layers",
+            self.spec_draft_layers.map(|v| json!(v)),
+        );
+        put("spec_lookup", self.no_spec_lookup.then_some(json!(false)));
         Value::Object(m)
     }
 

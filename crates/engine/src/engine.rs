@@ -35,12 +35,13 @@ use inferd_tokenizer::Detokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::constraint::ConstraintState;
+use crate::draft::{DraftModel, DraftWanted};
 use crate::error::{EngineError, Result};
 use crate::loader::LoadedModel;
 use crate::sampling::{logprobs, Logprobs, Sampler};
 use crate::spec::{
-    worth_drafting, DraftState, Proposer, SpecConfig, StepCost, SuffixStore, MAX_DRAFT,
-    SUFFIX_TENANTS,
+    sample_and_match, worth_drafting, DraftState, Proposer, SpecConfig, StepCost, SuffixStore,
+    MAX_DRAFT, SUFFIX_TENANTS,
 };
 use crate::stream::{
     Command, EngineRequest, EventStream, FinishReason, Timings, TokenEvent, Usage,
@@ -310,14 +311,31 @@ pub fn start_engine(model: LoadedModel, config: EngineConfig) -> Result<EngineHa
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         cores > inferd_kernels::pool::global().threads()
     });
+    let spec = match config.speculation.clone() {
+        None => None,
+        Some(spec) => {
+            let draft = match &spec.draft {
+                None => None,
+                Some(source) => Some(DraftModel::new(
+                    source,
+                    &*model.model,
+                    total_blocks,
+                    config.block_size,
+                    config.scheduler.max_batch_tokens,
+                )?),
+            };
+            Some(Speculation {
+                suffix: SuffixStore::new(spec.suffix_tokens_per_tenant, SUFFIX_TENANTS),
+                config: spec,
+                cost: StepCost::default(),
+                draft,
+                scratch: Vec::new(),
+            })
+        }
+    };
     let state = EngineLoop {
         overlap_masks,
-        spec: config.speculation.clone().map(|config| Speculation {
-            suffix: SuffixStore::new(config.suffix_tokens_per_tenant, SUFFIX_TENANTS),
-            config,
-            cost: StepCost::default(),
-            scratch: Vec::new(),
-        }),
+        spec,
         model,
         scheduler,
         kv,
@@ -355,6 +373,8 @@ struct Speculation {
     /// Earlier outputs per tenant, drafted from when a sequence's own tokens
     /// have no match.
     suffix: SuffixStore,
+    /// Asked when lookup finds nothing.
+    draft: Option<DraftModel>,
     scratch: Vec<u32>,
 }
 
@@ -740,11 +760,11 @@ impl EngineLoop {
         if let Some(a) = self.active.get_mut(&c.id) {
             a.spec_drafted += drafts.len();
         }
-        let mut accepted = 0;
-        for j in 0..=drafts.len() {
+        let verdict = sample_and_match(&drafts, |j| {
             if j > 0 {
-                // Row j exists for this sequence only because draft j − 1 matched.
-                accepted = j;
+                // Row j exists for this sequence only because draft j − 1 matched;
+                // counted before sampling, so a request that finishes on this row
+                // reports it in its timings.
                 self.gauges
                     .spec_accepted_tokens_total
                     .fetch_add(1, Ordering::Relaxed);
@@ -753,21 +773,17 @@ impl EngineLoop {
                     a.spec_accepted += 1;
                 }
             }
-            // Finished or failed: its blocks, drafts included, are already freed.
-            let Some(token) = self.sample_and_emit(c.id, logits.row(first + j), now) else {
-                return;
-            };
-            if j < drafts.len() && token == drafts[j] {
-                continue;
-            }
-            if let Some(d) = self.active.get_mut(&c.id).and_then(|a| a.draft.as_mut()) {
-                d.observe(drafts.len(), accepted);
-            }
-            self.scheduler.accept_draft(c.id, accepted);
-            self.scheduler.append_token(c.id, token);
+            self.sample_and_emit(c.id, logits.row(first + j), now)
+        });
+        // Finished or failed: its blocks, drafts included, are already freed.
+        let Some(token) = verdict.next else {
             return;
+        };
+        if let Some(d) = self.active.get_mut(&c.id).and_then(|a| a.draft.as_mut()) {
+            d.observe(drafts.len(), verdict.accepted);
         }
-        unreachable!("the last row always ends the loop: this is a bug");
+        self.scheduler.accept_draft(c.id, verdict.accepted);
+        self.scheduler.append_token(c.id, token);
     }
 
     /// Drafts the next tokens of every sequence that sampled this step and
@@ -784,6 +800,12 @@ impl EngineLoop {
         let sampled = plan.chunks.iter().filter(|c| c.sample).count();
         let (step_tokens, step_yield) = (sampled, sampled as f64);
         let mut drafted = false;
+        // Sequences left to the draft model, with how many tokens they may draft.
+        let mut for_model: Vec<(SeqId, usize)> = Vec::new();
+        let model_secs = spec
+            .draft
+            .as_ref()
+            .map(|d| d.secs_per_token().unwrap_or(0.0));
         for c in plan.chunks.iter().filter(|c| c.sample) {
             let Some(a) = self.active.get_mut(&c.id) else {
                 continue;
@@ -794,11 +816,14 @@ impl EngineLoop {
             // Never past `max_tokens`: the token after the drafts is sampled too.
             let room = a.max_tokens.saturating_sub(a.generated + 1);
             let wanted = d.wanted().min(room);
-            let k = if spec.config.adaptive {
-                worth_drafting(fit, step_tokens, step_yield, d.rate(), wanted)
-            } else {
-                wanted
+            let worth = |draft_secs: f64| {
+                if spec.config.adaptive {
+                    worth_drafting(fit, step_tokens, step_yield, d.rate(), wanted, draft_secs)
+                } else {
+                    wanted
+                }
             };
+            let k = worth(0.0);
             if k == 0 {
                 continue;
             }
@@ -806,16 +831,44 @@ impl EngineLoop {
                 continue;
             };
             spec.scratch.clear();
-            spec.config.proposer.propose(tokens, k, &mut spec.scratch);
-            if spec.scratch.is_empty() {
-                if let Some(tenant) = a.tenant {
-                    let lookup = spec.config.proposer;
-                    spec.suffix
-                        .propose(tenant, &lookup, tokens, k, &mut spec.scratch);
+            if spec.config.lookup {
+                spec.config.proposer.propose(tokens, k, &mut spec.scratch);
+                if spec.scratch.is_empty() {
+                    if let Some(tenant) = a.tenant {
+                        let lookup = spec.config.proposer;
+                        spec.suffix
+                            .propose(tenant, &lookup, tokens, k, &mut spec.scratch);
+                    }
                 }
             }
             if !spec.scratch.is_empty() {
                 drafted |= self.scheduler.set_draft(c.id, &spec.scratch);
+            } else if let Some(secs) = model_secs {
+                let k = worth(secs);
+                if k > 0 {
+                    for_model.push((c.id, k));
+                }
+            }
+        }
+        if let Some(model) = spec.draft.as_mut() {
+            let active = &self.active;
+            model.retain(|id| active.contains_key(&id));
+            if !for_model.is_empty() {
+                let wanted: Vec<DraftWanted> = for_model
+                    .iter()
+                    .filter_map(|&(id, k)| {
+                        let tokens = self.scheduler.tokens(id)?;
+                        Some(DraftWanted { id, tokens, k })
+                    })
+                    .collect();
+                let drafts = model.propose(&*self.model.model, &wanted);
+                let ids: Vec<SeqId> = wanted.iter().map(|w| w.id).collect();
+                drop(wanted);
+                for (id, d) in ids.into_iter().zip(drafts) {
+                    if !d.is_empty() {
+                        drafted |= self.scheduler.set_draft(id, &d);
+                    }
+                }
             }
         }
         if drafted {

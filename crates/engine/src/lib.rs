@@ -7,6 +7,7 @@
 //! stream of [`TokenEvent`]s ([`EventStream`]), which the caller may stop early.
 
 mod constraint;
+mod draft;
 mod engine;
 mod error;
 mod loader;
@@ -15,6 +16,7 @@ pub mod spec;
 mod stream;
 
 pub use constraint::{BoxedConstraint, Constraint, TokenMask};
+pub use draft::DraftSource;
 pub use engine::{start_engine, EngineConfig, EngineGauges, EngineHandle};
 pub use error::{EngineError, Result};
 pub use loader::LoadedModel;

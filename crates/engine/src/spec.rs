@@ -33,6 +33,12 @@ pub struct SpecConfig {
     /// Draft only what the step-cost model says pays ([`worth_drafting`]).
     /// Default true; false drafts whatever the proposer finds (to measure).
     pub adaptive: bool,
+    /// Draft by prompt lookup and from the suffix store. Default true; false
+    /// leaves drafting to the draft model.
+    pub lookup: bool,
+    /// A draft model, asked when lookup finds nothing (or always, without
+    /// lookup). Default none.
+    pub draft: Option<crate::draft::DraftSource>,
 }
 
 impl Default for SpecConfig {
@@ -42,6 +48,8 @@ impl Default for SpecConfig {
             suffix_tokens_per_tenant: 16_384,
             max_draft: 6,
             adaptive: true,
+            lookup: true,
+            draft: None,
         }
     }
 }
@@ -61,6 +69,13 @@ impl SpecConfig {
                 "`spec_ngram` must be 1 <= min <= max <= 32, got {}..={}",
                 p.min_ngram, p.max_ngram
             ));
+        }
+        if !self.lookup && self.draft.is_none() {
+            return Err(
+                "speculation without lookup needs a draft model (`spec_draft_model` \
+                 or `spec_draft_layers`)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -222,6 +237,40 @@ impl SuffixStore {
     }
 }
 
+/// What verifying one draft came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Drafts that matched what was sampled at their position.
+    pub accepted: usize,
+    /// The token sampled after the accepted drafts (the first mismatch, or the
+    /// token after a fully accepted draft); `None` when sampling ended the
+    /// sequence first.
+    pub next: Option<u32>,
+}
+
+/// Sample and match: `sample(j)` samples the row computed after draft tokens
+/// `0..j` (as plain decoding would sample it), or `None` when that token ended
+/// the sequence; drafts are kept while they equal what was sampled. Each emitted
+/// token is then distributed exactly as without drafts, whatever proposed them
+/// (the chi-square test below checks it on a small vocabulary).
+pub fn sample_and_match(drafts: &[u32], mut sample: impl FnMut(usize) -> Option<u32>) -> Verdict {
+    for j in 0..=drafts.len() {
+        let Some(token) = sample(j) else {
+            return Verdict {
+                accepted: j,
+                next: None,
+            };
+        };
+        if j == drafts.len() || token != drafts[j] {
+            return Verdict {
+                accepted: j,
+                next: Some(token),
+            };
+        }
+    }
+    unreachable!("the row after the last draft always ends the loop: this is a bug")
+}
+
 /// The longest a draft grows (tokens per sequence per step).
 pub const MAX_DRAFT: usize = 8;
 
@@ -357,15 +406,18 @@ impl StepCost {
 /// How many of `wanted` draft tokens pay for themselves in a step of
 /// `step_tokens` tokens that emits `step_yield` tokens without them, for a
 /// sequence accepting at `rate`. The i-th draft token is emitted with
-/// probability `rateⁱ⁺¹` and costs `per_token` seconds; it pays when that
-/// yield per second beats the step's own, `step_yield / t(step_tokens)`.
-/// Without a fit yet, nothing is drafted: the first steps measure.
+/// probability `rateⁱ⁺¹` and costs `per_token` seconds to verify plus
+/// `draft_secs` to propose (0 for lookup, a pass of the draft model
+/// otherwise); it pays when that yield per second beats the step's own,
+/// `step_yield / t(step_tokens)`. Without a fit yet, nothing is drafted: the
+/// first steps measure.
 pub fn worth_drafting(
     cost: Option<(f64, f64)>,
     step_tokens: usize,
     step_yield: f64,
     rate: f64,
     wanted: usize,
+    draft_secs: f64,
 ) -> usize {
     let Some((fixed, per_token)) = cost else {
         return 0;
@@ -377,7 +429,7 @@ pub fn worth_drafting(
     let rate_now = step_yield / step_secs;
     let mut p = rate;
     let mut k = 0;
-    while k < wanted && p > rate_now * per_token {
+    while k < wanted && p > rate_now * (per_token + draft_secs) {
         k += 1;
         p *= rate;
     }
@@ -468,6 +520,119 @@ mod tests {
         assert!(s.rate() < 0.5, "{}", s.rate());
     }
 
+    /// Pearson's statistic of `counts` against `probs` over `n` draws.
+    fn chi_square(counts: &[u64], probs: &[f64], n: u64) -> f64 {
+        counts
+            .iter()
+            .zip(probs)
+            .map(|(&o, &p)| {
+                let e = p * n as f64;
+                (o as f64 - e).powi(2) / e
+            })
+            .sum()
+    }
+
+    /// Two tokens of a 4-token vocabulary, drafted from a distribution unlike
+    /// the model's, then verified by sample and match (plain decoding samples
+    /// the second token after a rejected first draft): the joint distribution
+    /// of what is emitted must be the model's, `p1(a)·p2(b | a)`. A verifier
+    /// that keeps any likely-enough draft fails the same test.
+    #[test]
+    fn sample_and_match_keeps_the_models_distribution_under_any_drafts() {
+        use crate::sampling::{Sampler, SamplingParams};
+        use rand::{Rng, SeedableRng};
+
+        const V: usize = 4;
+        let first: [f32; V] = [1.2, 0.3, -0.5, 0.8];
+        // Logits of the second token given the first.
+        let second: [[f32; V]; V] = [
+            [0.0, 1.0, -1.0, 0.5],
+            [2.0, -0.3, 0.1, 0.0],
+            [-0.7, 0.2, 1.5, 0.3],
+            [0.4, 0.4, -2.0, 1.1],
+        ];
+        let softmax = |l: &[f32; V]| -> [f64; V] {
+            let z: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+            std::array::from_fn(|i| (l[i] as f64).exp() / z)
+        };
+        let p1 = softmax(&first);
+        let joint: Vec<f64> = (0..V * V)
+            .map(|ab| p1[ab / V] * softmax(&second[ab / V])[ab % V])
+            .collect();
+        // Drafts favour the tokens the model finds least likely.
+        let q = [0.1, 0.2, 0.4, 0.3];
+        let run = |verify: &dyn Fn(
+            &[u32],
+            &mut Sampler,
+            &mut dyn FnMut(usize) -> [f32; V],
+        ) -> Verdict| {
+            let mut sampler = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                seed: Some(11),
+                ..Default::default()
+            })
+            .expect("valid parameters");
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let draw = |rng: &mut rand::rngs::StdRng| {
+                let mut u: f64 = rng.gen();
+                q.iter()
+                    .position(|&p| {
+                        u -= p;
+                        u < 0.0
+                    })
+                    .unwrap_or(V - 1) as u32
+            };
+            let (mut counts, mut accepted) = ([0u64; V * V], 0);
+            let n = 40_000;
+            for _ in 0..n {
+                let drafts = [draw(&mut rng), draw(&mut rng)];
+                let mut emitted = Vec::new();
+                let mut rows = |j: usize| match j {
+                    0 => first,
+                    _ => second[drafts[j - 1] as usize],
+                };
+                let v = verify(&drafts, &mut sampler, &mut rows);
+                accepted += v.accepted;
+                emitted.extend_from_slice(&drafts[..v.accepted]);
+                emitted.push(v.next.expect("nothing ends the sequence"));
+                if emitted.len() == 1 {
+                    // The next step decodes the second token after the first.
+                    let row = second[emitted[0] as usize];
+                    emitted.push(sampler.sample(&row).0);
+                }
+                counts[emitted[0] as usize * V + emitted[1] as usize] += 1;
+            }
+            (chi_square(&counts, &joint, n), accepted)
+        };
+        let exact = |d: &[u32], s: &mut Sampler, rows: &mut dyn FnMut(usize) -> [f32; V]| {
+            sample_and_match(d, |j| Some(s.sample(&rows(j)).0))
+        };
+        // 15 degrees of freedom: 37.7 is the 0.1% critical value.
+        let (stat, accepted) = run(&exact);
+        assert!(
+            stat < 37.7,
+            "chi-square {stat:.1} over 15 degrees of freedom"
+        );
+        assert!(accepted > 10_000, "drafts were accepted {accepted} times");
+        // Keeping a draft the model gives at least 20% (rejecting by sampling
+        // otherwise) skews the distribution towards the drafts.
+        let lenient = |d: &[u32], s: &mut Sampler, rows: &mut dyn FnMut(usize) -> [f32; V]| {
+            sample_and_match(d, |j| {
+                let row = rows(j);
+                let p = softmax(&row);
+                match d.get(j) {
+                    Some(&t) if p[t as usize] >= 0.2 => Some(t),
+                    _ => Some(s.sample(&row).0),
+                }
+            })
+        };
+        let (stat, _) = run(&lenient);
+        assert!(
+            stat > 100.0,
+            "a biased verifier went unnoticed: chi-square {stat:.1}"
+        );
+    }
+
     #[test]
     fn expected_tokens_is_the_geometric_sum() {
         assert_eq!(expected_tokens(0.0, 4), 1.0);
@@ -499,15 +664,19 @@ mod tests {
         // One sequence, a step bound by streaming the weights (10 ms fixed,
         // 0.1 ms a token): a draft of 4 at 60% acceptance is worth it whole.
         let weights_bound = Some((0.010, 0.0001));
-        assert_eq!(worth_drafting(weights_bound, 1, 1.0, 0.6, 4), 4);
+        assert_eq!(worth_drafting(weights_bound, 1, 1.0, 0.6, 4, 0.0), 4);
         // 32 sequences on an arithmetic-bound step (0.5 ms fixed, 1 ms a
         // token): each token of the step already yields one token; a draft
         // token yields 0.6 at best, so none is drafted.
         let compute_bound = Some((0.0005, 0.001));
-        assert_eq!(worth_drafting(compute_bound, 32, 32.0, 0.6, 4), 0);
+        assert_eq!(worth_drafting(compute_bound, 32, 32.0, 0.6, 4, 0.0), 0);
         // ...unless drafts are nearly always right.
-        assert!(worth_drafting(compute_bound, 32, 32.0, 0.99, 4) > 0);
+        assert!(worth_drafting(compute_bound, 32, 32.0, 0.99, 4, 0.0) > 0);
         // Before a fit there is nothing to go by: no drafts.
-        assert_eq!(worth_drafting(None, 1, 1.0, 0.9, 4), 0);
+        assert_eq!(worth_drafting(None, 1, 1.0, 0.9, 4, 0.0), 0);
+        // A draft model whose pass costs as much as the step itself never pays
+        // at 60%; one at a tenth of it does.
+        assert_eq!(worth_drafting(weights_bound, 1, 1.0, 0.6, 4, 0.010), 0);
+        assert_eq!(worth_drafting(weights_bound, 1, 1.0, 0.6, 4, 0.001), 4);
     }
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use inferd_engine::{
-    start_engine, EngineConfig, EngineHandle, EngineRequest, FinishReason, LoadedModel,
-    SamplingParams, SpecConfig, Timings, TokenEvent,
+    start_engine, DraftSource, EngineConfig, EngineHandle, EngineRequest, FinishReason,
+    LoadedModel, SamplingParams, SpecConfig, Timings, TokenEvent,
 };
 use inferd_scheduler::SchedulerConfig;
 use inferd_tokenizer::Tokenizer;
@@ -292,4 +292,106 @@ fn a_tenants_earlier_output_drafts_its_repeat_and_no_other_tenants() {
     );
     assert_eq!(t3.spec_accepted_tokens, t1.spec_accepted_tokens);
     assert_eq!(t3.spec_draft_tokens, t1.spec_draft_tokens);
+}
+
+/// A draft model and no lookup: every draft comes from the draft model.
+fn drafting_with(source: DraftSource) -> Option<SpecConfig> {
+    Some(SpecConfig {
+        lookup: false,
+        draft: Some(source),
+        ..always().unwrap()
+    })
+}
+
+#[test]
+fn a_draft_model_that_is_the_target_has_every_greedy_draft_accepted() {
+    let plain = engine(EngineConfig::default());
+    let want: Vec<Vec<u32>> = prompts()
+        .into_iter()
+        .map(|p| run(&plain, request(p, 16)).0)
+        .collect();
+    let spec = engine(EngineConfig {
+        speculation: drafting_with(DraftSource::File(inferd_testutil::smollm2_path())),
+        ..EngineConfig::default()
+    });
+    for (p, want) in prompts().into_iter().zip(&want) {
+        let (got, _, t) = run(&spec, request(p, 16));
+        assert_eq!(&got, want, "a draft model changed a greedy output");
+        assert!(t.spec_draft_tokens > 0, "nothing was drafted");
+        assert_eq!(
+            t.spec_accepted_tokens, t.spec_draft_tokens,
+            "the target drafting for itself had a draft rejected"
+        );
+    }
+    // Batched: the draft model drafts for all of them in the same passes.
+    let streams: Vec<_> = prompts()
+        .into_iter()
+        .map(|p| spec.submit(request(p, 16)))
+        .collect();
+    for (rx, want) in streams.into_iter().zip(&want) {
+        let (got, _, t) = collect(rx);
+        assert_eq!(&got, want, "batched drafting changed an output");
+        assert_eq!(t.spec_accepted_tokens, t.spec_draft_tokens);
+    }
+    wait_for_free_blocks(&spec);
+}
+
+#[test]
+fn self_speculation_from_the_first_layers_keeps_outputs_and_refuses_bad_depths() {
+    let plain = engine(EngineConfig::default());
+    let spec = engine(EngineConfig {
+        speculation: drafting_with(DraftSource::TargetLayers(20)),
+        ..EngineConfig::default()
+    });
+    let (mut drafted, mut accepted) = (0, 0);
+    for p in prompts() {
+        let want = run(&plain, request(p.clone(), 16)).0;
+        let (got, _, t) = run(&spec, request(p, 16));
+        assert_eq!(got, want, "self-speculation changed a greedy output");
+        drafted += t.spec_draft_tokens;
+        accepted += t.spec_accepted_tokens;
+    }
+    assert!(drafted > 0 && accepted <= drafted);
+    println!("first 20 of 30 layers as the draft: {accepted} of {drafted} drafts accepted");
+    let layers = 30;
+    for bad in [0, layers] {
+        let err = start_engine(
+            LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
+            EngineConfig {
+                speculation: drafting_with(DraftSource::TargetLayers(bad)),
+                ..EngineConfig::default()
+            },
+        )
+        .err()
+        .expect("a draft as deep as the target, or empty, is refused")
+        .to_string();
+        assert!(
+            err.contains("`spec_draft_layers` must be in 1..30"),
+            "{err}"
+        );
+    }
+    let missing = std::env::temp_dir().join("inferd-no-such-draft.gguf");
+    let err = start_engine(
+        LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
+        EngineConfig {
+            speculation: drafting_with(DraftSource::File(missing)),
+            ..EngineConfig::default()
+        },
+    )
+    .err()
+    .expect("a missing draft file is refused")
+    .to_string();
+    assert!(err.contains("inferd-no-such-draft.gguf"), "{err}");
+    // Without lookup there must be a draft model.
+    let err = EngineConfig {
+        speculation: Some(SpecConfig {
+            lookup: false,
+            ..SpecConfig::default()
+        }),
+        ..EngineConfig::default()
+    }
+    .validate()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("needs a draft model"), "{err}");
 }

@@ -298,6 +298,24 @@ impl Llama {
     /// Runs one step over a ragged batch, writing the new tokens' K/V into their
     /// blocks and returning logits for the requested positions.
     pub fn forward(&self, batch: &[SeqBatch], kv: &mut KvStore) -> Result<Logits> {
+        self.forward_layers(batch, kv, self.config.n_layers)
+    }
+
+    /// [`Llama::forward`] through the first `layers` layers only, then the final
+    /// norm and the output head: the model as its own cheaper draft. `kv` needs
+    /// those layers only.
+    pub fn forward_layers(
+        &self,
+        batch: &[SeqBatch],
+        kv: &mut KvStore,
+        layers: usize,
+    ) -> Result<Logits> {
+        if layers == 0 || layers > self.config.n_layers || kv.n_layers < layers {
+            return Err(ModelError::Batch(format!(
+                "{layers} layers asked of a model of {} with a KV store of {}",
+                self.config.n_layers, kv.n_layers
+            )));
+        }
         self.check_batch(batch, kv)?;
         let c = &self.config;
         let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
@@ -329,7 +347,7 @@ impl Llama {
         let mut gate = vec![0f32; n * c.ffn_dim];
         let mut up = vec![0f32; n * c.ffn_dim];
 
-        for (li, layer) in self.layers.iter().enumerate() {
+        for (li, layer) in self.layers.iter().take(layers).enumerate() {
             rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h);
             self.mm_many(
                 &[&layer.wq, &layer.wk, &layer.wv],
@@ -531,6 +549,15 @@ impl Model for Llama {
 
     fn forward(&self, batch: &[SeqBatch], kv: &mut KvStore) -> Result<Logits> {
         Llama::forward(self, batch, kv)
+    }
+
+    fn forward_layers(
+        &self,
+        batch: &[SeqBatch],
+        kv: &mut KvStore,
+        layers: usize,
+    ) -> Result<Logits> {
+        Llama::forward_layers(self, batch, kv, layers)
     }
 }
 

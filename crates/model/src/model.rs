@@ -30,6 +30,10 @@ pub trait Model: Send {
     /// One step over a ragged batch: writes the new tokens' K/V into their blocks
     /// and returns logits for the positions each sequence asked for.
     fn forward(&self, batch: &[SeqBatch], kv: &mut KvStore) -> Result<Logits>;
+    /// [`Model::forward`] through the first `layers` layers, then the final norm
+    /// and head (self-speculation's draft); `kv` holds those layers only.
+    fn forward_layers(&self, batch: &[SeqBatch], kv: &mut KvStore, layers: usize)
+        -> Result<Logits>;
 }
 
 /// Opens a GGUF file and loads the architecture its `general.architecture` names.
