@@ -798,6 +798,11 @@ pub struct ServeConfig {
     /// Kernel worker threads; default all cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// The chat models' kernel path: `auto` (the fastest this CPU runs; never
+    /// `amx`, which measures slower) or a path by name (`scalar`, `avx2`,
+    /// `avx512`, `amx`, `neon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isa: Option<String>,
     /// On SIGTERM / Ctrl-C, seconds to let in-flight requests finish.
     pub shutdown_timeout_secs: u64,
     /// Cancel a request still unfinished this long after arrival; 0 = no limit.
@@ -831,6 +836,7 @@ impl Default for ServeConfig {
             port: 8080,
             api_key: None,
             threads: None,
+            isa: None,
             shutdown_timeout_secs: 30,
             request_timeout_secs: 600,
             model: None,
@@ -850,6 +856,7 @@ const ENV_KEYS: &[&str] = &[
     "port",
     "api_key",
     "threads",
+    "isa",
     "shutdown_timeout_secs",
     "request_timeout_secs",
     "model",
@@ -1310,5 +1317,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn a_draft_model_is_one_file_or_the_models_first_layers_never_both() {
+        use inferd_engine::DraftSource;
+        let draft = |file: &str| {
+            let c = load(file, serde_json::json!({})).unwrap();
+            c.models()[0].1.speculation.clone().and_then(|s| s.draft)
+        };
+        assert_eq!(
+            draft("speculation = \"adaptive\"\nspec_draft_layers = 12\n"),
+            Some(DraftSource::TargetLayers(12))
+        );
+        assert_eq!(
+            draft("speculation = \"always\"\nspec_draft_model = \"x/draft.gguf\"\n"),
+            Some(DraftSource::File("x/draft.gguf".into()))
+        );
+        // An alias names its downloaded file.
+        let Some(DraftSource::File(p)) =
+            draft("speculation = \"always\"\nspec_draft_model = \"smollm2-135m\"\n")
+        else {
+            panic!("an alias is a file draft");
+        };
+        assert!(p.to_string_lossy().ends_with(".gguf"), "{}", p.display());
+        assert_eq!(
+            draft("spec_draft_layers = 12\n"),
+            None,
+            "speculation is off"
+        );
+        let e = load(
+            "speculation = \"adaptive\"\n[[models]]\nmodel = \"a\"\nspec_draft_layers = 2\nspec_draft_model = \"b\"\n",
+            serde_json::json!({}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("models[0].`spec_draft_model` and `spec_draft_layers` are both set"),
+            "{e}"
+        );
+        let e = load(
+            "speculation = \"adaptive\"\nspec_lookup = false\n",
+            serde_json::json!({}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs a draft model"), "{e}");
     }
 }

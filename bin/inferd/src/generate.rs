@@ -60,6 +60,10 @@ pub struct GenerateArgs {
     /// Activation precision in the matmuls.
     #[arg(long, value_enum, default_value = "q8x2")]
     activations: crate::perf::ActivationsArg,
+    /// Kernel path: auto (the fastest this CPU runs, never amx), or one of
+    /// scalar, avx2, avx512, amx, neon that this CPU runs.
+    #[arg(long, default_value = "auto")]
+    isa: String,
     /// Download the model if it is a known alias that is not present.
     #[arg(long)]
     fetch: bool,
@@ -159,7 +163,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let precision: Precision = args.activations.into();
     loaded.model.set_options(ForwardOptions {
         precision,
-        ..loaded.model.options()
+        isa: crate::perf::isa_named(&args.isa)?,
     });
     let mut config = EngineConfig::default();
     // One request at a time: KV for one full context window (pages are touched

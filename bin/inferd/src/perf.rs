@@ -65,6 +65,16 @@ pub struct PerfArgs {
     batch: Vec<usize>,
 }
 
+/// The kernel path `--isa` names (`auto`: the fastest this CPU runs).
+pub fn isa_named(name: &str) -> Result<Isa> {
+    Isa::named(name).map_err(|runs| {
+        anyhow::anyhow!(
+            "isa {name:?} is not a kernel path this CPU runs; it runs auto, {}",
+            runs.join(", ")
+        )
+    })
+}
+
 pub fn run(args: PerfArgs) -> Result<()> {
     crate::generate::init_threads(Some(args.threads))?;
     let path = registry::resolve(&args.model, false, "python3")?;
@@ -72,17 +82,7 @@ pub fn run(args: PerfArgs) -> Result<()> {
         LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
     let mut options = loaded.model.options();
     options.precision = args.activations.into();
-    if args.isa != "auto" {
-        let available = Isa::available();
-        options.isa = available
-            .iter()
-            .copied()
-            .find(|i| i.name() == args.isa)
-            .with_context(|| {
-                let names: Vec<&str> = available.iter().map(|i| i.name()).collect();
-                format!("--isa {}: this CPU runs {}", args.isa, names.join(", "))
-            })?;
-    }
+    options.isa = isa_named(&args.isa)?;
     loaded.model.set_options(options);
     let isa = options.isa.name();
     let model = &loaded.model;

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Worker threads for the kernels [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// The chat models' kernel path: auto, or scalar, avx2, avx512, amx, neon
+    /// where this CPU runs it [default: auto, never amx].
+    #[arg(long)]
+    isa: Option<String>,
     /// Download each model that is a known alias and not present.
     #[arg(long)]
     fetch: bool,
@@ -99,6 +103,7 @@ impl ServeArgs {
         put("port", self.port.map(|v| json!(v)));
         put("api_key", self.api_key.as_ref().map(|v| json!(v)));
         put("threads", self.threads.map(|v| json!(v)));
+        put("isa", self.isa.as_ref().map(|v| json!(v)));
         put(
             "shutdown_timeout_secs",
             self.shutdown_timeout_secs.map(|v| json!(v)),
@@ -174,6 +179,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     config.validate()?;
     let threads = init_threads(config.threads)?;
     // Resolve every model before binding, so a missing file fails at once.
+    let isa = crate::perf::isa_named(config.isa.as_deref().unwrap_or("auto"))?;
+    let embed_precision = embed_precision_from_env()?;
     let models: Vec<ModelToLoad> = config
         .models()
         .into_iter()
@@ -183,7 +190,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 name: m.name(),
                 path,
                 engine,
-                precision: m.precision.map(Into::into),
+                precision: m.precision.map(Into::into).or(embed_precision),
+                isa,
             })
         })
         .collect::<Result<_>>()?;
@@ -482,8 +490,23 @@ struct ModelToLoad {
     name: String,
     path: PathBuf,
     engine: EngineConfig,
-    /// An embedding model's arithmetic, when the entry sets one.
+    /// An embedding model's arithmetic, when the entry (or
+    /// `INFERD_EMBED_PRECISION`) sets one.
     precision: Option<inferd_embed::Precision>,
+    /// A chat model's kernel path.
+    isa: inferd_kernels::Isa,
+}
+
+/// `INFERD_EMBED_PRECISION` (`f32`, `bf16` or `q8`): the embedding models'
+/// precision where their `[[models]]` entry sets none.
+fn embed_precision_from_env() -> Result<Option<inferd_embed::Precision>> {
+    match std::env::var("INFERD_EMBED_PRECISION") {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("INFERD_EMBED_PRECISION: {e}")),
+    }
 }
 
 fn load_all(
@@ -499,6 +522,7 @@ fn load_all(
         path,
         engine: config,
         precision,
+        isa,
     } in models
     {
         let started = Instant::now();
@@ -534,8 +558,12 @@ fn load_all(
         }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         tracing::info!(model = %name, file = %path.display(), file_mib = bytes >> 20, "loading weights and tokenizer");
-        let loaded =
+        let mut loaded =
             LoadedModel::load(&path).with_context(|| format!("cannot load {}", path.display()))?;
+        loaded.model.set_options(inferd_model::ForwardOptions {
+            isa,
+            ..loaded.model.options()
+        });
         let c = loaded.model.config();
         tracing::info!(
             model = %name,

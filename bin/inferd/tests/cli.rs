@@ -80,6 +80,18 @@ fn serve_config_errors_name_the_key() {
         stderr.contains("precision") && stderr.contains("embedding models"),
         "{stderr}"
     );
+    // A kernel path this CPU does not run is refused, with the ones it does.
+    let stderr = serve_fails_on("isa.toml", "port = 0\nisa = \"sse9\"\n");
+    assert!(
+        stderr.contains("isa \"sse9\"") && stderr.contains("scalar"),
+        "{stderr}"
+    );
+    // Two draft models for one model.
+    let stderr = serve_fails_on(
+        "two-drafts.toml",
+        "speculation = \"adaptive\"\nspec_draft_layers = 4\nspec_draft_model = \"x.gguf\"\n",
+    );
+    assert!(stderr.contains("both set"), "{stderr}");
 }
 
 #[test]

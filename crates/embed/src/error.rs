@@ -34,8 +34,6 @@ pub enum EmbedError {
     TokenizerFile { file: String, what: String },
     #[error("cannot tokenize the text: {0}")]
     Tokenize(String),
-    #[error("{var}: {what}")]
-    Precision { var: &'static str, what: String },
     #[error("input {index}: {what}")]
     Input { index: usize, what: String },
 }

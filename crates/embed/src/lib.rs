@@ -49,14 +49,7 @@ impl Embedder {
             config::check_pooling(&pooling, config.dim)?;
         }
         let tokenizer = load_tokenizer(&dir.join("tokenizer.json"), config.vocab_size)?;
-        let mut bert = Bert::load(config, &dir.join("model.safetensors"))?;
-        if let Some(p) = precision_from_env()? {
-            bert.set_precision(p)
-                .map_err(|what| EmbedError::Precision {
-                    var: PRECISION_VAR,
-                    what,
-                })?;
-        }
+        let bert = Bert::load(config, &dir.join("model.safetensors"))?;
         Ok(Embedder { bert, tokenizer })
     }
 
@@ -78,8 +71,8 @@ impl Embedder {
     }
 
     /// The dense layers' arithmetic: [`Precision::Bf16`] where the CPU has
-    /// AVX512-BF16, else [`Precision::F32`]; `INFERD_EMBED_PRECISION=f32|bf16|q8`
-    /// chooses at load.
+    /// AVX512-BF16, else [`Precision::F32`]; [`Embedder::with_precision`]
+    /// chooses another.
     pub fn precision(&self) -> Precision {
         self.bert.precision()
     }
@@ -177,19 +170,6 @@ impl Embedder {
             .collect::<Result<Vec<_>>>()?;
         let batch: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
         self.embed_tokens(&batch)
-    }
-}
-
-const PRECISION_VAR: &str = "INFERD_EMBED_PRECISION";
-
-/// `INFERD_EMBED_PRECISION` when set: `f32`, `bf16` or `q8`.
-fn precision_from_env() -> Result<Option<Precision>> {
-    match std::env::var(PRECISION_VAR) {
-        Err(_) => Ok(None),
-        Ok(v) => v.parse().map(Some).map_err(|what| EmbedError::Precision {
-            var: PRECISION_VAR,
-            what,
-        }),
     }
 }
 

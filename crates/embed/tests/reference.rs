@@ -270,9 +270,7 @@ fn every_kernel_path_this_cpu_has_matches_sentence_transformers() {
 fn the_default_precision_is_bf16_only_with_a_bf16_kernel() {
     let e = embedder();
     let want = Precision::best_for(e.isa());
-    if std::env::var("INFERD_EMBED_PRECISION").is_err() {
-        assert_eq!(e.precision(), want);
-    }
+    assert_eq!(e.precision(), want);
     report(&format!(
         "embed default precision on this CPU ({}): {}",
         e.isa().name(),

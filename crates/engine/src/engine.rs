@@ -255,14 +255,31 @@ struct Active {
     /// Until they are sent with the first token.
     prompt_logprobs: Option<PromptLogprobs>,
     constraint: Option<ConstraintState>,
-    /// Speculation state; `None` when the request does not speculate.
+    /// `None` when the engine does not speculate.
+    spec: Option<SeqSpec>,
+}
+
+/// A request's part in speculation.
+struct SeqSpec {
+    /// Its draft lengths and acceptance; `None` when it does not draft (a
+    /// constrained request: masks are computed one token at a time).
     draft: Option<DraftState>,
-    spec_drafted: usize,
-    spec_accepted: usize,
-    /// A speculating request's tenant (its prefix-cache salt) and the tokens it
-    /// emitted, for the suffix store when it finishes; `None` when it is not
-    /// remembered (prompt log-probabilities give it a salt of its own).
-    tenant: Option<Option<u64>>,
+    /// The same for the draft model's drafts, kept apart so that a weak draft
+    /// model does not shorten or pause the lookup drafts (and the reverse);
+    /// `None` without a draft model.
+    model_draft: Option<DraftState>,
+    /// Whether the draft being verified came from the draft model.
+    by_model: bool,
+    drafted: usize,
+    accepted: usize,
+    /// Its tenant (prefix-cache salt) and output, for the suffix store when it
+    /// finishes; `None` when it is not remembered (prompt log-probabilities
+    /// give it a salt of its own).
+    remembered: Option<Remembered>,
+}
+
+struct Remembered {
+    tenant: Option<u64>,
     output: Vec<u32>,
 }
 
@@ -566,17 +583,23 @@ impl EngineLoop {
                     top_n,
                     entries: vec![None; req.prompt.len() - 1],
                 }),
-                // Masks are computed one token at a time: a constrained request
-                // does not speculate.
-                draft: self
-                    .spec
-                    .as_ref()
-                    .filter(|_| req.constraint.as_ref().is_none_or(|c| c.0.is_free()))
-                    .map(|s| DraftState::new(s.config.max_draft)),
-                spec_drafted: 0,
-                spec_accepted: 0,
-                tenant: (self.spec.is_some() && req.prompt_logprobs.is_none()).then_some(salt),
-                output: Vec::new(),
+                spec: self.spec.as_ref().map(|s| SeqSpec {
+                    draft: req
+                        .constraint
+                        .as_ref()
+                        .is_none_or(|c| c.0.is_free())
+                        .then(|| DraftState::new(s.config.max_draft)),
+                    model_draft: (s.draft.is_some()
+                        && req.constraint.as_ref().is_none_or(|c| c.0.is_free()))
+                    .then(|| DraftState::new(s.config.max_draft)),
+                    by_model: false,
+                    drafted: 0,
+                    accepted: 0,
+                    remembered: req.prompt_logprobs.is_none().then(|| Remembered {
+                        tenant: salt,
+                        output: Vec::new(),
+                    }),
+                }),
                 constraint: req
                     .constraint
                     .map(|c| ConstraintState::new(c.0, self.model.model.config().vocab_size)),
@@ -757,8 +780,8 @@ impl EngineLoop {
         g.spec_verify_steps_total.fetch_add(1, Ordering::Relaxed);
         g.spec_draft_tokens_total
             .fetch_add(drafts.len() as u64, Ordering::Relaxed);
-        if let Some(a) = self.active.get_mut(&c.id) {
-            a.spec_drafted += drafts.len();
+        if let Some(s) = self.active.get_mut(&c.id).and_then(|a| a.spec.as_mut()) {
+            s.drafted += drafts.len();
         }
         let verdict = sample_and_match(&drafts, |j| {
             if j > 0 {
@@ -769,8 +792,8 @@ impl EngineLoop {
                     .spec_accepted_tokens_total
                     .fetch_add(1, Ordering::Relaxed);
                 self.gauges.spec_accepted_at_total[j - 1].fetch_add(1, Ordering::Relaxed);
-                if let Some(a) = self.active.get_mut(&c.id) {
-                    a.spec_accepted += 1;
+                if let Some(s) = self.active.get_mut(&c.id).and_then(|a| a.spec.as_mut()) {
+                    s.accepted += 1;
                 }
             }
             self.sample_and_emit(c.id, logits.row(first + j), now)
@@ -779,7 +802,12 @@ impl EngineLoop {
         let Some(token) = verdict.next else {
             return;
         };
-        if let Some(d) = self.active.get_mut(&c.id).and_then(|a| a.draft.as_mut()) {
+        let state = self.active.get_mut(&c.id).and_then(|a| a.spec.as_mut());
+        let state = state.and_then(|s| match s.by_model {
+            true => s.model_draft.as_mut(),
+            false => s.draft.as_mut(),
+        });
+        if let Some(d) = state {
             d.observe(drafts.len(), verdict.accepted);
         }
         self.scheduler.accept_draft(c.id, verdict.accepted);
@@ -810,42 +838,55 @@ impl EngineLoop {
             let Some(a) = self.active.get_mut(&c.id) else {
                 continue;
             };
-            let Some(d) = a.draft.as_mut() else {
+            let Some(SeqSpec {
+                draft: Some(d),
+                model_draft,
+                by_model,
+                remembered,
+                ..
+            }) = a.spec.as_mut()
+            else {
                 continue;
             };
             // Never past `max_tokens`: the token after the drafts is sampled too.
             let room = a.max_tokens.saturating_sub(a.generated + 1);
-            let wanted = d.wanted().min(room);
-            let worth = |draft_secs: f64| {
+            let worth = |state: &mut DraftState, draft_secs: f64| {
+                let wanted = state.wanted().min(room);
                 if spec.config.adaptive {
-                    worth_drafting(fit, step_tokens, step_yield, d.rate(), wanted, draft_secs)
+                    worth_drafting(
+                        fit,
+                        step_tokens,
+                        step_yield,
+                        state.rate(),
+                        wanted,
+                        draft_secs,
+                    )
                 } else {
                     wanted
                 }
             };
-            let k = worth(0.0);
-            if k == 0 {
-                continue;
-            }
             let Some(tokens) = self.scheduler.tokens(c.id) else {
                 continue;
             };
             spec.scratch.clear();
-            if spec.config.lookup {
+            let k = if spec.config.lookup { worth(d, 0.0) } else { 0 };
+            if k > 0 {
                 spec.config.proposer.propose(tokens, k, &mut spec.scratch);
                 if spec.scratch.is_empty() {
-                    if let Some(tenant) = a.tenant {
+                    if let Some(r) = remembered {
                         let lookup = spec.config.proposer;
                         spec.suffix
-                            .propose(tenant, &lookup, tokens, k, &mut spec.scratch);
+                            .propose(r.tenant, &lookup, tokens, k, &mut spec.scratch);
                     }
                 }
             }
             if !spec.scratch.is_empty() {
+                *by_model = false;
                 drafted |= self.scheduler.set_draft(c.id, &spec.scratch);
-            } else if let Some(secs) = model_secs {
-                let k = worth(secs);
+            } else if let (Some(secs), Some(m)) = (model_secs, model_draft.as_mut()) {
+                let k = worth(m, secs);
                 if k > 0 {
+                    *by_model = true;
                     for_model.push((c.id, k));
                 }
             }
@@ -957,8 +998,8 @@ impl EngineLoop {
         }
         a.sampler.observe(token);
         a.generated += 1;
-        if a.tenant.is_some() {
-            a.output.push(token);
+        if let Some(r) = a.spec.as_mut().and_then(|s| s.remembered.as_mut()) {
+            r.output.push(token);
         }
         a.first_token.get_or_insert(now);
         let reason = if grammar_end || a.stop_token_ids.contains(&token) {
@@ -994,8 +1035,9 @@ impl EngineLoop {
         let Some(a) = self.active.remove(&id) else {
             return;
         };
-        if let (Some(spec), Some(tenant)) = (self.spec.as_mut(), a.tenant) {
-            spec.suffix.record(tenant, &a.output);
+        let remembered = a.spec.as_ref().and_then(|s| s.remembered.as_ref());
+        if let (Some(spec), Some(r)) = (self.spec.as_mut(), remembered) {
+            spec.suffix.record(r.tenant, &r.output);
         }
         let info = self.scheduler.finish(id).unwrap_or(FinishedSequence {
             cached_tokens: 0,
@@ -1017,8 +1059,8 @@ impl EngineLoop {
                 .as_ref()
                 .map_or(Duration::ZERO, |c| c.mask_time),
             masks: a.constraint.as_ref().map_or(0, |c| c.masks),
-            spec_draft_tokens: a.spec_drafted,
-            spec_accepted_tokens: a.spec_accepted,
+            spec_draft_tokens: a.spec.as_ref().map_or(0, |s| s.drafted),
+            spec_accepted_tokens: a.spec.as_ref().map_or(0, |s| s.accepted),
         };
         let usage = Usage {
             prompt_tokens: a.prompt_tokens,

@@ -44,10 +44,10 @@ pub enum Isa {
     /// `Avx512` plus AMX int8 tiles, which the packed kernel uses for each full
     /// 16-row tile of activations (batched decode, prefill). Runnable only when
     /// the CPU has AMX-TILE and AMX-INT8, the OS enables tile state (XCR0) and
-    /// grants this process its use (`arch_prctl`). Not the default: with the
+    /// grants this process its use (`arch_prctl`). Never detected: with the
     /// formats' 32-weight blocks each tile multiply is followed by a store and a
-    /// per-block rescale, and it measures slower than `Avx512` (RESULTS.md);
-    /// `INFERD_AMX=1` opts in.
+    /// per-block rescale, and it measures slower than `Avx512` (RESULTS.md); a
+    /// caller asks for it by name ([`Isa::named`], the binary's `--isa amx`).
     Amx,
     /// aarch64 NEON with the dot-product extension (`sdot`): the packed integer
     /// kernel; the other kernels take their scalar form.
@@ -62,10 +62,6 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
-                    let opted_in = std::env::var("INFERD_AMX").is_ok_and(|v| v == "1");
-                    if opted_in && amx::available() {
-                        return Isa::Amx;
-                    }
                     return Isa::Avx512;
                 }
                 return Isa::Avx2;
@@ -92,6 +88,20 @@ impl Isa {
             paths.push(Isa::Amx);
         }
         paths
+    }
+
+    /// The path called `name` (`auto`: [`Isa::detect`]'s), when this CPU runs
+    /// it; otherwise the names it does run, to report.
+    pub fn named(name: &str) -> std::result::Result<Isa, Vec<&'static str>> {
+        if name == "auto" {
+            return Ok(default_isa());
+        }
+        let available = Isa::available();
+        available
+            .iter()
+            .copied()
+            .find(|i| i.name() == name)
+            .ok_or_else(|| available.iter().map(|i| i.name()).collect())
     }
 
     pub fn name(self) -> &'static str {
