@@ -559,13 +559,11 @@ mod tests {
         let joint: Vec<f64> = (0..V * V)
             .map(|ab| p1[ab / V] * softmax(&second[ab / V])[ab % V])
             .collect();
+        type Verifier<'a> =
+            dyn Fn(&[u32], &mut Sampler, &mut dyn FnMut(usize) -> [f32; V]) -> Verdict + 'a;
         // Drafts favour the tokens the model finds least likely.
         let q = [0.1, 0.2, 0.4, 0.3];
-        let run = |verify: &dyn Fn(
-            &[u32],
-            &mut Sampler,
-            &mut dyn FnMut(usize) -> [f32; V],
-        ) -> Verdict| {
+        let run = |verify: &Verifier<'_>| {
             let mut sampler = Sampler::new(SamplingParams {
                 temperature: 1.0,
                 seed: Some(11),
