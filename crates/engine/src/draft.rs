@@ -190,7 +190,7 @@ impl DraftModel {
             while k > 0 && need(k) > s.blocks.len() + self.free.len() {
                 k -= 1;
             }
-            let wanted_blocks = need(k).max(to.div_ceil(bs));
+            let wanted_blocks = need(k);
             if wanted_blocks > s.blocks.len() + self.free.len() {
                 plan.push((from, from, 0));
                 continue;

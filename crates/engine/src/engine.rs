@@ -566,6 +566,9 @@ impl EngineLoop {
                 other => EngineError::Scheduler(other),
             });
         }
+        // Masks are computed one token at a time: a constrained request does
+        // not draft.
+        let drafts = req.constraint.as_ref().is_none_or(|c| c.0.is_free());
         self.active.insert(
             id,
             Active {
@@ -584,14 +587,9 @@ impl EngineLoop {
                     entries: vec![None; req.prompt.len() - 1],
                 }),
                 spec: self.spec.as_ref().map(|s| SeqSpec {
-                    draft: req
-                        .constraint
-                        .as_ref()
-                        .is_none_or(|c| c.0.is_free())
+                    draft: drafts.then(|| DraftState::new(s.config.max_draft)),
+                    model_draft: (drafts && s.draft.is_some())
                         .then(|| DraftState::new(s.config.max_draft)),
-                    model_draft: (s.draft.is_some()
-                        && req.constraint.as_ref().is_none_or(|c| c.0.is_free()))
-                    .then(|| DraftState::new(s.config.max_draft)),
                     by_model: false,
                     drafted: 0,
                     accepted: 0,
