@@ -202,7 +202,8 @@ impl DraftModel {
             plan.push((from, to, k));
         }
         let started = Instant::now();
-        let mut timed = (0usize, 0usize);
+        // Seconds per drafting sequence of each timed pass.
+        let mut pass_secs: Vec<f64> = Vec::new();
         // The first pass: catch up, and draft one token where wanted.
         let mut rows: Vec<usize> = Vec::new();
         {
@@ -254,13 +255,11 @@ impl DraftModel {
             // A pass that mostly decodes times the per-token cost; a long
             // catch-up would make drafting look cheaper than it is.
             if drafting > 0 && tokens <= 2 * drafting {
-                timed = (drafting, 1);
+                pass_secs.push(started.elapsed().as_secs_f64() / drafting as f64);
             }
         }
         // Further passes: one more token for each sequence still drafting.
         let mut pass_started = Instant::now();
-        let mut per_token = started.elapsed().as_secs_f64() / timed.0.max(1) as f64;
-        let mut samples = timed.1;
         let max_k = plan.iter().map(|p| p.2).max().unwrap_or(0);
         for j in 1..max_k {
             let live: Vec<usize> = (0..wanted.len())
@@ -290,16 +289,11 @@ impl DraftModel {
                 s.seen.push(fed[bi]);
                 drafts[i].push(argmax(logits.row(bi)));
             }
-            let secs = pass_started.elapsed().as_secs_f64() / live.len() as f64;
-            per_token = if samples == 0 {
-                secs
-            } else {
-                (per_token * samples as f64 + secs) / (samples + 1) as f64
-            };
-            samples += 1;
+            pass_secs.push(pass_started.elapsed().as_secs_f64() / live.len() as f64);
             pass_started = Instant::now();
         }
-        if samples > 0 {
+        if !pass_secs.is_empty() {
+            let per_token = pass_secs.iter().sum::<f64>() / pass_secs.len() as f64;
             self.secs_per_token = Some(match self.secs_per_token {
                 None => per_token,
                 Some(old) => 0.75 * old + 0.25 * per_token,

@@ -353,34 +353,29 @@ fn self_speculation_from_the_first_layers_keeps_outputs_and_refuses_bad_depths()
     }
     assert!(drafted > 0 && accepted <= drafted);
     println!("first 20 of 30 layers as the draft: {accepted} of {drafted} drafts accepted");
-    let layers = 30;
-    for bad in [0, layers] {
-        let err = start_engine(
+    // The engine's start error for a draft source.
+    let refused = |source: DraftSource| {
+        start_engine(
             LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
             EngineConfig {
-                speculation: drafting_with(DraftSource::TargetLayers(bad)),
+                speculation: drafting_with(source),
                 ..EngineConfig::default()
             },
         )
         .err()
-        .expect("a draft as deep as the target, or empty, is refused")
-        .to_string();
+        .expect("the draft source is refused")
+        .to_string()
+    };
+    let layers = 30;
+    for bad in [0, layers] {
+        let err = refused(DraftSource::TargetLayers(bad));
         assert!(
             err.contains("`spec_draft_layers` must be in 1..30"),
             "{err}"
         );
     }
     let missing = std::env::temp_dir().join("inferd-no-such-draft.gguf");
-    let err = start_engine(
-        LoadedModel::load(inferd_testutil::smollm2_path()).unwrap(),
-        EngineConfig {
-            speculation: drafting_with(DraftSource::File(missing)),
-            ..EngineConfig::default()
-        },
-    )
-    .err()
-    .expect("a missing draft file is refused")
-    .to_string();
+    let err = refused(DraftSource::File(missing));
     assert!(err.contains("inferd-no-such-draft.gguf"), "{err}");
     // Without lookup there must be a draft model.
     let err = EngineConfig {
