@@ -22,6 +22,7 @@
 //! same order: the two agree exactly except where a value is subnormal (the
 //! instruction flushes those to zero, the twin keeps them).
 
+use crate::isa::{kernels, try_kernels};
 use crate::{Isa, KernelError, Result};
 
 /// Rows per block: one 512-bit register of f32 outputs.
@@ -29,7 +30,7 @@ pub const BLOCK: usize = 16;
 /// Row blocks per tile.
 const TILE_BLOCKS: usize = 2;
 /// Activation rows per tile.
-const TILE_ROWS: usize = 8;
+pub(crate) const TILE_ROWS: usize = 8;
 /// Row blocks handed to one task.
 const BLOCKS_PER_TASK: usize = 4;
 
@@ -108,11 +109,11 @@ impl Bf16Matrix {
         self.rows.div_ceil(BLOCK)
     }
 
-    fn block(&self, b: usize) -> &[Line] {
+    pub(crate) fn block(&self, b: usize) -> &[Line] {
         &self.lines[b * self.pairs..(b + 1) * self.pairs]
     }
 
-    fn block_bias(&self, b: usize) -> &[f32] {
+    pub(crate) fn block_bias(&self, b: usize) -> &[f32] {
         &self.bias[b * BLOCK..(b + 1) * BLOCK]
     }
 
@@ -140,22 +141,14 @@ pub fn from_bf16(h: u16) -> f32 {
 /// kernel on the AVX-512 paths of a CPU with AVX512-BF16 (AMD Zen 4 and later,
 /// Intel Cooper Lake and Sapphire Rapids and later). Elsewhere callers keep f32.
 pub fn supported(isa: Isa) -> bool {
-    match isa {
-        Isa::Scalar => true,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 | Isa::Amx => {
-            static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16"))
-        }
-        _ => false,
-    }
+    isa == Isa::Scalar || try_kernels(isa).is_some_and(|k| k.has_bf16())
 }
 
 /// Activation rows rounded to bf16, as column pairs: `[rows, pairs]` lanes.
 pub struct Bf16Rows {
     rows: usize,
-    pairs: usize,
-    lanes: Vec<u32>,
+    pub(crate) pairs: usize,
+    pub(crate) lanes: Vec<u32>,
 }
 
 impl Bf16Rows {
@@ -165,20 +158,16 @@ impl Bf16Rows {
         debug_assert_eq!(x.len(), rows * cols);
         let pairs = cols.div_ceil(2);
         let mut lanes = vec![0u32; rows * pairs];
+        let k = kernels(isa);
         for (row, out) in x.chunks_exact(cols).zip(lanes.chunks_exact_mut(pairs)) {
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `supported(isa)` was checked by the caller.
-                Isa::Avx512 | Isa::Amx if supported(isa) => unsafe { x86::round_row(row, out) },
-                _ => round_row(row, out),
-            }
+            k.bf16_round_row(row, out);
         }
         Bf16Rows { rows, pairs, lanes }
     }
 }
 
 /// One row to bf16 pairs (the last pair zero-padded when `row` is odd).
-fn round_row(row: &[f32], out: &mut [u32]) {
+pub(crate) fn round_row(row: &[f32], out: &mut [u32]) {
     for (lane, pair) in out.iter_mut().zip(row.chunks(2)) {
         let lo = to_bf16(pair[0]);
         let hi = pair.get(1).map_or(0, |&v| to_bf16(v));
@@ -252,40 +241,36 @@ unsafe fn blocks_on(
     blocks: std::ops::Range<usize>,
     out: &OutPtr,
 ) {
+    let k = kernels(isa);
     let mut b = blocks.start;
     while b < blocks.end {
         let nb = (blocks.end - b).min(TILE_BLOCKS);
         for i in (0..x.rows).step_by(TILE_ROWS) {
             let ni = (x.rows - i).min(TILE_ROWS);
-            let tile = Tile { w, b, nb, x, i, ni };
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 | Isa::Amx => x86::tile(&tile, out),
-                _ => scalar::tile(&tile, out),
-            }
+            k.bf16_tile(&Tile { w, b, nb, x, i, ni }, out);
         }
         b += nb;
     }
 }
 
 /// `nb` row blocks from block `b` against `ni` activation rows from row `i`.
-struct Tile<'a> {
-    w: &'a Bf16Matrix,
-    b: usize,
-    nb: usize,
-    x: &'a Bf16Rows,
-    i: usize,
-    ni: usize,
+pub(crate) struct Tile<'a> {
+    pub w: &'a Bf16Matrix,
+    pub b: usize,
+    pub nb: usize,
+    pub x: &'a Bf16Rows,
+    pub i: usize,
+    pub ni: usize,
 }
 
 impl Tile<'_> {
     /// Output rows of block `b + k` that exist (the last block may be partial).
-    fn live_rows(&self, k: usize) -> usize {
+    pub(crate) fn live_rows(&self, k: usize) -> usize {
         (self.w.rows - (self.b + k) * BLOCK).min(BLOCK)
     }
 }
 
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub *mut f32);
 // SAFETY: tasks write disjoint rows of the output (`matmul_bf16_on`).
 unsafe impl Sync for OutPtr {}
 unsafe impl Send for OutPtr {}
@@ -310,7 +295,7 @@ pub mod scalar {
 
     /// # Safety
     /// As for [`blocks_on`].
-    pub(super) unsafe fn tile(t: &Tile, out: &OutPtr) {
+    pub(crate) unsafe fn tile(t: &Tile, out: &OutPtr) {
         let (pairs, rows) = (t.x.pairs, t.w.rows);
         for k in 0..t.nb {
             let (block, bias) = (t.w.block(t.b + k), t.w.block_bias(t.b + k));
@@ -334,110 +319,6 @@ pub mod scalar {
                 (0..w.rows).map(move |r| dot(w.bias[r], w.block(r / BLOCK), r % BLOCK, xi))
             })
             .collect()
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::*;
-
-    /// # Safety
-    /// As for [`blocks_on`]; the CPU has AVX512-BF16 ([`supported`]).
-    pub(super) unsafe fn tile(t: &Tile, out: &OutPtr) {
-        macro_rules! dispatch {
-            ($nb:literal; $($ni:literal)*) => {
-                match t.ni {
-                    $($ni => tile_n::<$nb, $ni>(t, out),)*
-                    _ => unreachable!("a tile has 1 to {TILE_ROWS} rows"),
-                }
-            };
-        }
-        if t.nb == 2 {
-            dispatch!(2; 1 2 3 4 5 6 7 8)
-        } else {
-            dispatch!(1; 1 2 3 4 5 6 7 8)
-        }
-    }
-
-    // Plain indexed loops over the const sizes, no closures: closures do not
-    // inherit the target features, and one that is not inlined keeps the
-    // accumulators in memory.
-    /// [`super::round_row`], 32 values per instruction.
-    ///
-    /// # Safety
-    /// The CPU has AVX512-BF16; `out.len() == row.len().div_ceil(2)`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn round_row(row: &[f32], out: &mut [u32]) {
-        let n = row.len();
-        let (src, dst) = (row.as_ptr(), out.as_mut_ptr().cast::<i16>());
-        let mut c = 0;
-        while c < n {
-            let left = n - c;
-            let lo_mask: __mmask16 = if left >= 16 { !0 } else { (1 << left) - 1 };
-            let hi_left = left.saturating_sub(16);
-            let hi_mask: __mmask16 = if hi_left >= 16 {
-                !0
-            } else {
-                (1 << hi_left) - 1
-            };
-            let lo = _mm512_maskz_loadu_ps(lo_mask, src.add(c));
-            let hi = _mm512_maskz_loadu_ps(hi_mask, src.wrapping_add(c + 16));
-            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            // Whole pairs: an odd tail's pair keeps its zero high half.
-            let pairs = left.min(32).div_ceil(2);
-            let store: __mmask32 = if pairs >= 16 {
-                !0
-            } else {
-                (1u32 << (2 * pairs)) - 1
-            };
-            _mm512_mask_storeu_epi16(dst.add(c), store, v);
-            c += 32;
-        }
-    }
-
-    #[inline(always)]
-    fn bh(v: __m512i) -> __m512bh {
-        // SAFETY: both are 512 bits of plain data.
-        unsafe { std::mem::transmute(v) }
-    }
-
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile_n<const NB: usize, const NI: usize>(t: &Tile, out: &OutPtr) {
-        let pairs = t.x.pairs;
-        let mut w = [std::ptr::null::<Line>(); NB];
-        for (k, w) in w.iter_mut().enumerate() {
-            *w = t.w.block(t.b + k).as_ptr();
-        }
-        let x = t.x.lanes.as_ptr().add(t.i * pairs);
-        let mut acc = [[_mm512_setzero_ps(); NI]; NB];
-        for (k, acc) in acc.iter_mut().enumerate() {
-            let bias = _mm512_loadu_ps(t.w.block_bias(t.b + k).as_ptr());
-            *acc = [bias; NI];
-        }
-        for p in 0..pairs {
-            let mut wv = [_mm512_setzero_si512(); NB];
-            for k in 0..NB {
-                wv[k] = _mm512_load_si512(w[k].add(p).cast());
-            }
-            for i in 0..NI {
-                let xv = _mm512_set1_epi32(*x.add(i * pairs + p) as i32);
-                for k in 0..NB {
-                    acc[k][i] = _mm512_dpbf16_ps(acc[k][i], bh(wv[k]), bh(xv));
-                }
-            }
-        }
-        let rows = t.w.rows;
-        for (k, acc) in acc.iter().enumerate() {
-            let r = (t.b + k) * BLOCK;
-            let live = t.live_rows(k);
-            let mask: __mmask16 = if live == BLOCK { !0 } else { (1 << live) - 1 };
-            for (i, &v) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.0.add((t.i + i) * rows + r), mask, v);
-            }
-        }
     }
 }
 

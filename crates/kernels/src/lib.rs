@@ -2,31 +2,34 @@
 //! quantized on the fly to 8-bit blocks, plus the elementwise ops of a transformer
 //! layer.
 //!
-//! Every kernel has a scalar reference twin (`dot::scalar`) that defines what the
-//! fast paths must compute; property tests compare each SIMD path against it. The
-//! instruction set is chosen at run time ([`Isa::detect`]), never by compile-time
-//! `target-cpu` flags, so one binary runs on any x86-64 (AVX-512 VNNI, else AVX2,
-//! else scalar) and on aarch64 (NEON with the dot-product extension, else scalar).
+//! Every kernel has a scalar reference twin that defines what the fast paths must
+//! compute; property tests compare each SIMD path against it. The instruction set
+//! is chosen at run time ([`Isa::detect`]), never by compile-time `target-cpu`
+//! flags, so one binary runs on any x86-64 (AVX-512 VNNI, else AVX2, else scalar)
+//! and on aarch64 (NEON with the dot-product extension, else scalar).
 //!
-//! The reference paths read ggml's block formats exactly (`quant`), in place from
-//! the memory map; the integer kernels read a copy repacked at load, 16 rows side
-//! by side (`packed`).
+//! How it is laid out:
+//! - `quant`, the leaf: ggml's block formats read exactly, in place from the
+//!   memory map, the 8-bit activation blocks, and the scalar reference dot
+//!   products (`quant::scalar`).
+//! - `packed`: the copy of the weights repacked at load for the integer kernels,
+//!   16 rows side by side.
+//! - `isa`: one module per instruction-set path (`avx2`, `avx512` with its AMX
+//!   and bf16 parts, `neon`), each implementing one `Kernels` trait whose default
+//!   methods are the scalar twins, and the one dispatch point that turns an
+//!   [`Isa`] into a path's kernels, where the safety argument for all of them is
+//!   made. A path reads nothing from the environment; AMX is used only when asked
+//!   for by name.
+//! - `dot`, `matmul`, `bf16`, `ops`: what the model calls, on an explicit path.
 
-#[cfg(target_arch = "x86_64")]
-mod amx;
 pub mod bf16;
 pub mod dot;
+mod isa;
 pub mod matmul;
-#[cfg(target_arch = "aarch64")]
-mod neon;
 pub mod ops;
 pub mod packed;
 pub mod pool;
 pub mod quant;
-#[cfg(target_arch = "x86_64")]
-mod x86;
-#[cfg(target_arch = "x86_64")]
-mod x86_512;
 
 pub use matmul::{matmul, Activations, Precision, WeightMatrix};
 pub use packed::PackedMatrix;
@@ -84,7 +87,7 @@ impl Isa {
             Isa::Neon => vec![Isa::Scalar, Isa::Neon],
         };
         #[cfg(target_arch = "x86_64")]
-        if paths.contains(&Isa::Avx512) && amx::available() {
+        if paths.contains(&Isa::Avx512) && isa::amx_available() {
             paths.push(Isa::Amx);
         }
         paths

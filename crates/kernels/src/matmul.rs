@@ -25,9 +25,10 @@
 
 use inferd_gguf::GgmlType;
 
-use crate::dot::{self, uses_q8_activations};
-use crate::packed::{group_dots, PackedMatrix, QuantRows, GROUP};
-use crate::quant::{quantize_row_q8_on, BlockQ8, QK};
+use crate::dot::{self, quantize_row_q8, uses_q8_activations};
+use crate::isa::{kernels, QuantRows};
+use crate::packed::{PackedMatrix, GROUP};
+use crate::quant::{BlockQ8, QK};
 use crate::{default_isa, Isa, KernelError, Result};
 
 /// A weight matrix viewed in place: `rows` rows of `cols` weights, each row a whole
@@ -124,7 +125,7 @@ pub struct Activations<'a> {
     pub cols: usize,
     pub precision: Precision,
     q8: Vec<BlockQ8>,
-    /// The AMX path's copy of `q8`'s planes (`amx::tile_layout`).
+    /// The path's own copy of `q8`, when it keeps one (AMX's tile planes).
     planes: Vec<i8>,
 }
 
@@ -152,18 +153,17 @@ impl<'a> Activations<'a> {
             let two = self.precision == Precision::Q8x2;
             let rows_per_task = 8;
             if self.rows <= rows_per_task {
-                quantize_row_q8_on(isa, x, &mut q8, two);
+                quantize_row_q8(isa, x, &mut q8, two);
             } else {
                 crate::pool::global().for_each_chunk_mut(&mut q8, bpr * rows_per_task, |i, q| {
                     let x0 = i * rows_per_task * cols;
-                    quantize_row_q8_on(isa, &x[x0..x0 + q.len() * QK], q, two);
+                    quantize_row_q8(isa, &x[x0..x0 + q.len() * QK], q, two);
                 });
             }
             self.q8 = q8;
         }
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Amx && self.planes.is_empty() && !self.q8.is_empty() {
-            self.planes = crate::amx::tile_layout(&self.q8, self.rows, self.cols / QK);
+        if self.planes.is_empty() && !self.q8.is_empty() {
+            self.planes = kernels(isa).tile_layout(&self.q8, self.rows, self.cols / QK);
         }
     }
 }
@@ -281,8 +281,9 @@ fn run_rows(
                 n,
                 two_planes: x.precision == Precision::Q8x2,
             };
+            let k = kernels(isa);
             for g in r0 / GROUP..r1.div_ceil(GROUP) {
-                group_dots(isa, p, g, &rows_q, |i, r, v: &[f32]| {
+                k.group_dots(p, g, &rows_q, &mut |i, r, v: &[f32]| {
                     debug_assert!(i < n && r + v.len() <= rows);
                     // SAFETY: as for `write`, for the run of rows [r, r + v.len()).
                     unsafe { out.write_run(i * rows + r, v) }

@@ -1,5 +1,7 @@
-//! Block formats (ggml's, byte for byte), dequantization, and the 8-bit activation
-//! blocks that every quantized dot product consumes.
+//! Block formats (ggml's, byte for byte), dequantization, the 8-bit activation
+//! blocks that every quantized dot product consumes, and the scalar reference dot
+//! products ([`scalar`]). A leaf: it depends on nothing else in the crate, and
+//! everything else reads the formats through it.
 //!
 //! Weight layouts (per block, little-endian; see ggml-common.h):
 //! - Q4_0: `d: f16, qs: [u8; 16]` — x[j] = (lo(qs[j]) - 8)·d, x[j+16] = (hi(qs[j]) - 8)·d
@@ -81,28 +83,6 @@ pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
         b.d = d1 / 256.0;
         b.qsum = qsum;
         b.sum = b.d * (qsum[0] + qsum[1]) as f32;
-    }
-}
-
-/// [`quantize_row_q8`] on `isa` (bit-identical results).
-pub fn quantize_row_q8_on(isa: crate::Isa, x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
-    assert_eq!(
-        x.len(),
-        out.len() * QK,
-        "{} values for {} blocks",
-        x.len(),
-        out.len()
-    );
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` and `Isa::Amx` are only produced when their features were detected.
-        crate::Isa::Avx512 | crate::Isa::Amx => unsafe {
-            crate::x86_512::quantize_row_q8(x, out, two_planes)
-        },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only produced when AVX2, FMA and F16C were detected.
-        crate::Isa::Avx2 => unsafe { crate::x86::quantize_row_q8(x, out, two_planes) },
-        _ => quantize_row_q8(x, out, two_planes),
     }
 }
 
@@ -244,6 +224,153 @@ pub(crate) fn q6k_value(b: &[u8], i: usize) -> i32 {
     };
     let hi = (qh[32 * half + l] >> (2 * quarter)) & 3;
     (lo | (hi << 4)) as i32 - 32
+}
+
+/// The zero code of Q6_K, whose halves are `d_h·(c − HALVES_ZERO)`.
+pub const HALVES_ZERO: i32 = 32;
+
+/// One 32-weight block as unsigned integer codes. Weight `i` is `d[0]·codes[i] + m`,
+/// or with `halves` (Q6_K) `d[i / 16]·(codes[i] − HALVES_ZERO)` — the same value
+/// [`crate::quant::dequantize_row`] gives.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockCodes {
+    pub codes: [u8; QK],
+    pub d: [f32; 2],
+    pub m: f32,
+    pub halves: bool,
+}
+
+/// Block `b` (32 weights) of one row of type `ty` as codes, scales and offset.
+pub fn block_codes(ty: GgmlType, row: &[u8], b: usize) -> BlockCodes {
+    let affine = |codes, d: f32, m| BlockCodes {
+        codes,
+        d: [d, d],
+        m,
+        halves: false,
+    };
+    let mut c = [0u8; QK];
+    let nibbles = |c: &mut [u8; QK], qs: &[u8]| {
+        for j in 0..16 {
+            c[j] = qs[j] & 0xF;
+            c[j + 16] = qs[j] >> 4;
+        }
+    };
+    match ty {
+        GgmlType::Q4_0 => {
+            let blk = &row[18 * b..18 * (b + 1)];
+            nibbles(&mut c, &blk[2..]);
+            let d = f16_at(blk, 0);
+            affine(c, d, -8.0 * d)
+        }
+        GgmlType::Q4_1 => {
+            let blk = &row[20 * b..20 * (b + 1)];
+            nibbles(&mut c, &blk[4..]);
+            affine(c, f16_at(blk, 0), f16_at(blk, 2))
+        }
+        GgmlType::Q5_0 => {
+            let blk = &row[22 * b..22 * (b + 1)];
+            let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+            for j in 0..16 {
+                c[j] = ((blk[6 + j] & 0xF) as u32 | (((qh >> j) << 4) & 0x10)) as u8;
+                c[j + 16] = ((blk[6 + j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as u8;
+            }
+            let d = f16_at(blk, 0);
+            affine(c, d, -16.0 * d)
+        }
+        GgmlType::Q8_0 => {
+            let blk = &row[34 * b..34 * (b + 1)];
+            for (c, &q) in c.iter_mut().zip(&blk[2..]) {
+                *c = (q as i8 as i32 + 128) as u8;
+            }
+            let d = f16_at(blk, 0);
+            affine(c, d, -128.0 * d)
+        }
+        GgmlType::Q4K => {
+            let blk = &row[144 * (b / 8)..144 * (b / 8 + 1)];
+            let j = b % 8;
+            let (sc, mn) = scale_min_k4(j, &blk[4..16]);
+            let q = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2) + 32];
+            for (c, &q) in c.iter_mut().zip(q) {
+                *c = (q >> (4 * (j % 2))) & 0xF;
+            }
+            affine(c, f16_at(blk, 0) * sc as f32, -(f16_at(blk, 2) * mn as f32))
+        }
+        GgmlType::Q6K => {
+            let blk = &row[210 * (b / 8)..210 * (b / 8 + 1)];
+            let j = b % 8;
+            for (l, c) in c.iter_mut().enumerate() {
+                *c = (q6k_value(blk, 32 * j + l) + HALVES_ZERO) as u8;
+            }
+            let d = f16_at(blk, 208);
+            let sc = |h: usize| blk[192 + 2 * j + h] as i8 as f32;
+            BlockCodes {
+                codes: c,
+                d: [d * sc(0), d * sc(1)],
+                m: 0.0,
+                halves: true,
+            }
+        }
+        other => panic!("block_codes called for {other}: this is a bug"),
+    }
+}
+
+pub mod scalar {
+    //! Reference implementations: plain loops, no `unsafe`, no SIMD.
+    use super::*;
+
+    /// One weight row of a packed type against 8-bit activation blocks: per block,
+    /// the integer sum `Σ c·(256·hi + lo)` scaled by the weight's and the
+    /// activations' scales, plus the offset times the activations' sum; for
+    /// Q6_K's halves, each half's sum less `32·Σ q` scaled by its own scale. This
+    /// is what the packed SIMD kernels compute, read from the original bytes.
+    pub fn dot_q8(ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f32 {
+        a.iter()
+            .enumerate()
+            .map(|(b, a)| {
+                let bc = block_codes(ty, w, b);
+                let half_sum = |h: usize| {
+                    let (mut hi, mut lo) = (0i32, 0i32);
+                    for l in 16 * h..16 * h + 16 {
+                        hi += bc.codes[l] as i32 * a.hi[l] as i32;
+                        lo += bc.codes[l] as i32 * a.lo[l] as i32;
+                    }
+                    (hi << 8) + lo
+                };
+                if bc.halves {
+                    (0..2)
+                        .map(|h| {
+                            let isum = half_sum(h) - HALVES_ZERO * a.qsum[h];
+                            bc.d[h] * (isum as f32 * a.d)
+                        })
+                        .sum()
+                } else {
+                    let isum = half_sum(0) + half_sum(1);
+                    bc.d[0] * (isum as f32 * a.d) + bc.m * a.sum
+                }
+            })
+            .sum()
+    }
+
+    pub fn dot_f32(ty: GgmlType, w: &[u8], x: &[f32]) -> f32 {
+        match ty {
+            GgmlType::F32 => w
+                .chunks_exact(4)
+                .zip(x)
+                .map(|(c, &x)| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x)
+                .sum(),
+            GgmlType::F16 => x
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| f16_at(w, 2 * i) * x)
+                .sum(),
+            GgmlType::BF16 => w
+                .chunks_exact(2)
+                .zip(x)
+                .map(|(c, &x)| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) * x)
+                .sum(),
+            other => panic!("dot_f32 called for {other}: this is a bug"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -320,7 +320,7 @@ fn simd_quantization_is_bit_identical_to_scalar() {
                 let mut want = vec![BlockQ8::ZERO; 5];
                 let mut got = vec![BlockQ8::ZERO; 5];
                 quantize_row_q8(&x, &mut want, two_planes);
-                inferd_kernels::quant::quantize_row_q8_on(isa, &x, &mut got, two_planes);
+                inferd_kernels::dot::quantize_row_q8(isa, &x, &mut got, two_planes);
                 assert_eq!(got, want, "{} case {case}", isa.name());
             }
         }

@@ -6,12 +6,181 @@
 //! `vpdpbusd` (AVX-512 VNNI): one instruction does 64 multiply-adds of 4-bit or
 //! 8-bit codes by 8-bit activations.
 //!
-//! Callers must have detected AVX-512F/BW/VNNI, FMA and F16C (see `Isa::detect`).
+//! Two optional parts ride on this path: the bf16 kernels (`bf16`, on CPUs with
+//! AVX512-BF16) and AMX int8 tiles for whole 16-row tiles of activations (`amx`,
+//! the `Isa::Amx` path, asked for by name).
 
 use std::arch::x86_64::*;
 
-use crate::packed::{TileCfg, MAX_TILE};
+use inferd_gguf::GgmlType;
+
+use crate::isa::{group_tiles, Group, Kernels, QuantRows, TileCfg, MAX_TILE};
+use crate::packed::{PackedMatrix, GROUP};
 use crate::quant::BlockQ8;
+
+pub(super) mod amx;
+mod bf16;
+
+/// The AVX-512 path, with its optional parts.
+pub(super) struct Avx512 {
+    /// The CPU has AVX512-BF16: the bf16 kernels run in hardware.
+    bf16: bool,
+    /// AMX tiles take the whole 16-row tiles of the packed kernel.
+    amx: bool,
+}
+
+impl Avx512 {
+    /// # Safety
+    /// This CPU has AVX-512F/BW/VNNI, AVX2, FMA and F16C; with `bf16`, also
+    /// AVX512-BF16; with `amx`, [`amx::available`] returned true.
+    pub(super) unsafe fn new(bf16: bool, amx: bool) -> Avx512 {
+        Avx512 { bf16, amx }
+    }
+}
+
+// SAFETY, for every `unsafe` block below: a value of `Avx512` exists, so this CPU
+// has the features its constructor names (`Avx512::new`, called only by
+// `isa::table`, with `bf16` and `amx` set only when detected); the bf16 and AMX
+// kernels run only when their flag is set. Bounds are as each method's contract
+// states.
+impl Kernels for Avx512 {
+    fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        unsafe { dot_f32(a, b) }
+    }
+
+    fn axpy(&self, a: f32, x: &[f32], y: &mut [f32]) {
+        unsafe { axpy(a, x, y) }
+    }
+
+    unsafe fn weighted_rows(
+        &self,
+        w: &[&[f32]],
+        v: &[f32],
+        stride: usize,
+        n: usize,
+        hd: usize,
+        o: &mut [f32],
+    ) {
+        weighted_rows(w, v, stride, n, hd, o)
+    }
+
+    unsafe fn dot_tile_4x4(&self, w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        dot_tile_4x4(w, x)
+    }
+
+    fn dequantize_row(&self, ty: GgmlType, w: &[u8], out: &mut [f32]) {
+        match ty {
+            GgmlType::Q4_0 => unsafe { dequantize_q4_0(w, out) },
+            GgmlType::Q4_1 => unsafe { dequantize_q4_1(w, out) },
+            GgmlType::Q8_0 => unsafe { dequantize_q8_0(w, out) },
+            _ => crate::quant::dequantize_row(ty, w, out),
+        }
+    }
+
+    fn quantize_row_q8(&self, x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+        unsafe { quantize_row_q8(x, out, two_planes) }
+    }
+
+    unsafe fn packed_tile(
+        &self,
+        cfg: TileCfg,
+        codes: *const u8,
+        scales: *const u8,
+        blocks: usize,
+        acts: &[*const BlockQ8],
+        out: &mut [[f32; GROUP]; MAX_TILE],
+    ) {
+        packed_tile(cfg, codes, scales, blocks, acts, out)
+    }
+
+    /// With AMX: whole tiles of 16 activation rows on the tiles, the rest (and
+    /// Q6_K's per-half scales) on `vpdpbusd`.
+    fn group_dots(
+        &self,
+        p: &PackedMatrix,
+        g: usize,
+        x: &QuantRows,
+        write: &mut dyn FnMut(usize, usize, &[f32]),
+    ) {
+        let grp = Group::of(p, g, x);
+        let mut done = 0;
+        if self.amx && !grp.cfg.halves {
+            let blocks = grp.blocks;
+            let mut out = [[0f32; GROUP]; amx::ROWS];
+            let tile_bytes = blocks * 2 * amx::PLANE_BYTES;
+            while x.n - done >= amx::ROWS && x.planes.len() >= (done / amx::ROWS + 1) * tile_bytes {
+                // SAFETY: as for the impl; `Group::of` checked that the pointers
+                // cover `blocks` blocks of group g and of activation rows
+                // done..done + 16, and the loop condition that their tile's
+                // planes exist.
+                unsafe {
+                    amx::packed_tile16(
+                        grp.cfg,
+                        grp.codes,
+                        grp.scales,
+                        blocks,
+                        x.blocks[done * blocks..].as_ptr(),
+                        blocks,
+                        x.planes[done / amx::ROWS * tile_bytes..].as_ptr(),
+                        &mut out,
+                    )
+                };
+                for (t, row) in out.iter().enumerate() {
+                    write(done + t, grp.r0, &row[..grp.lanes]);
+                }
+                done += amx::ROWS;
+            }
+        }
+        group_tiles(self, &grp, done, write)
+    }
+
+    fn tile_layout(&self, q8: &[BlockQ8], rows: usize, blocks_per_row: usize) -> Vec<i8> {
+        if self.amx {
+            amx::tile_layout(q8, rows, blocks_per_row)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn has_bf16(&self) -> bool {
+        self.bf16
+    }
+
+    fn bf16_round_row(&self, row: &[f32], out: &mut [u32]) {
+        if self.bf16 {
+            unsafe { bf16::round_row(row, out) }
+        } else {
+            crate::bf16::round_row(row, out)
+        }
+    }
+
+    unsafe fn bf16_tile(&self, t: &crate::bf16::Tile, out: &crate::bf16::OutPtr) {
+        if self.bf16 {
+            bf16::tile(t, out)
+        } else {
+            crate::bf16::scalar::tile(t, out)
+        }
+    }
+}
+
+/// `y += a·x` (16 lanes at a time, fused multiply-add; the tail in scalar).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm512_set1_ps(a);
+    let mut i = 0;
+    while i + 16 <= n {
+        let p = y.as_mut_ptr().add(i);
+        _mm512_storeu_ps(
+            p,
+            _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)),
+        );
+        i += 16;
+    }
+    for j in i..n {
+        y[j] += a * x[j];
+    }
+}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
@@ -44,7 +213,7 @@ unsafe fn dequantize_nibbles(qs: *const u8, d: f32, m: f32, out: *mut f32) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
         let d = f16(b, 0);
         dequantize_nibbles(b.as_ptr().add(2), d, -8.0 * d, y.as_mut_ptr());
@@ -52,7 +221,7 @@ pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     let mask = _mm_set1_epi8(0x0F);
     for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
         // d and m are adjacent f16s: one conversion gives both.
@@ -73,7 +242,7 @@ pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
         let d = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(
             (b.as_ptr() as *const u16).read_unaligned() as i32,
@@ -88,7 +257,7 @@ pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
 
 /// Σ a·b in f32 with four independent 16-lane FMA chains.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = [_mm512_setzero_ps(); 4];
@@ -122,7 +291,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// against four weight rows, so the loop issues 16 FMAs per 8 loads instead of one
 /// FMA per two loads. All slices must have the same length.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
     let n = w[0].len();
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
     let mut k = 0;
@@ -158,7 +327,7 @@ pub unsafe fn dot_tile_4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
 /// scales) from the packed scale array, as f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub(crate) unsafe fn load_scales<const F16: bool>(s: *const u8) -> (__m512, __m512) {
+unsafe fn load_scales<const F16: bool>(s: *const u8) -> (__m512, __m512) {
     if F16 {
         (
             _mm512_cvtph_ps(_mm256_loadu_si256(s as *const __m256i)),
@@ -176,13 +345,7 @@ pub(crate) unsafe fn load_scales<const F16: bool>(s: *const u8) -> (__m512, __m5
 /// scaled by the weights' and the activations' scales, plus the offsets' share.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub(crate) unsafe fn rescale(
-    acc: __m512,
-    isum: __m512i,
-    a: &BlockQ8,
-    wd: __m512,
-    wm: __m512,
-) -> __m512 {
+unsafe fn rescale(acc: __m512, isum: __m512i, a: &BlockQ8, wd: __m512, wm: __m512) -> __m512 {
     let f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(a.d));
     let acc = _mm512_fmadd_ps(f, wd, acc);
     _mm512_fmadd_ps(wm, _mm512_set1_ps(a.sum), acc)
@@ -191,7 +354,7 @@ pub(crate) unsafe fn rescale(
 /// The packed kernel for one group of 16 weight rows against `acts.len()` (at most
 /// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn packed_tile(
+unsafe fn packed_tile(
     cfg: TileCfg,
     codes: *const u8,
     scales: *const u8,
@@ -199,7 +362,7 @@ pub unsafe fn packed_tile(
     acts: &[*const BlockQ8],
     out: &mut [[f32; 16]; MAX_TILE],
 ) {
-    crate::packed::dispatch_tile!(
+    crate::isa::dispatch_tile!(
         packed_group,
         cfg,
         acts.len(),
@@ -292,7 +455,7 @@ unsafe fn packed_group<
                         i0 = _mm512_add_epi32(i0, l0);
                         i1 = _mm512_add_epi32(i1, l1);
                     }
-                    let zero = crate::packed::HALVES_ZERO;
+                    let zero = crate::quant::HALVES_ZERO;
                     i0 = _mm512_sub_epi32(i0, _mm512_set1_epi32(zero * a.qsum[0]));
                     i1 = _mm512_sub_epi32(i1, _mm512_set1_epi32(zero * a.qsum[1]));
                     let ad = _mm512_set1_ps(a.d);
@@ -327,7 +490,7 @@ unsafe fn packed_group<
 /// [`crate::quant::quantize_row_q8`] in 16-lane steps, with the same float
 /// operations in the same order, so the blocks are bit-identical.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
     const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     let (lo_lim, hi_lim) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
     for (chunk, b) in x.chunks_exact(32).zip(out.iter_mut()) {
@@ -373,7 +536,7 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) 
 
 /// See [`crate::dot::weighted_rows`] (bounds checked there).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn weighted_rows(
+unsafe fn weighted_rows(
     w: &[&[f32]],
     v: &[f32],
     stride: usize,

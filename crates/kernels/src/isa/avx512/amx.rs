@@ -6,7 +6,8 @@
 //! output. Each block's sums then leave the tile through memory and are scaled in
 //! f32 exactly as the `vpdpbusd` kernel scales them, so the two paths give the
 //! same numbers. That round trip per block is why this path is slower than VNNI
-//! here and not the default (see `Isa::Amx`).
+//! here and not the default (see `Isa::Amx`). The AVX-512 path calls it
+//! (`Avx512::group_dots`) when it was built for `Isa::Amx`.
 //!
 //! Tiles need the OS to enable their state and to grant the process its use;
 //! [`available`] checks both before anything runs a tile instruction.
@@ -14,9 +15,9 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use crate::packed::TileCfg;
+use super::{load_scales, rescale};
+use crate::isa::TileCfg;
 use crate::quant::BlockQ8;
-use crate::x86_512::{load_scales, rescale};
 
 /// Activation rows per tile.
 pub const ROWS: usize = 16;
@@ -150,7 +151,7 @@ struct Aligned<T>(T);
 /// `planes` covers `blocks * 2 * PLANE_BYTES` bytes.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
-pub unsafe fn packed_tile16(
+pub(super) unsafe fn packed_tile16(
     cfg: TileCfg,
     codes: *const u8,
     scales: *const u8,

@@ -4,16 +4,42 @@
 //! them with the same four activation bytes, so a chunk is four `sdot`s per plane.
 //! (`sdot` is written in inline assembly: its intrinsics are not stable in Rust.)
 //!
-//! Callers must have detected NEON and the dot-product extension (see
-//! `Isa::detect`).
+//! The other kernels keep their scalar form.
 
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 use half::f16;
 
-use crate::packed::{TileCfg, MAX_TILE};
+use crate::isa::{Kernels, TileCfg, MAX_TILE};
 use crate::quant::BlockQ8;
+
+/// The NEON + dot-product path.
+pub(super) struct Neon(());
+
+impl Neon {
+    /// # Safety
+    /// This CPU has NEON and the dot-product extension.
+    pub(super) unsafe fn new() -> Neon {
+        Neon(())
+    }
+}
+
+impl Kernels for Neon {
+    unsafe fn packed_tile(
+        &self,
+        cfg: TileCfg,
+        codes: *const u8,
+        scales: *const u8,
+        blocks: usize,
+        acts: &[*const BlockQ8],
+        out: &mut [[f32; 16]; MAX_TILE],
+    ) {
+        // A value of `Neon` exists, so this CPU has NEON and the dot product
+        // (`Neon::new`, called only by `isa::table`).
+        packed_tile(cfg, codes, scales, blocks, acts, out)
+    }
+}
 
 /// `acc.4s += w.16b · x.4b[lane]`: four signed 4-byte dot products.
 macro_rules! sdot {
@@ -38,7 +64,7 @@ macro_rules! sdot {
 /// `c − 128` and the kernel adds back `128 · Σ q` per block (per half for Q6_K,
 /// less its zero code).
 #[target_feature(enable = "neon,dotprod")]
-pub unsafe fn packed_tile(
+unsafe fn packed_tile(
     cfg: TileCfg,
     codes: *const u8,
     scales: *const u8,
@@ -147,7 +173,7 @@ unsafe fn row(
             let wd = vld1q_f32(scale.as_ptr().add(4 * k));
             let wm = vld1q_f32(scale.as_ptr().add(16 + 4 * k));
             if cfg.halves {
-                let zero = crate::packed::HALVES_ZERO;
+                let zero = crate::quant::HALVES_ZERO;
                 let i0 = isum(s[k], l[k], (128 - zero) * a.qsum[0]);
                 let i1 = isum(s2[k], l2[k], (128 - zero) * a.qsum[1]);
                 acc[k] = vfmaq_f32(acc[k], vmulq_f32(vcvtq_f32_s32(i0), ad), wd);

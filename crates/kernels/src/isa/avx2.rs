@@ -3,12 +3,64 @@
 //! `maddubs` (u8 × i8 → i16 pairs, on 4-bit codes so no pair can saturate) and
 //! `madd` (→ i32); 8-bit codes are split into two 4-bit halves.
 //!
-//! Callers must have detected AVX2, FMA and F16C (see `Isa::detect`).
+//! Attention's weighted rows and the 4×4 tile run on this path's `axpy` and dot
+//! product (the trait's defaults); the other formats' dequantizers and bf16 keep
+//! their scalar form.
 
 use std::arch::x86_64::*;
 
-use crate::packed::{TileCfg, MAX_TILE};
+use inferd_gguf::GgmlType;
+
+use crate::isa::{Kernels, TileCfg, MAX_TILE};
 use crate::quant::BlockQ8;
+
+/// The AVX2 + FMA + F16C path.
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    /// # Safety
+    /// This CPU has AVX2, FMA and F16C.
+    pub(super) unsafe fn new() -> Avx2 {
+        Avx2(())
+    }
+}
+
+// SAFETY, for every `unsafe` block below: a value of `Avx2` exists, so this CPU
+// has AVX2, FMA and F16C (`Avx2::new`, called only by `isa::table`).
+impl Kernels for Avx2 {
+    fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        unsafe { dot_f32(a, b) }
+    }
+
+    fn axpy(&self, a: f32, x: &[f32], y: &mut [f32]) {
+        unsafe { axpy(a, x, y) }
+    }
+
+    fn dequantize_row(&self, ty: GgmlType, w: &[u8], out: &mut [f32]) {
+        match ty {
+            GgmlType::Q4_0 => unsafe { dequantize_q4_0(w, out) },
+            GgmlType::Q4_1 => unsafe { dequantize_q4_1(w, out) },
+            GgmlType::Q8_0 => unsafe { dequantize_q8_0(w, out) },
+            _ => crate::quant::dequantize_row(ty, w, out),
+        }
+    }
+
+    fn quantize_row_q8(&self, x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+        unsafe { quantize_row_q8(x, out, two_planes) }
+    }
+
+    unsafe fn packed_tile(
+        &self,
+        cfg: TileCfg,
+        codes: *const u8,
+        scales: *const u8,
+        blocks: usize,
+        acts: &[*const BlockQ8],
+        out: &mut [[f32; 16]; MAX_TILE],
+    ) {
+        packed_tile(cfg, codes, scales, blocks, acts, out)
+    }
+}
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -65,7 +117,7 @@ unsafe fn store_scaled(q: __m256i, signed: bool, d: f32, m: f32, out: *mut f32) 
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
         let d = f16(b, 0);
         store_scaled(
@@ -79,7 +131,7 @@ pub unsafe fn dequantize_q4_0(w: &[u8], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
         store_scaled(
             unpack_nibbles(b.as_ptr().add(4)),
@@ -92,7 +144,7 @@ pub unsafe fn dequantize_q4_1(w: &[u8], out: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
+unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
     for (b, y) in w.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
         let q = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
         store_scaled(q, true, f16(b, 0), 0.0, y.as_mut_ptr());
@@ -101,7 +153,7 @@ pub unsafe fn dequantize_q8_0(w: &[u8], out: &mut [f32]) {
 
 /// Σ a·b in f32 with four independent FMA chains.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -126,7 +178,7 @@ pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// [`MAX_TILE`]) activation rows: `out[t][r]` for lane `r` of the group. Each half
 /// of the group (8 rows) runs as its own 256-bit pass.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn packed_tile(
+unsafe fn packed_tile(
     cfg: TileCfg,
     codes: *const u8,
     scales: *const u8,
@@ -135,7 +187,7 @@ pub unsafe fn packed_tile(
     out: &mut [[f32; 16]; MAX_TILE],
 ) {
     for half in 0..2 {
-        crate::packed::dispatch_tile!(
+        crate::isa::dispatch_tile!(
             packed_half,
             cfg,
             acts.len(),
@@ -244,7 +296,7 @@ unsafe fn packed_half<
                         i0 = _mm256_add_epi32(i0, l0);
                         i1 = _mm256_add_epi32(i1, l1);
                     }
-                    let zero = crate::packed::HALVES_ZERO;
+                    let zero = crate::quant::HALVES_ZERO;
                     i0 = _mm256_sub_epi32(i0, _mm256_set1_epi32(zero * a.qsum[0]));
                     i1 = _mm256_sub_epi32(i1, _mm256_set1_epi32(zero * a.qsum[1]));
                     let ad = _mm256_set1_ps(a.d);
@@ -280,7 +332,7 @@ unsafe fn packed_half<
 
 /// `y += a·x` (8 lanes at a time, fused multiply-add; the tail in scalar).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let n = x.len().min(y.len());
     let av = _mm256_set1_ps(a);
     let mut i = 0;
@@ -300,7 +352,7 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// [`crate::quant::quantize_row_q8`] in 8-lane steps, with the same float
 /// operations in the same order, so the blocks are bit-identical.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
+unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8], two_planes: bool) {
     const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     let (lo_lim, hi_lim) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
