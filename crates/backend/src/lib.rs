@@ -210,6 +210,7 @@ pub struct EngineStats {
     /// Drafts accepted at each draft position (0 = the first drafted token).
     pub spec_accepted_at_total: [u64; MAX_DRAFT],
     pub spec_draft_ns_total: u64,
+    pub spec_verify_ns_total: u64,
 }
 
 /// What a labelled example labels (`POST /v1/intent/feedback`).

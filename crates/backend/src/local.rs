@@ -155,6 +155,7 @@ impl Backend for LocalBackend {
                 g.spec_accepted_at_total[i].load(Relaxed)
             }),
             spec_draft_ns_total: g.spec_draft_ns_total.load(Relaxed),
+            spec_verify_ns_total: g.spec_verify_ns_total.load(Relaxed),
         })
     }
 

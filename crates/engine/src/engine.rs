@@ -129,12 +129,16 @@ pub struct EngineGauges {
     pub decode_step_ns: AtomicU64,
     /// Speculation: tokens drafted, drafts accepted, steps that verified
     /// drafts, drafts accepted at each draft position (0 = the first drafted
-    /// token), and time spent drafting.
+    /// token), time spent drafting, and time spent verifying: the drafted
+    /// rows' share of each forward pass (by token count, since they ride in the
+    /// same pass as everyone else's tokens) plus the sampling and matching of
+    /// the chunks that carried drafts.
     pub spec_draft_tokens_total: AtomicU64,
     pub spec_accepted_tokens_total: AtomicU64,
     pub spec_verify_steps_total: AtomicU64,
     pub spec_accepted_at_total: [AtomicU64; MAX_DRAFT],
     pub spec_draft_ns_total: AtomicU64,
+    pub spec_verify_ns_total: AtomicU64,
 }
 
 impl EngineGauges {
@@ -696,6 +700,7 @@ impl EngineLoop {
             .map(|c| c.id)
             .collect();
         let (model, kv, active) = (&self.model, &mut self.kv, &mut self.active);
+        let forward_started = Instant::now();
         let result = if masked.is_empty() {
             model.model.forward(&batch, kv)
         } else if !self.overlap_masks {
@@ -729,6 +734,7 @@ impl EngineLoop {
             })
         };
         drop(batch);
+        let forward_took = forward_started.elapsed();
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -743,17 +749,28 @@ impl EngineLoop {
         self.scheduler.complete_step(plan);
         self.collect_prompt_logprobs(plan, &logits);
         let now = Instant::now();
+        let mut verifying = Duration::ZERO;
         for (i, c) in plan.chunks.iter().enumerate() {
             if !c.sample {
                 continue;
             }
             if c.draft > 0 {
+                let started = Instant::now();
                 self.verify(i, c, &logits, now);
+                verifying += started.elapsed();
             } else if let Some(row) = logits.last_of(i) {
                 if let Some(token) = self.sample_and_emit(c.id, row, now) {
                     self.scheduler.append_token(c.id, token);
                 }
             }
+        }
+        let drafts = plan.num_draft_tokens();
+        if drafts > 0 {
+            let share = forward_took.mul_f64(drafts as f64 / plan.num_tokens() as f64);
+            let ns = (share + verifying).as_nanos().min(u128::from(u64::MAX)) as u64;
+            self.gauges
+                .spec_verify_ns_total
+                .fetch_add(ns, Ordering::Relaxed);
         }
         self.draft_next(plan);
     }

@@ -28,7 +28,8 @@
 //! as pending work: drafts are added to the decode chunks only after every real decode
 //! token has its slot, within what is left of the token budget and only from free or
 //! evictable blocks, so they never preempt a sequence or delay another one's token.
-//! Drafts that do not fit are dropped and the sequence decodes one token as before.
+//! A sequence keeps the first of its drafts that fit and drops the rest; with room for
+//! none it decodes one token as before.
 //! Only real tokens count as computed; after verification
 //! ([`Scheduler::accept_draft`]) the accepted drafts do, the rejected ones are removed
 //! with their slots, and so a rejected token is never hashed into the prefix cache.
@@ -150,8 +151,16 @@ impl Sequence {
     /// are allocated for them, after [`Scheduler::accept_draft`] gave them back, or when
     /// releasing every block.
     fn drop_draft(&mut self) {
-        self.tokens.truncate(self.tokens.len() - self.draft);
-        self.draft = 0;
+        self.trim_draft(0);
+    }
+
+    /// Keeps the first `keep` draft tokens and forgets the rest (no slots, as for
+    /// [`Self::drop_draft`]).
+    fn trim_draft(&mut self, keep: usize) {
+        let keep = keep.min(self.draft);
+        self.tokens
+            .truncate(self.tokens.len() - (self.draft - keep));
+        self.draft = keep;
     }
 
     fn waiting_key(&self, id: SeqId) -> (Reverse<i32>, u64, SeqId) {
@@ -371,8 +380,9 @@ impl Scheduler {
     /// Extends the decode chunks planned so far by their sequences' drafts, in the
     /// chunks' (priority) order. Runs once every real decode token has its slot, and
     /// takes only blocks that are free or evictable now, never preempting: speculation
-    /// only uses the room real tokens leave. A sequence whose drafts do not fit in the
-    /// budget or the blocks drops them and decodes its one token.
+    /// only uses the room real tokens leave. A sequence whose drafts do not all fit
+    /// in the budget or the blocks keeps as many of its first drafts as do (the
+    /// likeliest to be accepted), and with room for none decodes its one token.
     fn schedule_drafts(&mut self, budget: &mut usize, plan: &mut StepPlan) {
         for c in &mut plan.chunks {
             let s = self
@@ -382,11 +392,17 @@ impl Scheduler {
             if s.draft == 0 {
                 continue;
             }
-            let need = (s.num_computed + c.len + s.draft).saturating_sub(s.slots);
-            let fits = s.draft <= *budget
-                && (need == 0 || self.kv.append_slots(&mut s.blocks, need).is_ok());
-            if !fits {
-                s.drop_draft();
+            let mut keep = s.draft.min(*budget);
+            let mut need = 0;
+            while keep > 0 {
+                need = (s.num_computed + c.len + keep).saturating_sub(s.slots);
+                if need == 0 || self.kv.append_slots(&mut s.blocks, need).is_ok() {
+                    break;
+                }
+                keep -= 1;
+            }
+            s.trim_draft(keep);
+            if keep == 0 {
                 continue;
             }
             s.slots += need;

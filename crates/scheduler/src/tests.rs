@@ -453,7 +453,7 @@ fn model_chain(tokens: &[u32], k: usize) -> Vec<u32> {
 }
 
 #[test]
-fn drafts_are_dropped_when_the_token_budget_is_short() {
+fn drafts_are_trimmed_to_the_token_budget() {
     let config = SchedulerConfig {
         max_batch_tokens: 5,
         ..Default::default()
@@ -466,22 +466,13 @@ fn drafts_are_dropped_when_the_token_budget_is_short() {
     let len = |s: &Scheduler, id| s.tokens(id).unwrap().len();
     assert_eq!((len(&s, 1), len(&s, 2)), (3, 3), "both decode now");
 
-    // Two real decode tokens leave 3 of the 5: four drafts do not fit, and the
-    // higher-priority sequence's drafts never take the other one's token.
+    // Two real decode tokens leave 3 of the 5: of four drafts the first three
+    // are kept, and the higher-priority sequence's drafts never take the other
+    // one's token. Right ones are all accepted.
+    let chunk = |plan: &StepPlan, id| plan.chunks.iter().find(|c| c.id == id).cloned();
     let guess = model_chain(s.tokens(1).unwrap(), 4);
     assert!(s.set_draft(1, &guess));
     assert_eq!(len(&s, 1), 3 + 4);
-    let plan = d.step(&mut s);
-    let chunk = |plan: &StepPlan, id| plan.chunks.iter().find(|c| c.id == id).cloned();
-    let one = chunk(&plan, 1).unwrap();
-    assert_eq!((one.len, one.draft, one.sample), (1, 0, true));
-    assert_eq!(chunk(&plan, 2).unwrap().len, 1);
-    assert_eq!(len(&s, 1), 4, "dropped drafts leave the tokens");
-    assert_eq!(plan.num_draft_tokens(), 0);
-
-    // Three drafts fill the budget exactly; right ones are all accepted.
-    let guess = model_chain(s.tokens(1).unwrap(), 3);
-    assert!(s.set_draft(1, &guess));
     let plan = d.step(&mut s);
     let one = chunk(&plan, 1).unwrap();
     assert_eq!((one.len, one.draft, one.sample), (4, 3, true));
@@ -489,8 +480,39 @@ fn drafts_are_dropped_when_the_token_budget_is_short() {
     assert_eq!((plan.num_tokens(), plan.num_draft_tokens()), (5, 3));
     assert_eq!(
         len(&s, 1),
-        4 + 4,
-        "three accepted drafts and the model's token"
+        3 + 4,
+        "three accepted drafts and the model's token; the fourth draft is gone"
+    );
+
+    // With a third sequence decoding, only two drafts fit.
+    d.add(&mut s, seq(3, vec![5], 20, 0)).unwrap();
+    d.step(&mut s);
+    let guess = model_chain(s.tokens(1).unwrap(), 4);
+    assert!(s.set_draft(1, &guess));
+    let plan = d.step(&mut s);
+    let one = chunk(&plan, 1).unwrap();
+    assert_eq!((one.len, one.draft), (3, 2));
+    assert_eq!(plan.num_tokens(), 5);
+
+    // A budget with no room left drops them all: the sequence decodes its token.
+    let config = SchedulerConfig {
+        max_batch_tokens: 1,
+        ..Default::default()
+    };
+    let mut tight = scheduler(100, 4, config);
+    let mut t = Driver::new();
+    t.add(&mut tight, seq(1, vec![1, 2], 20, 1)).unwrap();
+    t.step(&mut tight);
+    t.step(&mut tight);
+    let before = len(&tight, 1);
+    let guess = model_chain(tight.tokens(1).unwrap(), 2);
+    assert!(tight.set_draft(1, &guess));
+    let plan = t.step(&mut tight);
+    assert_eq!((plan.chunks[0].len, plan.chunks[0].draft), (1, 0));
+    assert_eq!(
+        len(&tight, 1),
+        before + 1,
+        "dropped drafts leave the tokens"
     );
     d.run(&mut s);
 
@@ -498,12 +520,13 @@ fn drafts_are_dropped_when_the_token_budget_is_short() {
     let mut s = scheduler(100, 4, SchedulerConfig::default());
     plain.add(&mut s, seq(1, vec![1, 2], 20, 1)).unwrap();
     plain.add(&mut s, seq(2, vec![3, 4], 20, 0)).unwrap();
+    plain.add(&mut s, seq(3, vec![5], 20, 0)).unwrap();
     plain.run(&mut s);
     assert_eq!(d.outputs, plain.outputs);
 }
 
 #[test]
-fn drafts_never_preempt_and_are_dropped_when_blocks_are_short() {
+fn drafts_never_preempt_and_are_trimmed_to_the_blocks() {
     // 4 blocks of 4 tokens, all held once both prompts are in: 1 (5 tokens, room up
     // to position 7) and 2 (6 tokens).
     let workload = || [seq(1, vec![1; 5], 10, 0), seq(2, vec![2; 6], 10, 0)];
@@ -516,22 +539,22 @@ fn drafts_never_preempt_and_are_dropped_when_blocks_are_short() {
     let stats = s.kv_stats();
     assert_eq!((stats.free_blocks, stats.cached_blocks), (0, 0));
 
-    // Drafts at positions 6..=8 would need a fifth block: dropped, nobody preempted.
+    // Drafts at positions 6..=8: the third would need a fifth block, so the first
+    // two (6 and 7, in the block it holds) are kept and nobody is preempted.
     let guess = model_chain(s.tokens(1).unwrap(), 3);
     assert!(s.set_draft(1, &guess));
     let plan = d.step(&mut s);
     assert!(plan.preempted.is_empty() && s.preemptions_total() == 0);
     assert_eq!(plan.chunks.len(), 2, "both sequences decode");
-    assert!(plan.chunks.iter().all(|c| c.len == 1 && c.draft == 0));
-    assert_eq!(s.tokens(1).unwrap().len(), 7);
-
-    // One draft at position 7 fits in the block it already holds.
-    let guess = model_chain(s.tokens(1).unwrap(), 1);
-    assert!(s.set_draft(1, &guess));
-    let plan = d.step(&mut s);
-    assert!(plan.preempted.is_empty());
     let one = plan.chunks.iter().find(|c| c.id == 1).unwrap();
-    assert_eq!((one.len, one.draft), (2, 1));
+    assert_eq!((one.len, one.draft), (3, 2));
+    assert_eq!(
+        s.tokens(1).unwrap().len(),
+        6 + 3,
+        "two accepted drafts and the model's token"
+    );
+    let two = plan.chunks.iter().find(|c| c.id == 2).unwrap();
+    assert_eq!((two.len, two.draft), (1, 0));
     d.run(&mut s);
 
     let mut plain = Driver::new();

@@ -401,6 +401,15 @@ impl Metrics {
                 st.spec_draft_ns_total as f64 / 1e9
             ));
         }
+        s.push_str(
+            "# HELP inferd_spec_verify_seconds_total Time spent verifying drafts: the drafted rows' share of each forward pass, and their sampling\n# TYPE inferd_spec_verify_seconds_total counter\n",
+        );
+        for (model, st) in &stats {
+            s.push_str(&format!(
+                "inferd_spec_verify_seconds_total{{model=\"{model}\"}} {}\n",
+                st.spec_verify_ns_total as f64 / 1e9
+            ));
+        }
         render_upstreams(&mut s, backends);
         render_caches(&mut s, backends);
         s

@@ -703,4 +703,19 @@ async fn a_speculating_engine_reports_drafts_in_timings_and_metrics_and_answers_
     assert_eq!(value("inferd_spec_draft_tokens_total{model=\"plain\"}"), 0);
     assert!(value("inferd_spec_accepted_at_position_total{model=\"spec\",position=\"1\"}") > 0);
     assert!(metrics.contains("inferd_spec_draft_seconds_total{model=\"spec\"}"));
+    let seconds = |key: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing: {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Verifying took time where drafts were scored, and none where nothing was drafted.
+    assert!(seconds("inferd_spec_verify_seconds_total{model=\"spec\"}") > 0.0);
+    assert_eq!(
+        seconds("inferd_spec_verify_seconds_total{model=\"plain\"}"),
+        0.0
+    );
 }
