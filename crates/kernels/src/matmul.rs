@@ -26,7 +26,7 @@
 use inferd_gguf::GgmlType;
 
 use crate::dot::{self, quantize_row_q8, uses_q8_activations};
-use crate::isa::{kernels, QuantRows};
+use crate::isa::{kernels, Out, QuantRows};
 use crate::packed::{PackedMatrix, GROUP};
 use crate::quant::{BlockQ8, QK};
 use crate::{default_isa, Isa, KernelError, Result};
@@ -281,14 +281,10 @@ fn run_rows(
                 n,
                 two_planes: x.precision == Precision::Q8x2,
             };
-            let k = kernels(isa);
-            for g in r0 / GROUP..r1.div_ceil(GROUP) {
-                k.group_dots(p, g, &rows_q, &mut |i, r, v: &[f32]| {
-                    debug_assert!(i < n && r + v.len() <= rows);
-                    // SAFETY: as for `write`, for the run of rows [r, r + v.len()).
-                    unsafe { out.write_run(i * rows + r, v) }
-                });
-            }
+            let sink = Out { ptr: out.0, rows };
+            // SAFETY: as for `write`: this task alone writes the rows of these
+            // groups ([r0, r1), whole groups), for the n activation rows.
+            unsafe { kernels(isa).packed_rows(p, r0 / GROUP..r1.div_ceil(GROUP), &rows_q, &sink) };
         }
         (Path::ScalarQ8, _) | (Path::Packed, None) => {
             for r in r0..r1 {
@@ -359,12 +355,6 @@ impl SendPtr {
     /// `idx` is in bounds and no other thread writes the same index.
     unsafe fn write(&self, idx: usize, v: f32) {
         *self.0.add(idx) = v;
-    }
-
-    /// # Safety
-    /// `idx..idx + v.len()` is in bounds and no other thread writes it.
-    unsafe fn write_run(&self, idx: usize, v: &[f32]) {
-        std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(idx), v.len());
     }
 }
 // SAFETY: used only for the disjoint writes described in `matmul_on`.

@@ -103,16 +103,24 @@ pub(crate) trait Kernels: Sync {
         packed_tile_scalar(cfg, codes, scales, blocks, acts, out)
     }
 
-    /// `write(i, r0, [x_i · W_r for r in r0..])` for every activation row `i`
-    /// against group `g` of `p` (`r0` its first row), in tiles of [`MAX_TILE`].
-    fn group_dots(
+    /// `x · Wᵀ` for the weight rows of `groups` of `p`, every activation row,
+    /// into `out`, in tiles of [`MAX_TILE`] rows on [`Self::packed_tile`]. One
+    /// call per task of the matmul, so that choosing the path costs nothing per
+    /// group.
+    ///
+    /// # Safety
+    /// As for [`Out::write_run`], for the rows of these groups and every
+    /// activation row.
+    unsafe fn packed_rows(
         &self,
         p: &PackedMatrix,
-        g: usize,
+        groups: std::ops::Range<usize>,
         x: &QuantRows,
-        write: &mut dyn FnMut(usize, usize, &[f32]),
+        out: &Out,
     ) {
-        group_tiles(self, &Group::of(p, g, x), 0, write)
+        for g in groups {
+            group_tiles(self, &Group::of(p, g, x), 0, out)
+        }
     }
 
     /// The copy of the activations a path reads besides the blocks (AMX's tile
@@ -152,59 +160,66 @@ impl Kernels for Scalar {}
 /// # Panics
 /// When this CPU cannot run `isa`: a caller that names a path itself checks it
 /// first, as [`Isa::named`] does.
+#[inline]
 pub(crate) fn kernels(isa: Isa) -> &'static dyn Kernels {
-    try_kernels(isa).unwrap_or_else(|| {
-        let runs: Vec<&str> = Isa::available().iter().map(|i| i.name()).collect();
-        panic!(
-            "the {} kernels were asked for on a CPU that cannot run them (it runs: {})",
-            isa.name(),
-            runs.join(", ")
-        )
-    })
+    match try_kernels(isa) {
+        Some(k) => k,
+        None => refuse(isa),
+    }
 }
 
-/// The kernels of `isa` when this CPU runs it.
+#[cold]
+#[inline(never)]
+fn refuse(isa: Isa) -> ! {
+    let runs: Vec<&str> = Isa::available().iter().map(|i| i.name()).collect();
+    panic!(
+        "the {} kernels were asked for on a CPU that cannot run them (it runs: {})",
+        isa.name(),
+        runs.join(", ")
+    )
+}
+
+/// One slot per [`Isa`] variant, by discriminant (`Neon` is the last).
+type Table = [Option<&'static dyn Kernels>; Isa::Neon as usize + 1];
+
+/// The kernels of `isa` when this CPU runs it. Called for every kernel call, so
+/// it is one load past the first.
+#[inline]
 pub(crate) fn try_kernels(isa: Isa) -> Option<&'static dyn Kernels> {
-    static TABLE: OnceLock<Vec<(Isa, &'static dyn Kernels)>> = OnceLock::new();
-    TABLE
-        .get_or_init(table)
-        .iter()
-        .find(|(i, _)| *i == isa)
-        .map(|(_, k)| *k)
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(table)[isa as usize]
 }
 
 /// Every path this CPU runs, with its kernels.
-fn table() -> Vec<(Isa, &'static dyn Kernels)> {
-    let paths = Isa::available();
-    paths
-        .iter()
-        .map(|&isa| {
-            // SAFETY: this is the whole argument for every SIMD kernel in the
-            // crate. Each path's type can only be made by its `unsafe`
-            // constructor, whose contract is that this CPU (and for AMX, the OS
-            // and this process) runs the path's instructions; the only calls are
-            // here, for the paths `Isa::available` lists, which are exactly those
-            // whose features were detected at run time. Every `unsafe` call of a
-            // `#[target_feature]` function inside a path relies on holding a
-            // value of that path's type, and on nothing else about the CPU.
-            let k: &'static dyn Kernels = unsafe {
-                match isa {
-                    Isa::Scalar => &Scalar,
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => Box::leak(Box::new(avx2::Avx2::new())),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => Box::leak(Box::new(avx512::Avx512::new(bf16(), false))),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Amx => Box::leak(Box::new(avx512::Avx512::new(bf16(), true))),
-                    #[cfg(target_arch = "aarch64")]
-                    Isa::Neon => Box::leak(Box::new(neon::Neon::new())),
-                    #[allow(unreachable_patterns)]
-                    other => unreachable!("{} is not a path of this architecture", other.name()),
-                }
-            };
-            (isa, k)
-        })
-        .collect()
+fn table() -> Table {
+    let mut table: Table = Default::default();
+    for isa in Isa::available() {
+        // SAFETY: this is the whole argument for every SIMD kernel in the
+        // crate. Each path's type can only be made by its `unsafe`
+        // constructor, whose contract is that this CPU (and for AMX, the OS
+        // and this process) runs the path's instructions; the only calls are
+        // here, for the paths `Isa::available` lists, which are exactly those
+        // whose features were detected at run time. Every `unsafe` call of a
+        // `#[target_feature]` function inside a path relies on holding a
+        // value of that path's type, and on nothing else about the CPU.
+        let k: &'static dyn Kernels = unsafe {
+            match isa {
+                Isa::Scalar => &Scalar,
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => Box::leak(Box::new(avx2::Avx2::new())),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => Box::leak(Box::new(avx512::Avx512::new(bf16(), false))),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Amx => Box::leak(Box::new(avx512::Avx512::new(bf16(), true))),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => Box::leak(Box::new(neon::Neon::new())),
+                #[allow(unreachable_patterns)]
+                other => unreachable!("{} is not a path of this architecture", other.name()),
+            }
+        };
+        table[isa as usize] = Some(k);
+    }
+    table
 }
 
 /// Whether the AVX-512 paths can run the bf16 kernels in hardware.
@@ -346,36 +361,52 @@ impl<'a> Group<'a> {
     }
 }
 
+/// Where the packed kernels write: `[n, rows]` f32, row `i` of the activations
+/// at `i · rows`.
+pub(crate) struct Out {
+    pub ptr: *mut f32,
+    pub rows: usize,
+}
+
+impl Out {
+    /// Writes `v` at weight rows `r..r + v.len()` of activation row `i`.
+    ///
+    /// # Safety
+    /// Those positions lie inside the output, and no other thread writes them.
+    #[inline]
+    pub unsafe fn write_run(&self, i: usize, r: usize, v: &[f32]) {
+        debug_assert!(r + v.len() <= self.rows);
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i * self.rows + r), v.len());
+    }
+}
+
 /// Activation rows `from..` of a group in tiles of [`MAX_TILE`] on `k`'s packed
 /// kernel.
-pub(crate) fn group_tiles<K: Kernels + ?Sized>(
-    k: &K,
-    grp: &Group,
-    from: usize,
-    write: &mut dyn FnMut(usize, usize, &[f32]),
-) {
+///
+/// # Safety
+/// As for [`Kernels::packed_rows`].
+#[inline]
+pub(crate) unsafe fn group_tiles<K: Kernels + ?Sized>(k: &K, grp: &Group, from: usize, out: &Out) {
     let (n, blocks, acts) = (grp.x.n, grp.blocks, grp.x.blocks);
-    let mut out = [[0f32; GROUP]; MAX_TILE];
+    let mut tile = [[0f32; GROUP]; MAX_TILE];
     for t0 in (from..n).step_by(MAX_TILE) {
         let nt = (n - t0).min(MAX_TILE);
         let ptrs: [*const BlockQ8; MAX_TILE] =
             std::array::from_fn(|t| acts[(t0 + t.min(nt - 1)) * blocks..].as_ptr());
-        // SAFETY: `Group::of` took `codes` and `scales` from `blocks` blocks of
-        // one group of the packed matrix and checked that the activations hold
-        // `n` rows of `blocks` blocks, so every pointer in `ptrs` starts `blocks`
-        // of them.
-        unsafe {
-            k.packed_tile(
-                grp.cfg,
-                grp.codes,
-                grp.scales,
-                blocks,
-                &ptrs[..nt],
-                &mut out,
-            )
-        };
-        for (t, row) in out.iter().enumerate().take(nt) {
-            write(t0 + t, grp.r0, &row[..grp.lanes]);
+        // `Group::of` took `codes` and `scales` from `blocks` blocks of one
+        // group of the packed matrix and checked that the activations hold `n`
+        // rows of `blocks` blocks, so every pointer in `ptrs` starts `blocks` of
+        // them.
+        k.packed_tile(
+            grp.cfg,
+            grp.codes,
+            grp.scales,
+            blocks,
+            &ptrs[..nt],
+            &mut tile,
+        );
+        for (t, row) in tile.iter().enumerate().take(nt) {
+            out.write_run(t0 + t, grp.r0, &row[..grp.lanes]);
         }
     }
 }
@@ -500,11 +531,12 @@ mod tests {
                     two_planes,
                 };
                 let mut got = vec![f32::NAN; n * rows];
-                for g in 0..p.groups() {
-                    Scalar.group_dots(&p, g, &xq, &mut |i, r0, v| {
-                        got[i * rows + r0..i * rows + r0 + v.len()].copy_from_slice(v)
-                    });
-                }
+                let out = Out {
+                    ptr: got.as_mut_ptr(),
+                    rows,
+                };
+                // SAFETY: `got` holds n × rows values and nothing else writes it.
+                unsafe { Scalar.packed_rows(&p, 0..p.groups(), &xq, &out) };
                 let bpr = cols / QK;
                 for i in 0..n {
                     for r in 0..rows {

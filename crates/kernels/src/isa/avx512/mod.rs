@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use inferd_gguf::GgmlType;
 
-use crate::isa::{group_tiles, Group, Kernels, QuantRows, TileCfg, MAX_TILE};
+use crate::isa::{group_tiles, Group, Kernels, Out, QuantRows, TileCfg, MAX_TILE};
 use crate::packed::{PackedMatrix, GROUP};
 use crate::quant::BlockQ8;
 
@@ -95,25 +95,27 @@ impl Kernels for Avx512 {
 
     /// With AMX: whole tiles of 16 activation rows on the tiles, the rest (and
     /// Q6_K's per-half scales) on `vpdpbusd`.
-    fn group_dots(
+    unsafe fn packed_rows(
         &self,
         p: &PackedMatrix,
-        g: usize,
+        groups: std::ops::Range<usize>,
         x: &QuantRows,
-        write: &mut dyn FnMut(usize, usize, &[f32]),
+        out: &Out,
     ) {
-        let grp = Group::of(p, g, x);
-        let mut done = 0;
-        if self.amx && !grp.cfg.halves {
-            let blocks = grp.blocks;
-            let mut out = [[0f32; GROUP]; amx::ROWS];
-            let tile_bytes = blocks * 2 * amx::PLANE_BYTES;
-            while x.n - done >= amx::ROWS && x.planes.len() >= (done / amx::ROWS + 1) * tile_bytes {
-                // SAFETY: as for the impl; `Group::of` checked that the pointers
-                // cover `blocks` blocks of group g and of activation rows
-                // done..done + 16, and the loop condition that their tile's
-                // planes exist.
-                unsafe {
+        for g in groups {
+            let grp = Group::of(p, g, x);
+            let mut done = 0;
+            if self.amx && !grp.cfg.halves {
+                let blocks = grp.blocks;
+                let mut tile = [[0f32; GROUP]; amx::ROWS];
+                let tile_bytes = blocks * 2 * amx::PLANE_BYTES;
+                while x.n - done >= amx::ROWS
+                    && x.planes.len() >= (done / amx::ROWS + 1) * tile_bytes
+                {
+                    // As for the impl; `Group::of` checked that the pointers
+                    // cover `blocks` blocks of group g and of activation rows
+                    // done..done + 16, and the loop condition that their tile's
+                    // planes exist.
                     amx::packed_tile16(
                         grp.cfg,
                         grp.codes,
@@ -122,16 +124,16 @@ impl Kernels for Avx512 {
                         x.blocks[done * blocks..].as_ptr(),
                         blocks,
                         x.planes[done / amx::ROWS * tile_bytes..].as_ptr(),
-                        &mut out,
-                    )
-                };
-                for (t, row) in out.iter().enumerate() {
-                    write(done + t, grp.r0, &row[..grp.lanes]);
+                        &mut tile,
+                    );
+                    for (t, row) in tile.iter().enumerate() {
+                        out.write_run(done + t, grp.r0, &row[..grp.lanes]);
+                    }
+                    done += amx::ROWS;
                 }
-                done += amx::ROWS;
             }
+            group_tiles(self, &grp, done, out)
         }
-        group_tiles(self, &grp, done, write)
     }
 
     fn tile_layout(&self, q8: &[BlockQ8], rows: usize, blocks_per_row: usize) -> Vec<i8> {
