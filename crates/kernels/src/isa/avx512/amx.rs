@@ -7,7 +7,7 @@
 //! f32 exactly as the `vpdpbusd` kernel scales them, so the two paths give the
 //! same numbers. That round trip per block is why this path is slower than VNNI
 //! here and not the default (see `Isa::Amx`). The AVX-512 path calls it
-//! (`Avx512::group_dots`) when it was built for `Isa::Amx`.
+//! (`Avx512::packed_rows`) when it was built for `Isa::Amx`.
 //!
 //! Tiles need the OS to enable their state and to grant the process its use;
 //! [`available`] checks both before anything runs a tile instruction.
