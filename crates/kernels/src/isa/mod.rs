@@ -30,7 +30,7 @@ pub(crate) use avx512::amx::available as amx_available;
 /// The kernels of one instruction-set path. Each default method is the scalar
 /// reference twin that the path's own version must agree with (up to f32
 /// summation order); the property tests in `tests/kernels_agree.rs` hold every
-/// path to them. Callers go through the checked wrappers in `dot`, `quant`,
+/// path to them. Callers go through the checked wrappers in `dot`,
 /// `matmul` and `bf16`.
 pub(crate) trait Kernels: Sync {
     /// Σ a·b over the shorter of the two slices.
