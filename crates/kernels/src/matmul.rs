@@ -223,7 +223,14 @@ pub fn matmul_many_on(
     for w in ws {
         first.push(first.last().unwrap_or(&0) + w.rows.div_ceil(ROWS_PER_TASK));
     }
-    let outs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let outs: Vec<Out> = outs
+        .iter_mut()
+        .zip(ws)
+        .map(|(o, w)| Out {
+            ptr: o.as_mut_ptr(),
+            rows: w.rows,
+        })
+        .collect();
     let x = &*x;
     crate::pool::global().for_each(first[ws.len()], |t| {
         let m = first.partition_point(|&f| f <= t) - 1;
@@ -265,14 +272,14 @@ fn run_rows(
     x: &Activations,
     r0: usize,
     r1: usize,
-    out: &SendPtr,
+    out: &Out,
 ) {
-    let (n, cols, rows) = (x.rows, w.cols, w.rows);
+    let (n, cols) = (x.rows, w.cols);
     let bpr = cols / QK;
     // SAFETY: the task running this alone writes rows [r0, r1) of this output,
     // and every write is at `i * rows + r` with i < n and r < rows, inside the
     // output whose length (n * rows) the caller checked.
-    let write = |i: usize, r: usize, v: f32| unsafe { out.write(i * rows + r, v) };
+    let write = |i: usize, r: usize, v: f32| unsafe { out.write_run(i, r, &[v]) };
     match (path, w.packed) {
         (Path::Packed, Some(p)) => {
             let rows_q = QuantRows {
@@ -281,10 +288,9 @@ fn run_rows(
                 n,
                 two_planes: x.precision == Precision::Q8x2,
             };
-            let sink = Out { ptr: out.0, rows };
             // SAFETY: as for `write`: this task alone writes the rows of these
             // groups ([r0, r1), whole groups), for the n activation rows.
-            unsafe { kernels(isa).packed_rows(p, r0 / GROUP..r1.div_ceil(GROUP), &rows_q, &sink) };
+            unsafe { kernels(isa).packed_rows(p, r0 / GROUP..r1.div_ceil(GROUP), &rows_q, out) };
         }
         (Path::ScalarQ8, _) | (Path::Packed, None) => {
             for r in r0..r1 {
@@ -347,16 +353,3 @@ fn f32_rows(
         }
     })
 }
-
-struct SendPtr(*mut f32);
-
-impl SendPtr {
-    /// # Safety
-    /// `idx` is in bounds and no other thread writes the same index.
-    unsafe fn write(&self, idx: usize, v: f32) {
-        *self.0.add(idx) = v;
-    }
-}
-// SAFETY: used only for the disjoint writes described in `matmul_on`.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}

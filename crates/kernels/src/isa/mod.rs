@@ -368,6 +368,11 @@ pub(crate) struct Out {
     pub rows: usize,
 }
 
+// SAFETY: tasks share an `Out` only to write disjoint rows of it (`write_run`'s
+// contract), as the matmul splits its output rows between them.
+unsafe impl Sync for Out {}
+unsafe impl Send for Out {}
+
 impl Out {
     /// Writes `v` at weight rows `r..r + v.len()` of activation row `i`.
     ///
