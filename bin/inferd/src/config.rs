@@ -824,6 +824,9 @@ pub struct ServeConfig {
     /// Deterministic handlers, tried in order before routing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleSettings>,
+    /// Agent memory behind `/v1/memory`; none unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::memory::MemorySettings>,
     /// Engine settings for every model (a model's own entry overrides them).
     #[serde(flatten)]
     pub engine: EngineSettings,
@@ -845,6 +848,7 @@ impl Default for ServeConfig {
             tiers: Vec::new(),
             rules: Vec::new(),
             routing: RoutingSettings::default(),
+            memory: None,
             engine: EngineSettings::default(),
         }
     }
@@ -931,6 +935,9 @@ impl ServeConfig {
         }
         if self.threads == Some(0) {
             problems.push("`threads` must be at least 1, got 0".to_owned());
+        }
+        if let Some(p) = self.memory.as_ref().and_then(|m| m.problem()) {
+            problems.push(p);
         }
         if self.host.parse::<std::net::IpAddr>().is_err() && self.host != "localhost" {
             problems.push(format!("`host` must be an IP address, got {:?}", self.host));

@@ -5,6 +5,7 @@ mod bench;
 mod bench_engine;
 mod config;
 mod generate;
+mod memory;
 mod perf;
 mod registry;
 mod serve;
@@ -37,6 +38,11 @@ enum Command {
     BenchEngine(bench_engine::BenchEngineArgs),
     /// Measure prefill (ppN) and decode (tgN) throughput like llama-bench.
     Perf(perf::PerfArgs),
+    /// The agent-memory store: rebuild projections from the log, or check them.
+    Memory {
+        #[command(subcommand)]
+        command: memory::MemoryCommand,
+    },
     /// List, fetch or locate the known models.
     Models {
         #[command(subcommand)]
@@ -71,6 +77,7 @@ fn main() -> ExitCode {
         Command::Perf(args) => perf::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchEngine(args) => bench_engine::run(args),
+        Command::Memory { command } => memory::run(command),
         Command::Models { command } => models(command),
     };
     match result {

@@ -88,6 +88,14 @@ pub struct ServeArgs {
     /// Leave drafting to the draft model: no prompt lookup.
     #[arg(long)]
     no_spec_lookup: bool,
+    /// Keep agent memory (`/v1/memory`) in this directory: an embedded SQLite
+    /// log and its projections [default: no memory].
+    #[arg(long)]
+    state: Option<String>,
+    /// The served embedding model whose vectors memory search uses (a model
+    /// name, e.g. `minilm` served with `--model minilm`).
+    #[arg(long, requires = "state")]
+    memory_model: Option<String>,
 }
 
 impl ServeArgs {
@@ -135,6 +143,13 @@ impl ServeArgs {
             self.spec_draft_layers.map(|v| json!(v)),
         );
         put("spec_lookup", self.no_spec_lookup.then_some(json!(false)));
+        if let Some(state) = &self.state {
+            let mut memory = json!({ "state": state });
+            if let Some(model) = &self.memory_model {
+                memory["model"] = json!(model);
+            }
+            m.insert("memory".into(), memory);
+        }
         Value::Object(m)
     }
 
@@ -217,6 +232,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             secs => Some(std::time::Duration::from_secs(secs)),
         },
     };
+    let memory = config.memory.clone();
     let (host, port, shutdown_secs) = (
         config.host.clone(),
         config.port,
@@ -253,7 +269,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             let rt = tokio::runtime::Handle::current();
             std::thread::spawn(move || {
                 let _rt = rt.enter();
-                let result = load_all(models, upstreams, gateway, options).map(|router| {
+                let result = load_all(models, upstreams, gateway, options, memory).map(|router| {
                     let _ = app.set(router);
                 });
                 let _ = loaded_tx.send(result);
@@ -514,9 +530,11 @@ fn load_all(
     upstreams: Vec<inferd_gateway::UpstreamConfig>,
     gateway: GatewayPlan,
     options: ServerOptions,
+    memory: Option<crate::memory::MemorySettings>,
 ) -> Result<axum::Router> {
     let local_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+    let mut embedders: Vec<(String, Arc<inferd_embed::Embedder>)> = Vec::new();
     for ModelToLoad {
         name,
         path,
@@ -547,7 +565,9 @@ fn load_all(
                 ms = started.elapsed().as_millis() as u64,
                 "embedding model loaded"
             );
-            backends.push(Arc::new(EmbeddingBackend::start(name, Arc::new(embedder))));
+            let embedder = Arc::new(embedder);
+            embedders.push((name.clone(), Arc::clone(&embedder)));
+            backends.push(Arc::new(EmbeddingBackend::start(name, embedder)));
             continue;
         }
         if precision.is_some() {
@@ -602,8 +622,43 @@ fn load_all(
             backends.push(Arc::new(g));
         }
     }
-    let state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
+    let mut state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
+    if let Some(settings) = memory {
+        state = state.with_memory(Arc::new(open_memory(&settings, &embedders)?));
+    }
     Ok(router(Arc::new(state)))
+}
+
+/// Opens the memory store, its vectors from the embedding model it names.
+fn open_memory(
+    settings: &crate::memory::MemorySettings,
+    embedders: &[(String, Arc<inferd_embed::Embedder>)],
+) -> Result<inferd_memory::Memory> {
+    let embedder: Option<Arc<dyn inferd_memory::TextEmbedder>> = match &settings.model {
+        None => None,
+        Some(name) => {
+            let (_, e) = embedders.iter().find(|(n, _)| n == name).with_context(|| {
+                let served: Vec<&str> = embedders.iter().map(|(n, _)| n.as_str()).collect();
+                format!(
+                    "`memory.model` {name:?} is not a served embedding model (embedding models: {})",
+                    if served.is_empty() { "none".to_owned() } else { served.join(", ") }
+                )
+            })?;
+            Some(Arc::clone(e) as Arc<dyn inferd_memory::TextEmbedder>)
+        }
+    };
+    let started = Instant::now();
+    let config = settings.config()?;
+    let memory = inferd_memory::Memory::open(&config, embedder)
+        .with_context(|| format!("cannot open the memory store in {}", config.dir.display()))?;
+    tracing::info!(
+        dir = %config.dir.display(),
+        durability = ?config.durability,
+        search = settings.model.is_some(),
+        ms = started.elapsed().as_millis() as u64,
+        "memory store open"
+    );
+    Ok(memory)
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let in-flight requests finish.

@@ -10,6 +10,7 @@
 
 mod embeddings;
 mod error;
+mod memory;
 mod metrics;
 mod respond;
 
@@ -50,6 +51,8 @@ pub struct ServerState {
     pub request_timeout: Option<Duration>,
     pub metrics: Metrics,
     pub created_unix: u64,
+    /// The agent-memory store behind `/v1/memory`, when the server keeps one.
+    pub memory: Option<Arc<inferd_memory::Memory>>,
 }
 
 /// When the request reached the server (set before the body is read).
@@ -79,7 +82,14 @@ impl ServerState {
             request_timeout: options.request_timeout,
             metrics: Metrics::new(),
             created_unix: unix_now(),
+            memory: None,
         })
+    }
+
+    /// Serves `/v1/memory` from `memory`.
+    pub fn with_memory(mut self, memory: Arc<inferd_memory::Memory>) -> ServerState {
+        self.memory = Some(memory);
+        self
     }
 
     pub fn backends(&self) -> &[Arc<dyn Backend>] {
@@ -152,6 +162,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/models/{id}", get(get_model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(memory::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Outermost, so the instant is taken before the body is read.
         .layer(axum::middleware::from_fn(stamp_arrival))
@@ -335,6 +346,9 @@ pub fn router_when_ready(ready: Arc<OnceLock<Router>>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<ServerState>>) -> Response {
-    let text = s.metrics.render(&s.backends);
+    let mut text = s.metrics.render(&s.backends);
+    if let Some(m) = &s.memory {
+        text.push_str(&m.render_metrics());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -1,0 +1,154 @@
+//! The agent-memory store's settings (`[memory]`, `--state`) and `inferd memory`:
+//! rebuild the projections from the log, or check that a rebuild reaches the
+//! live state.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use inferd_memory::{Durability, MemoryConfig, TextEmbedder};
+use serde::{Deserialize, Serialize};
+
+/// `[memory]`: agent memory behind `/v1/memory`, kept under `state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Where the store lives: a directory (or `sqlite:DIR`) holding `log.db` and
+    /// `projections.db`.
+    pub state: String,
+    /// The served embedding model (a `[[models]]` name) whose vectors the
+    /// `vectors` projection keeps; without one, search is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `fsync` (default: a write is acknowledged once on disk, surviving power
+    /// loss) or `os` (once the OS has it: survives the process being killed).
+    #[serde(default)]
+    pub durability: DurabilitySetting,
+    /// Items the `recent` projection keeps per namespace.
+    #[serde(default = "default_recent")]
+    pub recent_per_namespace: usize,
+}
+
+fn default_recent() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilitySetting {
+    #[default]
+    Fsync,
+    Os,
+}
+
+impl MemorySettings {
+    /// The store's directory; `postgres://` is named as not supported here.
+    pub fn dir(&self) -> Result<PathBuf> {
+        state_dir(&self.state)
+    }
+
+    pub fn config(&self) -> Result<MemoryConfig> {
+        Ok(MemoryConfig {
+            durability: match self.durability {
+                DurabilitySetting::Fsync => Durability::Fsync,
+                DurabilitySetting::Os => Durability::Os,
+            },
+            recent_per_namespace: self.recent_per_namespace,
+            ..MemoryConfig::new(self.dir()?)
+        })
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        if let Err(e) = self.dir() {
+            return Some(format!("`memory.state`: {e}"));
+        }
+        (self.recent_per_namespace == 0)
+            .then(|| "`memory.recent_per_namespace` must be at least 1, got 0".to_owned())
+    }
+}
+
+fn state_dir(state: &str) -> Result<PathBuf> {
+    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
+        anyhow::bail!(
+            "a PostgreSQL state store is not built yet; give a directory for the embedded SQLite store"
+        );
+    }
+    let dir = state.strip_prefix("sqlite:").unwrap_or(state);
+    if dir.trim().is_empty() {
+        anyhow::bail!("`--state` must name a directory, got {state:?}");
+    }
+    Ok(PathBuf::from(dir))
+}
+
+#[derive(Subcommand)]
+pub enum MemoryCommand {
+    /// Rebuild every projection from the log, from zero (stop the server first).
+    Rebuild(StoreArgs),
+    /// Bring the projections up to the log, rebuild them in a scratch file and
+    /// compare the two states, projection by projection (stop the server first).
+    Check(StoreArgs),
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The store's directory (`--state` of `inferd serve`).
+    #[arg(long)]
+    state: String,
+    /// The embedding model the server's `vectors` projection uses (alias or
+    /// directory); without it, that projection is left out.
+    #[arg(long)]
+    embedding_model: Option<String>,
+    /// Items the `recent` projection keeps per namespace (as the server's).
+    #[arg(long, default_value_t = 32)]
+    recent_per_namespace: usize,
+}
+
+pub fn run(command: MemoryCommand) -> Result<()> {
+    let (args, check) = match command {
+        MemoryCommand::Rebuild(a) => (a, false),
+        MemoryCommand::Check(a) => (a, true),
+    };
+    let config = MemoryConfig {
+        recent_per_namespace: args.recent_per_namespace,
+        ..MemoryConfig::new(state_dir(&args.state)?)
+    };
+    let embedder: Option<Arc<dyn TextEmbedder>> = match &args.embedding_model {
+        None => None,
+        Some(m) => {
+            let path = crate::registry::resolve(m, false, "python3")?;
+            Some(Arc::new(inferd_embed::Embedder::load(&path).with_context(
+                || format!("cannot load the embedding model {}", path.display()),
+            )?))
+        }
+    };
+    let started = std::time::Instant::now();
+    if check {
+        let comparisons = inferd_memory::check(&config, embedder)?;
+        let mut differ = Vec::new();
+        for c in &comparisons {
+            println!(
+                "{:<8} {}",
+                c.projection,
+                if c.same() { "same" } else { "DIFFERS" }
+            );
+            if !c.same() {
+                differ.push(c.projection);
+            }
+        }
+        eprintln!("checked in {:.1} s", started.elapsed().as_secs_f64());
+        if !differ.is_empty() {
+            anyhow::bail!(
+                "a rebuild from the log differs from the live {}",
+                differ.join(", ")
+            );
+        }
+    } else {
+        let digests = inferd_memory::rebuild(&config, embedder)?;
+        for (name, _) in &digests {
+            println!("{name:<8} rebuilt");
+        }
+        eprintln!("rebuilt in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

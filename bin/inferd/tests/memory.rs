@@ -1,0 +1,507 @@
+//! `/v1/memory` over HTTP on a real `inferd serve`, and the store surviving
+//! `kill -9` in the middle of 10,000 concurrent writes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn state_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("inferd-state-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn minilm() -> String {
+    "minilm=minilm-l6".to_owned()
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn the_memory_api_writes_reads_its_writes_and_names_every_bad_field() {
+    let dir = state_dir("api");
+    let dir_s = dir.display().to_string();
+    let (_server, addr, _) = serve(
+        &[
+            "--model",
+            &minilm(),
+            "--port",
+            "0",
+            "--state",
+            &dir_s,
+            "--memory-model",
+            "minilm",
+        ],
+        &[],
+    );
+    let write = |body: Value| {
+        let (status, body) = http(&addr, "POST", "/v1/memory", &body.to_string());
+        (status, json_of(&body))
+    };
+    let (status, a) = write(json!({
+        "namespace": "acme/alice", "kind": "preference", "key": "contact",
+        "content": "Alice wants email, not Slack", "metadata": {"source": "crm"},
+        "idempotency_key": "w1"
+    }));
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(
+        (a["seq"].as_i64(), a["duplicate"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let (status, again) = write(json!({
+        "namespace": "acme/alice", "kind": "preference", "key": "contact",
+        "content": "Alice wants email, not Slack", "metadata": {"source": "crm"},
+        "idempotency_key": "w1"
+    }));
+    assert_eq!(
+        (status, again["id"].clone(), again["duplicate"].as_bool()),
+        (200, a["id"].clone(), Some(true))
+    );
+    let (status, e) =
+        write(json!({"namespace": "acme/alice", "content": "other", "idempotency_key": "w1"}));
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (409, Some("idempotency_key")),
+        "{e}"
+    );
+    let (_, b) =
+        write(json!({"namespace": "acme/alice", "content": "Shipped the billing fix on Friday"}));
+    let id = a["id"].as_i64().unwrap();
+
+    // Read-your-writes on every projection.
+    let (status, item) = http(
+        &addr,
+        "GET",
+        &format!("/v1/memory/{id}?namespace=acme/alice&min_seq=2"),
+        "",
+    );
+    assert_eq!(status, 200, "{item}");
+    assert_eq!(json_of(&item)["content"], "Alice wants email, not Slack");
+    let (status, body) = http(
+        &addr,
+        "PATCH",
+        &format!("/v1/memory/{id}"),
+        &json!({"namespace": "acme/alice", "content": "Alice wants Slack now"}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    let seq = json_of(&body)["seq"].as_i64().unwrap();
+    let (status, fact) = http(
+        &addr,
+        "GET",
+        &format!("/v1/memory/facts/contact?namespace=acme/alice&history=true&min_seq={seq}"),
+        "",
+    );
+    assert_eq!(status, 200, "{fact}");
+    let fact = json_of(&fact);
+    assert_eq!(fact["value"], "Alice wants Slack now");
+    assert_eq!(fact["history"].as_array().unwrap().len(), 2);
+    let (status, hits) = http(
+        &addr,
+        "GET",
+        &format!("/v1/memory/search?namespace=acme/alice&q=how+to+reach+Alice&k=1&min_seq={seq}"),
+        "",
+    );
+    assert_eq!(status, 200, "{hits}");
+    let hits = json_of(&hits);
+    assert_eq!(hits["data"][0]["id"].as_i64(), Some(id), "{hits}");
+    let (status, hits) = http(
+        &addr,
+        "GET",
+        &format!(
+            "/v1/memory/search?namespace=acme/alice&q=release&metadata.source=crm&min_seq={seq}"
+        ),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&hits)["data"].as_array().unwrap().len(), 1);
+    let (status, recent) = http(
+        &addr,
+        "GET",
+        &format!("/v1/memory/recent?namespace=acme/alice&min_seq={seq}"),
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&recent)["data"][0]["id"].as_i64(), Some(id));
+    let (status, del) = http(
+        &addr,
+        "DELETE",
+        &format!("/v1/memory/{}?namespace=acme/alice", b["id"]),
+        "",
+    );
+    assert_eq!(status, 201, "{del}");
+    let (status, audit) = http(
+        &addr,
+        "GET",
+        "/v1/memory/audit?namespace=acme/alice&min_seq=4",
+        "",
+    );
+    assert_eq!(status, 200);
+    let ops: Vec<String> = json_of(&audit)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ops, ["put", "put", "update", "delete"]);
+
+    // Errors name the problem.
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/memory",
+            json!({"content": "x"}).to_string(),
+            400,
+            "namespace",
+        ),
+        (
+            "POST",
+            "/v1/memory",
+            json!({"namespace": "a b", "content": "x"}).to_string(),
+            400,
+            "namespace",
+        ),
+        (
+            "POST",
+            "/v1/memory",
+            json!({"namespace": "a", "content": "  "}).to_string(),
+            400,
+            "content",
+        ),
+        (
+            "POST",
+            "/v1/memory",
+            json!({"namespace": "a", "content": "x", "colour": 1}).to_string(),
+            400,
+            "colour",
+        ),
+        (
+            "POST",
+            "/v1/memory",
+            json!({"namespace": "a", "content": "x", "metadata": [1]}).to_string(),
+            400,
+            "metadata",
+        ),
+        ("POST", "/v1/memory", "[1".into(), 400, ""),
+        (
+            "GET",
+            "/v1/memory/abc?namespace=a",
+            String::new(),
+            400,
+            "id",
+        ),
+        (
+            "GET",
+            "/v1/memory/999999?namespace=a",
+            String::new(),
+            404,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/memory/1?namespace=acme/bob",
+            String::new(),
+            404,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/memory/1?namespace=acme/alice&min_seq=99",
+            String::new(),
+            409,
+            "min_seq",
+        ),
+        (
+            "GET",
+            "/v1/memory/1?namespace=acme/alice&min_seq=x",
+            String::new(),
+            400,
+            "min_seq",
+        ),
+        (
+            "GET",
+            "/v1/memory/search?namespace=acme/alice",
+            String::new(),
+            400,
+            "q",
+        ),
+        (
+            "GET",
+            "/v1/memory/search?namespace=acme/alice&q=x&k=0",
+            String::new(),
+            400,
+            "k",
+        ),
+        (
+            "GET",
+            "/v1/memory/search?namespace=acme/alice&q=x&colour=red",
+            String::new(),
+            400,
+            "colour",
+        ),
+        (
+            "GET",
+            "/v1/memory/facts/nope?namespace=acme/alice",
+            String::new(),
+            404,
+            "",
+        ),
+        (
+            "PATCH",
+            "/v1/memory/999999",
+            json!({"namespace": "acme/alice", "content": "x"}).to_string(),
+            404,
+            "",
+        ),
+    ];
+    for (method, path, body, want, param) in cases {
+        let (status, text) = http(&addr, method, path, &body);
+        assert_eq!(status, want, "{method} {path}: {text}");
+        let e = json_of(&text);
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
+        if !param.is_empty() {
+            assert_eq!(
+                e["error"]["param"].as_str(),
+                Some(param),
+                "{method} {path}: {text}"
+            );
+        }
+    }
+    let (_, status) = http(&addr, "GET", "/v1/memory/status", "");
+    let status = json_of(&status);
+    assert_eq!(
+        status["projections"].as_array().unwrap().len(),
+        5,
+        "{status}"
+    );
+    let (_, metrics) = http(&addr, "GET", "/metrics", "");
+    for name in [
+        "inferd_memory_writes_total",
+        "inferd_memory_write_seconds_bucket",
+        "inferd_memory_projection_lag_items{projection=\"vectors\"}",
+        "inferd_memory_pool_wait_seconds_count",
+        "inferd_memory_pool_in_use",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn memory_routes_say_how_to_turn_them_on() {
+    let (_server, addr, _) = serve(&["--model", &minilm(), "--port", "0"], &[]);
+    let (status, body) = http(&addr, "GET", "/v1/memory/status", "");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("--state"), "{body}");
+}
+
+/// One POST on a fresh connection; `None` when the server is not there (any
+/// more) or closed the connection before answering.
+fn try_post(addr: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "POST /v1/memory HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.get(9..12)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((status, body.to_owned()))
+}
+
+/// Per write: its acknowledgement (id, namespace, seq), once it has one.
+type Acks = Arc<Mutex<Vec<Option<(i64, String, i64)>>>>;
+
+const WRITES: usize = 10_000;
+const WRITERS: usize = 64;
+
+/// Sends writes `w, w + WRITERS, …` (skipping acknowledged ones) until the
+/// server goes away; records each acknowledgement (key → (id, namespace, seq)).
+fn writer(
+    addr: String,
+    w: usize,
+    acked: Acks,
+    count: Arc<AtomicUsize>,
+    gone: Arc<AtomicBool>,
+) {
+    for i in (w..WRITES).step_by(WRITERS) {
+        if acked.lock().unwrap()[i].is_some() {
+            continue;
+        }
+        let body = json!({
+            "namespace": format!("t/agent{}", i % 8),
+            "content": format!("memory {i}"),
+            "key": (i % 10 == 0).then(|| format!("k{}", i % 30)),
+            "idempotency_key": format!("write-{i}"),
+        })
+        .to_string();
+        match try_post(&addr, &body) {
+            Some((status, text)) if status == 200 || status == 201 => {
+                let v = json_of(&text);
+                acked.lock().unwrap()[i] = Some((
+                    v["id"].as_i64().unwrap(),
+                    v["namespace"].as_str().unwrap().to_owned(),
+                    v["seq"].as_i64().unwrap(),
+                ));
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((status, text)) => panic!("write {i}: {status} {text}"),
+            None => {
+                gone.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+fn write_all(
+    addr: &str,
+    acked: &Acks,
+    count: &Arc<AtomicUsize>,
+    kill_at: Option<(usize, &mut Killed)>,
+) {
+    let gone = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (addr, acked, count, gone) = (
+                addr.to_owned(),
+                Arc::clone(acked),
+                Arc::clone(count),
+                Arc::clone(&gone),
+            );
+            std::thread::spawn(move || writer(addr, w, acked, count, gone))
+        })
+        .collect();
+    if let Some((at, server)) = kill_at {
+        let started = Instant::now();
+        while count.load(Ordering::Relaxed) < at {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "writes stalled at {}",
+                count.load(Ordering::Relaxed)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SIGKILL: no shutdown path runs.
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_10000_concurrent_writes_loses_no_acknowledged_write() {
+    let dir = state_dir("kill");
+    let dir_s = dir.display().to_string();
+    let args = ["--model", &minilm(), "--port", "0", "--state", &dir_s];
+    let acked = Arc::new(Mutex::new(vec![None; WRITES]));
+    let count = Arc::new(AtomicUsize::new(0));
+    let (mut server, addr, _) = serve(&args, &[]);
+    write_all(&addr, &acked, &count, Some((WRITES / 3, &mut server)));
+    let before_kill = count.load(Ordering::Relaxed);
+    assert!(before_kill < WRITES, "the kill landed after the last write");
+
+    // Restart on the same files: every acknowledged write is there, once.
+    let (_server, addr, _) = serve(&args, &[]);
+    let log = rusqlite::Connection::open(dir.join("log.db")).unwrap();
+    let logged: std::collections::HashMap<String, (i64, String, i64)> = log
+        .prepare("SELECT idempotency_key, gseq, namespace, seq FROM log")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?, r.get(3)?)))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let rows: i64 = log
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows as usize,
+        logged.len(),
+        "an idempotency key appears twice in the log"
+    );
+    for (i, a) in acked.lock().unwrap().iter().enumerate() {
+        if let Some(a) = a {
+            assert_eq!(
+                logged.get(&format!("write-{i}")),
+                Some(a),
+                "acknowledged write {i} is not in the log as acknowledged"
+            );
+        }
+    }
+    // The rest, retried with their keys: each lands once.
+    write_all(&addr, &acked, &count, None);
+    assert_eq!(count.load(Ordering::Relaxed), WRITES);
+    let rows: i64 = log
+        .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, WRITES);
+    let gaps: i64 = log
+        .query_row("SELECT COUNT(*) FROM (SELECT namespace, MAX(seq) - COUNT(*) AS gap FROM log GROUP BY namespace) WHERE gap != 0", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(gaps, 0, "a namespace's sequence has a gap");
+    // The projections converge, and to what a rebuild from zero reaches.
+    let started = Instant::now();
+    loop {
+        let (_, body) = http(&addr, "GET", "/v1/memory/status", "");
+        let s = json_of(&body);
+        if s["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag_items"] == 0)
+            && s["log_position"].as_i64() == Some(WRITES as i64)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "projections did not converge: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(_server);
+    let out = inferd()
+        .args(["memory", "check", "--state", &dir_s])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.ends_with("same")).count(),
+        4,
+        "{stdout}"
+    );
+    report(&format!(
+        "kill -9 after {before_kill} of {WRITES} acknowledged writes: none lost, none doubled; projections equal a rebuild"
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn report(line: &str) {
+    inferd_testutil::report(line);
+}

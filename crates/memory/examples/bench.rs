@@ -1,0 +1,268 @@
+//! The memory store's benchmark: write latency and throughput at 1/16/64
+//! concurrent writers, projection lag and read-your-writes latency under a paced
+//! 500 writes/s, and search latency over 10k and 100k items.
+//!
+//! `cargo run --release -p inferd-memory --example bench -- MINILM_DIR [SCRATCH_DIR]`
+//! prints a Markdown report. The 10k search runs on MiniLM's vectors of real
+//! sentences; the 100k one fills the index through the same projection with a
+//! hashing embedder (384 dimensions, unit length), since the exact scan costs
+//! the same whatever the vectors hold, and times the query's MiniLM embedding
+//! apart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inferd_memory::*;
+use serde_json::Map;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn put(ns: &str, content: String) -> Write {
+    Write::put(
+        Namespace::parse(ns).unwrap(),
+        None,
+        None,
+        content,
+        Map::new(),
+        None,
+    )
+    .unwrap()
+}
+
+/// A sentence of ~12 words from a small vocabulary, varied by `i`.
+fn sentence(i: usize) -> String {
+    const W: [&str; 24] = [
+        "customer", "prefers", "email", "meeting", "invoice", "deadline", "project",
+        "billing", "slack", "report", "weekly", "travel", "budget", "approved",
+        "contract", "review", "team", "launch", "feedback", "support", "ticket", "urgent",
+        "friday", "notes",
+    ];
+    let mut x = i as u64 * 2654435761 + 1;
+    (0..12)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            W[(x % W.len() as u64) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+        + &format!(" #{i}")
+}
+
+/// Unit vectors from a hash of the text: the scan's cost without MiniLM's.
+struct Hashing;
+
+impl TextEmbedder for Hashing {
+    fn dims(&self) -> usize {
+        384
+    }
+    fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut x = t
+                    .bytes()
+                    .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+                let mut v: Vec<f32> = (0..384)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                    })
+                    .collect();
+                let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|a| *a /= n);
+                v
+            })
+            .collect())
+    }
+}
+
+fn store(scratch: &std::path::Path, name: &str, durability: Durability, embedder: Option<Arc<dyn TextEmbedder>>) -> Memory {
+    let dir = scratch.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = MemoryConfig {
+        durability,
+        ..MemoryConfig::new(dir)
+    };
+    Memory::open(&config, embedder).unwrap()
+}
+
+async fn writes(m: Arc<Memory>, writers: usize, total: usize) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let m = Arc::clone(&m);
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for i in (w..total).step_by(writers) {
+                    let t = Instant::now();
+                    m.write(put(&format!("t/w{}", i % 16), sentence(i))).await.unwrap();
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (pct(&mut lat, 0.5), pct(&mut lat, 0.99), total as f64 / secs)
+}
+
+async fn wait_all(m: &Memory) {
+    let head = m.report().await.unwrap()["log_position"].as_i64().unwrap();
+    for s in m.statuses() {
+        s.reached(head).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let minilm = args.get(1).expect("usage: bench MINILM_DIR [SCRATCH_DIR]");
+    let scratch = std::path::PathBuf::from(
+        args.get(2)
+            .cloned()
+            .unwrap_or_else(|| std::env::temp_dir().join("inferd-memory-bench").display().to_string()),
+    );
+    let minilm: Arc<dyn TextEmbedder> = Arc::new(inferd_embed::Embedder::load(minilm).unwrap());
+
+    println!("## Writes (SQLite, WAL, no embedder)\n");
+    println!("| durability | writers | writes | p50 ms | p99 ms | writes/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for durability in [Durability::Fsync, Durability::Os] {
+        for writers in [1, 16, 64] {
+            let m = Arc::new(store(&scratch, "writes", durability, None));
+            let total = if writers == 1 { 1000 } else { 5000 };
+            let (p50, p99, rate) = writes(Arc::clone(&m), writers, total).await;
+            println!("| {durability:?} | {writers} | {total} | {p50:.2} | {p99:.2} | {rate:.0} |");
+            drop(m);
+        }
+    }
+
+    println!("\n## 500 writes/s for 10 s, every projection (vectors: MiniLM)\n");
+    let m = Arc::new(store(&scratch, "paced", Durability::Fsync, Some(Arc::clone(&minilm))));
+    let names: Vec<&'static str> = m.statuses().iter().map(|s| s.name).collect();
+    let interval = Duration::from_micros(2000);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..5000usize {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let m = Arc::clone(&m);
+        tasks.push(tokio::spawn(async move {
+            let a = m.write(put(&format!("t/p{}", i % 16), sentence(i))).await.unwrap();
+            let acked = Instant::now();
+            let ns = Namespace::parse(&a.namespace).unwrap();
+            // Read-your-writes on the items projection, every write; on search, one in 10.
+            let c = Consistency { min_seq: Some(a.seq), wait_ms: Some(10_000) };
+            let t = Instant::now();
+            let ok = m.item(&ns, a.id, c).await.is_ok();
+            let ryw_item = t.elapsed().as_secs_f64() * 1e3;
+            let ryw_search = if i % 10 == 0 {
+                let t = Instant::now();
+                let s = Search { namespace: ns, query: "billing deadline".into(), k: 5, kind: None, metadata: Map::new() };
+                let ok = m.search(s, c).await.is_ok();
+                Some((t.elapsed().as_secs_f64() * 1e3, ok))
+            } else {
+                None
+            };
+            let mut lags = Vec::new();
+            for s in m.statuses() {
+                s.reached(a.gseq).await;
+                lags.push(acked.elapsed().as_secs_f64() * 1e3);
+            }
+            (ok, ryw_item, ryw_search, lags)
+        }));
+    }
+    let offered = started.elapsed().as_secs_f64();
+    let mut ryw_item = Vec::new();
+    let mut ryw_search = Vec::new();
+    let mut lags: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut failed = 0;
+    for t in tasks {
+        let (ok, item, search, l) = t.await.unwrap();
+        failed += usize::from(!ok);
+        ryw_item.push(item);
+        if let Some((s, ok)) = search {
+            failed += usize::from(!ok);
+            ryw_search.push(s);
+        }
+        for (i, v) in l.into_iter().enumerate() {
+            lags[i].push(v);
+        }
+    }
+    println!("offered 5000 writes in {offered:.1} s; {failed} reads failed\n");
+    println!("| projection | lag p50 ms | lag p99 ms |");
+    println!("|---|---:|---:|");
+    for (name, l) in names.iter().zip(lags.iter_mut()) {
+        println!("| {name} | {:.1} | {:.1} |", pct(l, 0.5), pct(l, 0.99));
+    }
+    println!("\n| read-your-writes read | reads | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    println!("| item (items projection) | {} | {:.2} | {:.2} |", ryw_item.len(), pct(&mut ryw_item, 0.5), pct(&mut ryw_item, 0.99));
+    println!("| search (vectors projection) | {} | {:.2} | {:.2} |", ryw_search.len(), pct(&mut ryw_search, 0.5), pct(&mut ryw_search, 0.99));
+    drop(m);
+
+    println!("\n## Search (exact scan, one namespace, k = 5)\n");
+    println!("| items | stored vectors | search p50 ms | search p99 ms | scan p50 ms | MiniLM query embedding p50 ms |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for (items, embedder, label) in [
+        (10_000usize, Arc::clone(&minilm), "MiniLM"),
+        (100_000, Arc::new(Hashing) as Arc<dyn TextEmbedder>, "hashed"),
+    ] {
+        let m = Arc::new(store(&scratch, "search", Durability::Os, Some(embedder)));
+        let mut pending = Vec::new();
+        for i in 0..items {
+            let m = Arc::clone(&m);
+            pending.push(tokio::spawn(async move { m.write(put("t/search", sentence(i))).await.unwrap() }));
+            if pending.len() == 512 {
+                for p in pending.drain(..) {
+                    p.await.unwrap();
+                }
+            }
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+        wait_all(&m).await;
+        let mut total = Vec::new();
+        let mut scan = Vec::new();
+        let mut embed = Vec::new();
+        let q = minilm.embed(&["who prefers email for billing?"]).unwrap().pop().unwrap();
+        let index_only = Search { namespace: Namespace::parse("t/search").unwrap(), query: String::new(), k: 5, kind: None, metadata: Map::new() };
+        for i in 0..100 {
+            let s = Search { query: format!("who prefers email for billing {i}?"), ..index_only.clone() };
+            let t = Instant::now();
+            let hits = m.search(s, Consistency::default()).await.unwrap();
+            total.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(hits.len(), 5);
+            let t = Instant::now();
+            let _ = m.nearest(&q, &index_only);
+            scan.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let _ = minilm.embed(&[&format!("who prefers email for billing {i}?")]).unwrap();
+            embed.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "| {items} | {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            pct(&mut total, 0.5),
+            pct(&mut total, 0.99),
+            pct(&mut scan, 0.5),
+            pct(&mut embed, 0.5)
+        );
+        drop(m);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}

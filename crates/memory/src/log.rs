@@ -1,0 +1,375 @@
+//! The log: one SQLite file in WAL mode, appended by one writer thread.
+//!
+//! A write is acknowledged after the transaction holding it commits, and with
+//! `Durability::Fsync` (the default: `synchronous=FULL`) a commit returns after
+//! the WAL is fsynced, so an acknowledged write survives a crash of the process
+//! and of the machine. The writer drains whatever is queued into one transaction
+//! (group commit, as databases do): under load many writes share one fsync, and a
+//! lone write pays exactly one. Each write runs in its own savepoint, so one that
+//! is refused (an unknown target, a reused idempotency key with other content)
+//! leaves the others of its group standing. The transaction is `BEGIN IMMEDIATE`
+//! and the per-namespace sequence is read inside it, so several processes may
+//! append to the same file and still number every namespace without gaps.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::metrics::MemoryMetrics;
+use crate::sql::{Sqlite, Tx, Val};
+use crate::types::{Appended, Entry, Op, Write};
+use crate::{now_ms, Durability, Error, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS log (
+    gseq INTEGER PRIMARY KEY AUTOINCREMENT,
+    namespace TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    target INTEGER,
+    kind TEXT NOT NULL,
+    key TEXT,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT,
+    at_ms INTEGER NOT NULL,
+    UNIQUE (namespace, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS log_idempotency ON log (namespace, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS log_target ON log (target) WHERE target IS NOT NULL;
+";
+
+/// The columns of an [`Entry`], in [`entry_of`]'s order.
+pub const ENTRY_COLUMNS: &str =
+    "gseq, namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms";
+
+/// Opens (creating) a SQLite file with the settings every connection shares.
+pub fn open_sqlite(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let sync = match durability {
+        Durability::Fsync => "FULL",
+        Durability::Os => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"
+    ))?;
+    Ok(conn)
+}
+
+/// Creates the log's table in `conn` if it is not there.
+pub fn create(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+pub fn entry_of(row: &[Val]) -> Result<Entry> {
+    let bad = || Error::Storage("a log row has an unexpected shape".into());
+    let text = |i: usize| row[i].text().map(str::to_owned).ok_or_else(bad);
+    let opt_text = |i: usize| row[i].text().map(str::to_owned);
+    Ok(Entry {
+        gseq: row[0].int().ok_or_else(bad)?,
+        namespace: text(1)?,
+        seq: row[2].int().ok_or_else(bad)?,
+        op: row[3].text().and_then(Op::parse).ok_or_else(bad)?,
+        target: row[4].int(),
+        kind: text(5)?,
+        key: opt_text(6),
+        content: text(7)?,
+        metadata: text(8)?,
+        idempotency_key: opt_text(9),
+        at_ms: row[10].int().ok_or_else(bad)?,
+    })
+}
+
+/// The log position of a namespace's write `seq`, and the namespace's last seq.
+pub fn position_of(tx: &mut dyn Tx, namespace: &str, seq: i64) -> Result<(Option<i64>, i64)> {
+    let at = tx
+        .rows(
+            "SELECT gseq FROM log WHERE namespace = $1 AND seq = $2",
+            &[namespace.into(), Val::Int(seq)],
+        )?
+        .first()
+        .and_then(|r| r[0].int());
+    let last = tx
+        .rows(
+            "SELECT COALESCE(MAX(seq), 0) FROM log WHERE namespace = $1",
+            &[namespace.into()],
+        )?
+        .first()
+        .and_then(|r| r[0].int())
+        .unwrap_or(0);
+    Ok((at, last))
+}
+
+/// Wakes the projections when the log grows (in this process; they also poll,
+/// for appends by other processes).
+#[derive(Default)]
+pub struct Signal {
+    head: Mutex<i64>,
+    grew: Condvar,
+}
+
+impl Signal {
+    pub fn advance(&self, gseq: i64) {
+        let mut h = self
+            .head
+            .lock()
+            .expect("signal lock poisoned: this is a bug");
+        if gseq > *h {
+            *h = gseq;
+            self.grew.notify_all();
+        }
+    }
+
+    /// Returns when the head passes `after` or `timeout` elapses.
+    pub fn wait_past(&self, after: i64, timeout: Duration) {
+        let h = self
+            .head
+            .lock()
+            .expect("signal lock poisoned: this is a bug");
+        let _ = self
+            .grew
+            .wait_timeout_while(h, timeout, |h| *h <= after)
+            .expect("signal lock poisoned: this is a bug");
+    }
+}
+
+struct Command {
+    write: Write,
+    queued: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Appended>>,
+}
+
+/// The handle to the writer thread. Dropping every handle stops it after the
+/// queued writes.
+#[derive(Clone)]
+pub struct LogWriter {
+    queue: SyncSender<Command>,
+    depth: Arc<AtomicI64>,
+    capacity: usize,
+}
+
+impl LogWriter {
+    /// Starts the writer on `conn` (whose log table exists); at most `capacity`
+    /// writes wait at once.
+    pub fn start(
+        conn: Connection,
+        capacity: usize,
+        signal: Arc<Signal>,
+        metrics: Arc<MemoryMetrics>,
+    ) -> Result<LogWriter> {
+        let (queue, rx) = sync_channel(capacity);
+        let depth = Arc::new(AtomicI64::new(0));
+        let d = Arc::clone(&depth);
+        std::thread::Builder::new()
+            .name("memory-log".into())
+            .spawn(move || run(conn, rx, d, signal, metrics))
+            .map_err(|e| Error::Storage(format!("cannot start the log writer: {e}")))?;
+        Ok(LogWriter {
+            queue,
+            depth,
+            capacity,
+        })
+    }
+
+    /// Appends `write`; resolves once it is durable.
+    pub async fn append(&self, write: Write) -> Result<Appended> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let cmd = Command {
+            write,
+            queued: Instant::now(),
+            reply,
+        };
+        match self.queue.try_send(cmd) {
+            Ok(()) => {
+                self.depth.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) => return Err(Error::Overloaded(self.capacity)),
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Closed),
+        }
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Writes waiting for the writer.
+    pub fn queued(&self) -> i64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+}
+
+/// The most writes one transaction takes.
+const GROUP_MAX: usize = 512;
+
+fn run(
+    mut conn: Connection,
+    rx: Receiver<Command>,
+    depth: Arc<AtomicI64>,
+    signal: Arc<Signal>,
+    metrics: Arc<MemoryMetrics>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        depth.fetch_sub(group.len() as i64, Ordering::Relaxed);
+        metrics.group_size.observe(group.len() as f64);
+        let results = commit_group(&mut conn, &group);
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, writes = group.len(), "memory log commit failed");
+                group.iter().map(|_| Err(e.clone())).collect()
+            }
+        };
+        let mut top = 0;
+        for (cmd, result) in group.into_iter().zip(results) {
+            let label = match &result {
+                Ok(a) if a.duplicate => "duplicate",
+                Ok(_) => "ok",
+                Err(_) => "error",
+            };
+            if let Ok(a) = &result {
+                top = top.max(a.gseq);
+            }
+            metrics.writes.with_label_values(&[label]).inc();
+            metrics
+                .write_seconds
+                .observe(cmd.queued.elapsed().as_secs_f64());
+            let _ = cmd.reply.send(result);
+        }
+        signal.advance(top);
+    }
+}
+
+fn commit_group(conn: &mut Connection, group: &[Command]) -> Result<Vec<Result<Appended>>> {
+    let mut txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let mut results = Vec::with_capacity(group.len());
+    for cmd in group {
+        let sp = txn.savepoint()?;
+        let r = append_one(&mut Sqlite(&sp), &cmd.write, now);
+        if r.is_ok() {
+            sp.commit()?;
+        }
+        results.push(r);
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
+    let ns = w.namespace.as_str();
+    let mut metadata = w
+        .metadata
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string());
+    let (mut kind, mut key) = (w.kind.clone(), w.key.clone());
+    if let Some(idem) = &w.idempotency_key {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM log WHERE namespace = $1 AND idempotency_key = $2"
+        );
+        if let Some(row) = tx.rows(&sql, &[ns.into(), idem.as_str().into()])?.first() {
+            let e = entry_of(row)?;
+            let same = e.op == w.op
+                && e.target == w.target
+                && e.content == w.content
+                && metadata.as_ref().is_none_or(|m| *m == e.metadata)
+                && (w.op != Op::Put || (e.kind == w.kind && e.key == w.key));
+            if !same {
+                return Err(Error::IdempotencyConflict(idem.clone()));
+            }
+            return Ok(Appended {
+                id: e.item_id(),
+                namespace: e.namespace,
+                seq: e.seq,
+                gseq: e.gseq,
+                duplicate: true,
+                at_ms: e.at_ms,
+            });
+        }
+    }
+    if let Some(target) = w.target {
+        let missing = || {
+            Error::NotFound(format!(
+                "memory {target} does not exist in namespace `{ns}`"
+            ))
+        };
+        let row = tx
+            .rows(
+                "SELECT namespace, op, kind, key FROM log WHERE gseq = $1",
+                &[Val::Int(target)],
+            )?
+            .into_iter()
+            .next()
+            .ok_or_else(missing)?;
+        if row[0].text() != Some(ns) || row[1].text() != Some("put") {
+            return Err(missing());
+        }
+        let deleted = tx.rows(
+            "SELECT 1 FROM log WHERE target = $1 AND op = 'delete'",
+            &[Val::Int(target)],
+        )?;
+        if !deleted.is_empty() {
+            return Err(missing());
+        }
+        kind = row[2].text().unwrap_or("note").to_owned();
+        key = row[3].text().map(str::to_owned);
+        if metadata.is_none() {
+            // The item's latest metadata (a delete keeps it too, for the audit).
+            metadata = tx
+                .rows(
+                    "SELECT metadata FROM log WHERE gseq = $1 OR target = $1 ORDER BY gseq DESC LIMIT 1",
+                    &[Val::Int(target)],
+                )?
+                .first()
+                .and_then(|r| r[0].text().map(str::to_owned));
+        }
+    }
+    let metadata = metadata.unwrap_or_else(|| "{}".to_owned());
+    let seq = tx
+        .rows(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM log WHERE namespace = $1",
+            &[ns.into()],
+        )?
+        .first()
+        .and_then(|r| r[0].int())
+        .unwrap_or(1);
+    tx.exec(
+        "INSERT INTO log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            ns.into(),
+            Val::Int(seq),
+            w.op.as_str().into(),
+            w.target.into(),
+            kind.into(),
+            key.as_deref().into(),
+            w.content.as_str().into(),
+            metadata.into(),
+            w.idempotency_key.as_deref().into(),
+            Val::Int(now),
+        ],
+    )?;
+    let gseq = tx
+        .rows("SELECT last_insert_rowid()", &[])?
+        .first()
+        .and_then(|r| r[0].int())
+        .ok_or_else(|| Error::Storage("the log gave no position".into()))?;
+    Ok(Appended {
+        id: w.target.unwrap_or(gseq),
+        namespace: ns.to_owned(),
+        seq,
+        gseq,
+        duplicate: false,
+        at_ms: now,
+    })
+}

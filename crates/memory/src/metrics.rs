@@ -1,0 +1,161 @@
+//! The store's Prometheus metrics (`inferd_memory_*`): writes and their latency
+//! to durability, group-commit sizes, reads, the read pool (wait, in use,
+//! pending, timeouts) and, per projection, its position, lag and failures.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+pub struct MemoryMetrics {
+    registry: Registry,
+    /// By `result`: ok, duplicate, error.
+    pub writes: IntCounterVec,
+    /// Queued → durable.
+    pub write_seconds: Histogram,
+    /// Writes per transaction.
+    pub group_size: Histogram,
+    pub write_queue: IntGauge,
+    /// By `read` (item, fact, search, recent, audit) and `result` (ok, error).
+    pub reads: IntCounterVec,
+    pub read_seconds: HistogramVec,
+    pub pool_wait_seconds: Histogram,
+    pub pool_timeouts: IntCounter,
+    pub pool_in_use: IntGauge,
+    pub pool_idle: IntGauge,
+    pub pool_pending: IntGauge,
+    pub projection_seq: IntGaugeVec,
+    pub projection_lag_items: IntGaugeVec,
+    pub projection_lag_seconds: prometheus::GaugeVec,
+    pub projection_failures: IntCounterVec,
+}
+
+impl Default for MemoryMetrics {
+    fn default() -> Self {
+        MemoryMetrics::new()
+    }
+}
+
+impl MemoryMetrics {
+    pub fn new() -> MemoryMetrics {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid histogram: this is a bug");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric: this is a bug");
+            h
+        };
+        let write_seconds = hist(
+            "inferd_memory_write_seconds",
+            "Memory writes: queued to durable (committed, fsynced under durability=fsync)",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let group_size = hist(
+            "inferd_memory_write_group_size",
+            "Memory writes committed per log transaction (group commit)",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        );
+        let pool_wait_seconds = hist(
+            "inferd_memory_pool_wait_seconds",
+            "Memory reads: wait for a pooled connection",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric: this is a bug");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric: this is a bug");
+                m
+            }};
+        }
+        MemoryMetrics {
+            writes: reg!(IntCounterVec::new(
+                Opts::new("inferd_memory_writes_total", "Memory writes by result"),
+                &["result"]
+            )),
+            write_seconds,
+            group_size,
+            write_queue: reg!(IntGauge::new(
+                "inferd_memory_write_queue",
+                "Memory writes waiting for the log writer"
+            )),
+            reads: reg!(IntCounterVec::new(
+                Opts::new(
+                    "inferd_memory_reads_total",
+                    "Memory reads by kind and result"
+                ),
+                &["read", "result"]
+            )),
+            read_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "inferd_memory_read_seconds",
+                    "Memory reads, including any read-your-writes wait"
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["read"]
+            )),
+            pool_wait_seconds,
+            pool_timeouts: reg!(IntCounter::new(
+                "inferd_memory_pool_timeouts_total",
+                "Memory reads refused: no pooled connection in time"
+            )),
+            pool_in_use: reg!(IntGauge::new(
+                "inferd_memory_pool_in_use",
+                "Memory read connections in use"
+            )),
+            pool_idle: reg!(IntGauge::new(
+                "inferd_memory_pool_idle",
+                "Memory read connections idle"
+            )),
+            pool_pending: reg!(IntGauge::new(
+                "inferd_memory_pool_pending",
+                "Memory reads waiting for a connection"
+            )),
+            projection_seq: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "inferd_memory_projection_position",
+                    "The last log position a projection applied"
+                ),
+                &["projection"]
+            )),
+            projection_lag_items: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "inferd_memory_projection_lag_items",
+                    "Log entries a projection has yet to apply"
+                ),
+                &["projection"]
+            )),
+            projection_lag_seconds: reg!(prometheus::GaugeVec::new(
+                Opts::new(
+                    "inferd_memory_projection_lag_seconds",
+                    "Age of the oldest log entry a projection has yet to apply"
+                ),
+                &["projection"]
+            )),
+            projection_failures: reg!(IntCounterVec::new(
+                Opts::new(
+                    "inferd_memory_projection_failures_total",
+                    "Failed (rolled back, retried) projection batches"
+                ),
+                &["projection"]
+            )),
+            registry,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail: this is a bug");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
