@@ -2,12 +2,11 @@
 //! rebuild the projections from the log, or check that a rebuild reaches the
 //! live state.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use inferd_memory::{Durability, MemoryConfig, TextEmbedder};
+use inferd_memory::{Durability, MemoryConfig, StateStore, TextEmbedder};
 use serde::{Deserialize, Serialize};
 
 /// `[memory]`: agent memory behind `/v1/memory`, kept under `state`.
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct MemorySettings {
     /// Where the store lives: a directory (or `sqlite:DIR`) holding `log.db` and
-    /// `projections.db`.
+    /// `projections.db`, or a `postgres://` URL shared by several servers.
     pub state: String,
     /// The served embedding model (a `[[models]]` name) whose vectors the
     /// `vectors` projection keeps; without one, search is refused.
@@ -43,11 +42,6 @@ pub enum DurabilitySetting {
 }
 
 impl MemorySettings {
-    /// The store's directory; `postgres://` is named as not supported here.
-    pub fn dir(&self) -> Result<PathBuf> {
-        state_dir(&self.state)
-    }
-
     pub fn config(&self) -> Result<MemoryConfig> {
         Ok(MemoryConfig {
             durability: match self.durability {
@@ -55,30 +49,17 @@ impl MemorySettings {
                 DurabilitySetting::Os => Durability::Os,
             },
             recent_per_namespace: self.recent_per_namespace,
-            ..MemoryConfig::new(self.dir()?)
+            ..MemoryConfig::at(StateStore::parse(&self.state)?)
         })
     }
 
     pub fn problem(&self) -> Option<String> {
-        if let Err(e) = self.dir() {
+        if let Err(e) = StateStore::parse(&self.state) {
             return Some(format!("`memory.state`: {e}"));
         }
         (self.recent_per_namespace == 0)
             .then(|| "`memory.recent_per_namespace` must be at least 1, got 0".to_owned())
     }
-}
-
-fn state_dir(state: &str) -> Result<PathBuf> {
-    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
-        anyhow::bail!(
-            "a PostgreSQL state store is not built yet; give a directory for the embedded SQLite store"
-        );
-    }
-    let dir = state.strip_prefix("sqlite:").unwrap_or(state);
-    if dir.trim().is_empty() {
-        anyhow::bail!("`--state` must name a directory, got {state:?}");
-    }
-    Ok(PathBuf::from(dir))
 }
 
 #[derive(Subcommand)]
@@ -92,7 +73,7 @@ pub enum MemoryCommand {
 
 #[derive(Args)]
 pub struct StoreArgs {
-    /// The store's directory (`--state` of `inferd serve`).
+    /// The store (`--state` of `inferd serve`): a directory or a postgres:// URL.
     #[arg(long)]
     state: String,
     /// The embedding model the server's `vectors` projection uses (alias or
@@ -111,7 +92,7 @@ pub fn run(command: MemoryCommand) -> Result<()> {
     };
     let config = MemoryConfig {
         recent_per_namespace: args.recent_per_namespace,
-        ..MemoryConfig::new(state_dir(&args.state)?)
+        ..MemoryConfig::at(StateStore::parse(&args.state)?)
     };
     let embedder: Option<Arc<dyn TextEmbedder>> = match &args.embedding_model {
         None => None,

@@ -88,8 +88,9 @@ pub struct ServeArgs {
     /// Leave drafting to the draft model: no prompt lookup.
     #[arg(long)]
     no_spec_lookup: bool,
-    /// Keep agent memory (`/v1/memory`) in this directory: an embedded SQLite
-    /// log and its projections [default: no memory].
+    /// Keep agent memory (`/v1/memory`): a directory for the embedded SQLite
+    /// log and its projections, or a postgres:// URL that several servers
+    /// share [default: no memory].
     #[arg(long)]
     state: Option<String>,
     /// The served embedding model whose vectors memory search uses (a model
@@ -650,9 +651,9 @@ fn open_memory(
     let started = Instant::now();
     let config = settings.config()?;
     let memory = inferd_memory::Memory::open(&config, embedder)
-        .with_context(|| format!("cannot open the memory store in {}", config.dir.display()))?;
+        .with_context(|| format!("cannot open the memory store at {}", config.state))?;
     tracing::info!(
-        dir = %config.dir.display(),
+        state = %config.state,
         durability = ?config.durability,
         search = settings.model.is_some(),
         ms = started.elapsed().as_millis() as u64,

@@ -38,10 +38,9 @@ fn put(ns: &str, content: String) -> Write {
 /// A sentence of ~12 words from a small vocabulary, varied by `i`.
 fn sentence(i: usize) -> String {
     const W: [&str; 24] = [
-        "customer", "prefers", "email", "meeting", "invoice", "deadline", "project",
-        "billing", "slack", "report", "weekly", "travel", "budget", "approved",
-        "contract", "review", "team", "launch", "feedback", "support", "ticket", "urgent",
-        "friday", "notes",
+        "customer", "prefers", "email", "meeting", "invoice", "deadline", "project", "billing",
+        "slack", "report", "weekly", "travel", "budget", "approved", "contract", "review", "team",
+        "launch", "feedback", "support", "ticket", "urgent", "friday", "notes",
     ];
     let mut x = i as u64 * 2654435761 + 1;
     (0..12)
@@ -67,9 +66,9 @@ impl TextEmbedder for Hashing {
         Ok(texts
             .iter()
             .map(|t| {
-                let mut x = t
-                    .bytes()
-                    .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+                let mut x = t.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x100000001b3)
+                });
                 let mut v: Vec<f32> = (0..384)
                     .map(|_| {
                         x ^= x << 13;
@@ -86,7 +85,12 @@ impl TextEmbedder for Hashing {
     }
 }
 
-fn store(scratch: &std::path::Path, name: &str, durability: Durability, embedder: Option<Arc<dyn TextEmbedder>>) -> Memory {
+fn store(
+    scratch: &std::path::Path,
+    name: &str,
+    durability: Durability,
+    embedder: Option<Arc<dyn TextEmbedder>>,
+) -> Memory {
     let dir = scratch.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     let config = MemoryConfig {
@@ -105,7 +109,9 @@ async fn writes(m: Arc<Memory>, writers: usize, total: usize) -> (f64, f64, f64)
                 let mut lat = Vec::new();
                 for i in (w..total).step_by(writers) {
                     let t = Instant::now();
-                    m.write(put(&format!("t/w{}", i % 16), sentence(i))).await.unwrap();
+                    m.write(put(&format!("t/w{}", i % 16), sentence(i)))
+                        .await
+                        .unwrap();
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
                 }
                 lat
@@ -127,15 +133,134 @@ async fn wait_all(m: &Memory) {
     }
 }
 
+/// 5000 writes offered at 500/s (open loop): each write's lag to every
+/// projection, watched from its acknowledgement, and a read-your-writes read of
+/// it (items; search for one in ten when there are vectors).
+async fn paced(scratch: &std::path::Path, label: &str, embedder: Option<Arc<dyn TextEmbedder>>) {
+    println!("\n## 500 writes/s for 10 s: {label}\n");
+    let searching = embedder.is_some();
+    let m = Arc::new(store(scratch, "paced", Durability::Fsync, embedder));
+    let names: Vec<&'static str> = m.statuses().iter().map(|s| s.name).collect();
+    let interval = Duration::from_micros(2000);
+    let started = Instant::now();
+    let mut reads = Vec::new();
+    let mut watches = Vec::new();
+    for i in 0..5000usize {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        let a = {
+            let m = Arc::clone(&m);
+            // The write itself is awaited off the pacing loop.
+            tokio::spawn(async move {
+                m.write(put(&format!("t/p{}", i % 16), sentence(i)))
+                    .await
+                    .unwrap()
+            })
+        };
+        let m = Arc::clone(&m);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        watches.push(rx);
+        reads.push(tokio::spawn(async move {
+            let a = a.await.unwrap();
+            let acked = Instant::now();
+            let mut lags = Vec::new();
+            for s in m.statuses() {
+                let s = Arc::clone(s);
+                lags.push(tokio::spawn(async move {
+                    s.reached(a.gseq).await;
+                    acked.elapsed().as_secs_f64() * 1e3
+                }));
+            }
+            let _ = tx.send(lags);
+            let ns = Namespace::parse(&a.namespace).unwrap();
+            let c = Consistency {
+                min_seq: Some(a.seq),
+                wait_ms: Some(30_000),
+            };
+            let t = Instant::now();
+            let item = m
+                .item(&ns, a.id, c)
+                .await
+                .map(|_| t.elapsed().as_secs_f64() * 1e3);
+            let search = if searching && i % 10 == 0 {
+                let t = Instant::now();
+                let s = Search {
+                    namespace: ns,
+                    query: "billing deadline".into(),
+                    k: 5,
+                    kind: None,
+                    metadata: Map::new(),
+                };
+                Some(
+                    m.search(s, c)
+                        .await
+                        .map(|_| t.elapsed().as_secs_f64() * 1e3),
+                )
+            } else {
+                None
+            };
+            (item, search)
+        }));
+    }
+    let offered = started.elapsed().as_secs_f64();
+    let mut lags: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for w in watches {
+        for (i, l) in w.await.unwrap().into_iter().enumerate() {
+            lags[i].push(l.await.unwrap());
+        }
+    }
+    let caught_up = started.elapsed().as_secs_f64();
+    let (mut item, mut search, mut failed) = (Vec::new(), Vec::new(), 0);
+    for r in reads {
+        let (i, s) = r.await.unwrap();
+        match i {
+            Ok(ms) => item.push(ms),
+            Err(_) => failed += 1,
+        }
+        match s {
+            Some(Ok(ms)) => search.push(ms),
+            Some(Err(_)) => failed += 1,
+            None => {}
+        }
+    }
+    println!("offered 5000 writes in {offered:.1} s; every projection had applied them {caught_up:.1} s after the first; {failed} reads failed\n");
+    println!("| projection | lag p50 ms | lag p99 ms | lag max ms |");
+    println!("|---|---:|---:|---:|");
+    for (name, l) in names.iter().zip(lags.iter_mut()) {
+        let max = l.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {name} | {:.1} | {:.1} | {max:.0} |",
+            pct(l, 0.5),
+            pct(l, 0.99)
+        );
+    }
+    println!("\n| read-your-writes read | reads | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| item (items projection) | {} | {:.2} | {:.2} |",
+        item.len(),
+        pct(&mut item, 0.5),
+        pct(&mut item, 0.99)
+    );
+    if searching {
+        println!(
+            "| search (vectors projection) | {} | {:.2} | {:.2} |",
+            search.len(),
+            pct(&mut search, 0.5),
+            pct(&mut search, 0.99)
+        );
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let minilm = args.get(1).expect("usage: bench MINILM_DIR [SCRATCH_DIR]");
-    let scratch = std::path::PathBuf::from(
-        args.get(2)
-            .cloned()
-            .unwrap_or_else(|| std::env::temp_dir().join("inferd-memory-bench").display().to_string()),
-    );
+    let scratch = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("inferd-memory-bench")
+            .display()
+            .to_string()
+    }));
     let minilm: Arc<dyn TextEmbedder> = Arc::new(inferd_embed::Embedder::load(minilm).unwrap());
 
     println!("## Writes (SQLite, WAL, no embedder)\n");
@@ -151,82 +276,31 @@ async fn main() {
         }
     }
 
-    println!("\n## 500 writes/s for 10 s, every projection (vectors: MiniLM)\n");
-    let m = Arc::new(store(&scratch, "paced", Durability::Fsync, Some(Arc::clone(&minilm))));
-    let names: Vec<&'static str> = m.statuses().iter().map(|s| s.name).collect();
-    let interval = Duration::from_micros(2000);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..5000usize {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let m = Arc::clone(&m);
-        tasks.push(tokio::spawn(async move {
-            let a = m.write(put(&format!("t/p{}", i % 16), sentence(i))).await.unwrap();
-            let acked = Instant::now();
-            let ns = Namespace::parse(&a.namespace).unwrap();
-            // Read-your-writes on the items projection, every write; on search, one in 10.
-            let c = Consistency { min_seq: Some(a.seq), wait_ms: Some(10_000) };
-            let t = Instant::now();
-            let ok = m.item(&ns, a.id, c).await.is_ok();
-            let ryw_item = t.elapsed().as_secs_f64() * 1e3;
-            let ryw_search = if i % 10 == 0 {
-                let t = Instant::now();
-                let s = Search { namespace: ns, query: "billing deadline".into(), k: 5, kind: None, metadata: Map::new() };
-                let ok = m.search(s, c).await.is_ok();
-                Some((t.elapsed().as_secs_f64() * 1e3, ok))
-            } else {
-                None
-            };
-            let mut lags = Vec::new();
-            for s in m.statuses() {
-                s.reached(a.gseq).await;
-                lags.push(acked.elapsed().as_secs_f64() * 1e3);
-            }
-            (ok, ryw_item, ryw_search, lags)
-        }));
+    for (label, embedder) in [
+        ("items, facts, recent, audit (no embedder)", None),
+        ("the same and vectors (MiniLM)", Some(Arc::clone(&minilm))),
+    ] {
+        paced(&scratch, label, embedder).await;
     }
-    let offered = started.elapsed().as_secs_f64();
-    let mut ryw_item = Vec::new();
-    let mut ryw_search = Vec::new();
-    let mut lags: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let mut failed = 0;
-    for t in tasks {
-        let (ok, item, search, l) = t.await.unwrap();
-        failed += usize::from(!ok);
-        ryw_item.push(item);
-        if let Some((s, ok)) = search {
-            failed += usize::from(!ok);
-            ryw_search.push(s);
-        }
-        for (i, v) in l.into_iter().enumerate() {
-            lags[i].push(v);
-        }
-    }
-    println!("offered 5000 writes in {offered:.1} s; {failed} reads failed\n");
-    println!("| projection | lag p50 ms | lag p99 ms |");
-    println!("|---|---:|---:|");
-    for (name, l) in names.iter().zip(lags.iter_mut()) {
-        println!("| {name} | {:.1} | {:.1} |", pct(l, 0.5), pct(l, 0.99));
-    }
-    println!("\n| read-your-writes read | reads | p50 ms | p99 ms |");
-    println!("|---|---:|---:|---:|");
-    println!("| item (items projection) | {} | {:.2} | {:.2} |", ryw_item.len(), pct(&mut ryw_item, 0.5), pct(&mut ryw_item, 0.99));
-    println!("| search (vectors projection) | {} | {:.2} | {:.2} |", ryw_search.len(), pct(&mut ryw_search, 0.5), pct(&mut ryw_search, 0.99));
-    drop(m);
 
     println!("\n## Search (exact scan, one namespace, k = 5)\n");
     println!("| items | stored vectors | search p50 ms | search p99 ms | scan p50 ms | MiniLM query embedding p50 ms |");
     println!("|---:|---|---:|---:|---:|---:|");
     for (items, embedder, label) in [
         (10_000usize, Arc::clone(&minilm), "MiniLM"),
-        (100_000, Arc::new(Hashing) as Arc<dyn TextEmbedder>, "hashed"),
+        (
+            100_000,
+            Arc::new(Hashing) as Arc<dyn TextEmbedder>,
+            "hashed",
+        ),
     ] {
         let m = Arc::new(store(&scratch, "search", Durability::Os, Some(embedder)));
         let mut pending = Vec::new();
         for i in 0..items {
             let m = Arc::clone(&m);
-            pending.push(tokio::spawn(async move { m.write(put("t/search", sentence(i))).await.unwrap() }));
+            pending.push(tokio::spawn(async move {
+                m.write(put("t/search", sentence(i))).await.unwrap()
+            }));
             if pending.len() == 512 {
                 for p in pending.drain(..) {
                     p.await.unwrap();
@@ -240,10 +314,23 @@ async fn main() {
         let mut total = Vec::new();
         let mut scan = Vec::new();
         let mut embed = Vec::new();
-        let q = minilm.embed(&["who prefers email for billing?"]).unwrap().pop().unwrap();
-        let index_only = Search { namespace: Namespace::parse("t/search").unwrap(), query: String::new(), k: 5, kind: None, metadata: Map::new() };
+        let q = minilm
+            .embed(&["who prefers email for billing?"])
+            .unwrap()
+            .pop()
+            .unwrap();
+        let index_only = Search {
+            namespace: Namespace::parse("t/search").unwrap(),
+            query: String::new(),
+            k: 5,
+            kind: None,
+            metadata: Map::new(),
+        };
         for i in 0..100 {
-            let s = Search { query: format!("who prefers email for billing {i}?"), ..index_only.clone() };
+            let s = Search {
+                query: format!("who prefers email for billing {i}?"),
+                ..index_only.clone()
+            };
             let t = Instant::now();
             let hits = m.search(s, Consistency::default()).await.unwrap();
             total.push(t.elapsed().as_secs_f64() * 1e3);
@@ -252,7 +339,9 @@ async fn main() {
             let _ = m.nearest(&q, &index_only);
             scan.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let _ = minilm.embed(&[&format!("who prefers email for billing {i}?")]).unwrap();
+            let _ = minilm
+                .embed(&[&format!("who prefers email for billing {i}?")])
+                .unwrap();
             embed.push(t.elapsed().as_secs_f64() * 1e3);
         }
         println!(

@@ -19,6 +19,7 @@ mod metrics;
 pub mod projection;
 mod projections;
 pub mod sql;
+mod store;
 mod types;
 mod vectors;
 
@@ -28,8 +29,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use r2d2_sqlite::SqliteConnectionManager;
-
 pub use metrics::MemoryMetrics;
 pub use projection::{Projection, Status};
 pub use projections::{Audit, Facts, Items, Recent};
@@ -38,8 +37,7 @@ pub use types::*;
 pub use vectors::{TextEmbedder, VectorIndex, Vectors};
 
 use crate::log::{LogWriter, Signal};
-use crate::projection::Files;
-use crate::sql::Sqlite;
+use crate::store::{Location, ReadPool, Store};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -98,6 +96,15 @@ impl From<rusqlite::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Runs `f` on a thread of its own: the PostgreSQL client blocks on a runtime
+/// of its own, which tokio refuses inside an async task.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -115,11 +122,64 @@ pub enum Durability {
     Os,
 }
 
-/// Where and how the store keeps its files.
+/// Where the log and its projections live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStore {
+    /// A directory holding `log.db` and `projections.db` (SQLite, WAL).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://user@host:port/db`); every table is made in
+    /// the schema its `search_path` names (`?options=-csearch_path%3Dname`).
+    Postgres(String),
+}
+
+impl StateStore {
+    /// `postgres://…` or `postgresql://…`, `sqlite:DIR`, or a directory.
+    pub fn parse(s: &str) -> Result<StateStore> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>().map_err(|e| {
+                Error::invalid(
+                    "state",
+                    format!("`state` is not a valid PostgreSQL URL: {e}"),
+                )
+            })?;
+            return Ok(StateStore::Postgres(s.to_owned()));
+        }
+        let dir = s.strip_prefix("sqlite:").unwrap_or(s);
+        if dir.trim().is_empty() {
+            return Err(Error::invalid(
+                "state",
+                format!("`state` must be a directory or a postgres:// URL, got {s:?}"),
+            ));
+        }
+        Ok(StateStore::Sqlite(PathBuf::from(dir)))
+    }
+}
+
+impl std::fmt::Display for StateStore {
+    /// For logs: a URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateStore::Sqlite(dir) => write!(f, "sqlite:{}", dir.display()),
+            StateStore::Postgres(url) => {
+                let scheme_end = url.find("://").map_or(0, |i| i + 3);
+                match url[scheme_end..].split_once('@') {
+                    Some((auth, rest)) => match auth.split_once(':') {
+                        Some((user, _)) => {
+                            write!(f, "{}{user}:***@{rest}", &url[..scheme_end])
+                        }
+                        None => f.write_str(url),
+                    },
+                    None => f.write_str(url),
+                }
+            }
+        }
+    }
+}
+
+/// Where and how the store keeps its state.
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
-    /// Holds `log.db` and `projections.db`.
-    pub dir: PathBuf,
+    pub state: StateStore,
     /// The log's; projections always use `Os`, since a lost projection commit
     /// is replayed from the log.
     pub durability: Durability,
@@ -135,9 +195,14 @@ pub struct MemoryConfig {
 }
 
 impl MemoryConfig {
+    /// SQLite files in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> MemoryConfig {
+        MemoryConfig::at(StateStore::Sqlite(dir.into()))
+    }
+
+    pub fn at(state: StateStore) -> MemoryConfig {
         MemoryConfig {
-            dir: dir.into(),
+            state,
             durability: Durability::Fsync,
             recent_per_namespace: 32,
             write_queue: 8192,
@@ -146,12 +211,26 @@ impl MemoryConfig {
         }
     }
 
-    fn files(&self) -> Files {
-        Files {
-            log: self.dir.join("log.db"),
-            projections: self.dir.join("projections.db"),
-            durability: Durability::Os,
-        }
+    fn store(&self) -> Result<Store> {
+        let location = match &self.state {
+            StateStore::Sqlite(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+                Location::Sqlite {
+                    log: dir.join("log.db"),
+                    projections: dir.join("projections.db"),
+                }
+            }
+            StateStore::Postgres(url) => {
+                Location::Postgres(Box::new(url.parse().map_err(|e| {
+                    Error::invalid(
+                        "state",
+                        format!("`state` is not a valid PostgreSQL URL: {e}"),
+                    )
+                })?))
+            }
+        };
+        Ok(Store::new(location, self.durability))
     }
 }
 
@@ -178,7 +257,8 @@ fn builtin(
 /// A running store: the log writer, one thread per projection, a read pool.
 pub struct Memory {
     writer: LogWriter,
-    pool: r2d2::Pool<SqliteConnectionManager>,
+    /// `None` only while dropping.
+    pool: Option<ReadPool>,
     read_timeout_ms: u64,
     statuses: Vec<Arc<Status>>,
     embedder: Option<Arc<dyn TextEmbedder>>,
@@ -189,7 +269,7 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Opens (creating) the store in `config.dir` and starts its projections;
+    /// Opens (creating) the store at `config.state` and starts its projections;
     /// with no embedder there is no `vectors` projection and search is refused.
     pub fn open(config: &MemoryConfig, embedder: Option<Arc<dyn TextEmbedder>>) -> Result<Memory> {
         Memory::open_with(config, embedder, Vec::new())
@@ -201,62 +281,57 @@ impl Memory {
         embedder: Option<Arc<dyn TextEmbedder>>,
         extra: Vec<Box<dyn Projection>>,
     ) -> Result<Memory> {
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", config.dir.display())))?;
-        let files = config.files();
-        let log_conn = log::open_sqlite(&files.log, config.durability)?;
-        log::create(&log_conn)?;
-        let conn = files.connect()?;
-        let index = Arc::new(match embedder {
-            Some(_) => VectorIndex::load(&mut Sqlite(&conn))?,
-            None => VectorIndex::default(),
-        });
-        projection::create_checkpoints(&mut Sqlite(&conn))?;
+        off_runtime(|| Memory::start(config, embedder, extra))
+    }
+
+    fn start(
+        config: &MemoryConfig,
+        embedder: Option<Arc<dyn TextEmbedder>>,
+        extra: Vec<Box<dyn Projection>>,
+    ) -> Result<Memory> {
+        let store = config.store()?;
+        let mut log_conn = store.log_conn()?;
+        log::create(&mut *log_conn)?;
+        let mut conn = store.projection_conn()?;
+        let index = Arc::new(VectorIndex::default());
         let mut all = builtin(config, embedder.clone(), Arc::clone(&index));
         all.extend(extra);
+        let mut positions = Vec::new();
+        for p in &all {
+            p.create(&mut *conn)?;
+            projection::create_checkpoint(&mut *conn, p.name())?;
+            positions.push(projection::checkpoint(&mut *conn, p.name())?);
+        }
+        // Loaded after its checkpoint was read: whatever the table holds past
+        // it is followed again from the log, so nothing is missed.
+        if embedder.is_some() {
+            index.reload(&mut *conn)?;
+        }
+        drop(conn);
         let signal = Arc::new(Signal::default());
         let stop = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(MemoryMetrics::new());
         let mut statuses = Vec::new();
         let mut runners = Vec::new();
-        for p in all {
-            let mut tx = Sqlite(&conn);
-            p.create(&mut tx)?;
-            let status = Arc::new(Status::new(
-                p.name(),
-                projection::checkpoint(&mut tx, p.name())?,
-            ));
+        for (p, position) in all.into_iter().zip(positions) {
+            let status = Arc::new(Status::new(p.name(), position));
             statuses.push(Arc::clone(&status));
-            let (files, signal, stop) = (files.clone(), Arc::clone(&signal), Arc::clone(&stop));
+            let (store, signal, stop) = (store.clone(), Arc::clone(&signal), Arc::clone(&stop));
             runners.push(
                 std::thread::Builder::new()
                     .name(format!("memory-{}", p.name()))
-                    .spawn(move || projection::run(p, files, status, signal, stop))
+                    .spawn(move || projection::run(p, store, status, signal, stop))
                     .map_err(|e| Error::Storage(format!("cannot start a projection: {e}")))?,
             );
         }
-        drop(conn);
         let writer = LogWriter::start(log_conn, config.write_queue, signal, Arc::clone(&metrics))?;
-        let manager = {
-            let log_path = files.log.clone();
-            SqliteConnectionManager::file(&files.projections).with_init(move |c| {
-                c.busy_timeout(Duration::from_secs(10))?;
-                c.execute(
-                    "ATTACH DATABASE ?1 AS src",
-                    [log_path.to_string_lossy().as_ref()],
-                )?;
-                Ok(())
-            })
-        };
-        let pool = r2d2::Pool::builder()
-            .max_size(config.read_connections.max(1))
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_millis(config.read_timeout_ms))
-            .build(manager)
-            .map_err(|e| Error::Storage(format!("cannot open the read pool: {e}")))?;
+        let pool = store.read_pool(
+            config.read_connections,
+            Duration::from_millis(config.read_timeout_ms),
+        )?;
         Ok(Memory {
             writer,
-            pool,
+            pool: Some(pool),
             read_timeout_ms: config.read_timeout_ms,
             statuses,
             embedder,
@@ -289,7 +364,10 @@ impl Memory {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let pool = self.pool.clone();
+        let pool = self
+            .pool
+            .clone()
+            .expect("the pool outlives the store's use: this is a bug");
         let metrics = Arc::clone(&self.metrics);
         let timeout_ms = self.read_timeout_ms;
         tokio::task::spawn_blocking(move || {
@@ -300,11 +378,11 @@ impl Memory {
             metrics
                 .pool_wait_seconds
                 .observe(started.elapsed().as_secs_f64());
-            let conn = conn.map_err(|_| {
+            let mut conn = conn.ok_or_else(|| {
                 metrics.pool_timeouts.inc();
                 Error::PoolTimeout(timeout_ms)
             })?;
-            f(&mut Sqlite(&conn))
+            conn.run(f)
         })
         .await
         .map_err(|e| Error::Storage(format!("a read task failed: {e}")))?
@@ -347,7 +425,13 @@ impl Memory {
                 namespace: ns,
                 min_seq,
                 waited_ms: started.elapsed().as_millis() as u64,
-                lag_items: (log_head(self).await.unwrap_or(gseq) - status.applied()).max(1),
+                lag_items: {
+                    let applied = status.applied();
+                    self.read(move |tx| projection::entries_after(tx, applied))
+                        .await
+                        .unwrap_or(1)
+                        .max(1)
+                },
                 lag_ms: status.lag_ms.load(Ordering::Relaxed),
             });
         }
@@ -378,7 +462,7 @@ impl Memory {
             self.read(move |tx| {
                 let rows = tx.rows(
                     "SELECT id, namespace, kind, key, content, metadata, seq, version, created_ms, updated_ms \
-                     FROM items WHERE id = $1 AND namespace = $2",
+                     FROM memory_items WHERE id = $1 AND namespace = $2",
                     &[Val::Int(id), ns.as_str().into()],
                 )?;
                 rows.first()
@@ -405,7 +489,7 @@ impl Memory {
                 let params = [ns.as_str().into(), key.as_str().into()];
                 let row = tx
                     .rows(
-                        "SELECT value, item_id, seq, updated_ms FROM facts WHERE namespace = $1 AND key = $2",
+                        "SELECT value, item_id, seq, updated_ms FROM memory_facts WHERE namespace = $1 AND key = $2",
                         &params,
                     )?
                     .into_iter()
@@ -413,7 +497,7 @@ impl Memory {
                     .ok_or_else(|| Error::NotFound(format!("no fact `{key}` in namespace `{ns}`")))?;
                 let history = if history {
                     tx.rows(
-                        "SELECT seq, op, value, item_id, at_ms FROM fact_history \
+                        "SELECT seq, op, value, item_id, at_ms FROM memory_fact_history \
                          WHERE namespace = $1 AND key = $2 ORDER BY seq",
                         &params,
                     )?
@@ -495,7 +579,7 @@ impl Memory {
                     .rows(
                         "SELECT r.id, r.namespace, r.kind, r.key, r.content, COALESCE(i.metadata, '{}'), r.seq, \
                          COALESCE(i.version, 1), COALESCE(i.created_ms, r.at_ms), r.at_ms \
-                         FROM recent r LEFT JOIN items i ON i.id = r.id \
+                         FROM memory_recent r LEFT JOIN memory_items i ON i.id = r.id \
                          WHERE r.namespace = $1 ORDER BY r.seq DESC LIMIT $2",
                         &[ns.as_str().into(), Val::Int(limit as i64)],
                     )?
@@ -523,7 +607,7 @@ impl Memory {
                 Ok(tx
                     .rows(
                         "SELECT gseq, namespace, seq, op, item_id, kind, key, idempotency_key, content_sha256, at_ms \
-                         FROM audit WHERE namespace = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                         FROM memory_audit WHERE namespace = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                         &[ns.as_str().into(), Val::Int(after_seq), Val::Int(limit as i64)],
                     )?
                     .iter()
@@ -549,14 +633,23 @@ impl Memory {
     /// Every projection's position and lag, and the log head.
     pub async fn report(&self) -> Result<serde_json::Value> {
         let head = log_head(self).await?;
+        let mut behind = Vec::new();
+        for s in &self.statuses {
+            let applied = s.applied();
+            behind.push(
+                self.read(move |tx| projection::entries_after(tx, applied))
+                    .await?,
+            );
+        }
         let projections: Vec<serde_json::Value> = self
             .statuses
             .iter()
-            .map(|s| {
+            .zip(behind)
+            .map(|(s, behind)| {
                 serde_json::json!({
                     "name": s.name,
                     "position": s.applied(),
-                    "lag_items": (head - s.applied()).max(0),
+                    "lag_items": behind,
                     "lag_ms": s.lag_ms.load(Ordering::Relaxed),
                     "failures": s.failures.load(Ordering::Relaxed),
                     "last_error": s.last_error(),
@@ -576,10 +669,9 @@ impl Memory {
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         m.write_queue.set(self.writer.queued());
-        let state = self.pool.state();
-        m.pool_idle.set(state.idle_connections as i64);
-        m.pool_in_use
-            .set((state.connections - state.idle_connections) as i64);
+        let (connections, idle) = self.pool.as_ref().map_or((0, 0), ReadPool::state);
+        m.pool_idle.set(idle as i64);
+        m.pool_in_use.set(connections.saturating_sub(idle) as i64);
         for s in &self.statuses {
             let l = [s.name];
             m.projection_seq.with_label_values(&l).set(s.applied());
@@ -600,7 +692,7 @@ impl Memory {
 async fn log_head(m: &Memory) -> Result<i64> {
     m.read(|tx| {
         Ok(tx
-            .rows("SELECT COALESCE(MAX(gseq), 0) FROM src.log", &[])?
+            .rows("SELECT COALESCE(MAX(gseq), 0) FROM memory_log", &[])?
             .first()
             .and_then(|r| r[0].int())
             .unwrap_or(0))
@@ -630,6 +722,9 @@ impl Drop for Memory {
         for r in self.runners.drain(..) {
             let _ = r.join();
         }
+        // Closing PostgreSQL connections blocks: not on an async thread.
+        let pool = self.pool.take();
+        off_runtime(move || drop(pool));
     }
 }
 
@@ -647,71 +742,139 @@ impl Comparison {
     }
 }
 
-/// Applies every built-in projection in `projections` up to the log head, on
-/// this thread; their digests after.
+/// Applies every built-in projection in `store` up to the log head, on this
+/// thread; each one's state digest after.
 fn run_to_head(
     config: &MemoryConfig,
-    projections: &Path,
+    store: &Store,
     embedder: Option<Arc<dyn TextEmbedder>>,
 ) -> Result<Vec<(&'static str, String)>> {
-    let files = Files {
-        projections: projections.to_owned(),
-        ..config.files()
-    };
-    if !files.log.exists() {
-        return Err(Error::NotFound(format!(
-            "no memory log at {}",
-            files.log.display()
-        )));
-    }
-    let mut conn = files.connect()?;
-    projection::create_checkpoints(&mut Sqlite(&conn))?;
+    let mut conn = store.projection_conn()?;
     let mut out = Vec::new();
     for mut p in builtin(config, embedder, Arc::new(VectorIndex::default())) {
-        p.create(&mut Sqlite(&conn))?;
-        while projection::step(&mut *p, &mut conn)?.is_some() {}
-        let mut tx = Sqlite(&conn);
+        p.create(&mut *conn)?;
+        projection::create_checkpoint(&mut *conn, p.name())?;
+        let mut local = projection::checkpoint(&mut *conn, p.name())?;
+        let mut leader = false;
+        while let projection::Progress::Applied(g) | projection::Progress::Followed(g) =
+            projection::step(&mut *p, store, &mut *conn, local, &mut leader)?
+        {
+            local = g;
+        }
         let mut parts = String::new();
         for q in p.state_queries() {
-            parts.push_str(&sql::digest(&mut tx, q)?);
+            parts.push_str(&sql::digest(&mut *conn, q)?);
         }
         out.push((p.name(), parts));
     }
     Ok(out)
 }
 
-/// Rebuilds every projection from the log, from zero, into a fresh file that
-/// then replaces `projections.db`. The store must not be open meanwhile.
+/// The tables every built-in projection keeps, and the checkpoints.
+const PROJECTION_TABLES: &str = "memory_items, memory_facts, memory_fact_history, memory_recent, memory_audit, memory_vectors, memory_checkpoints";
+
+fn no_log(config: &MemoryConfig) -> Result<()> {
+    if let StateStore::Sqlite(dir) = &config.state {
+        if !dir.join("log.db").exists() {
+            return Err(Error::NotFound(format!(
+                "no memory log in {}",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds every projection from the log, from zero — on SQLite into a fresh
+/// file that then replaces `projections.db`, on PostgreSQL in place. The store
+/// must not be open meanwhile.
 pub fn rebuild(
     config: &MemoryConfig,
     embedder: Option<Arc<dyn TextEmbedder>>,
 ) -> Result<Vec<(&'static str, String)>> {
-    let files = config.files();
-    let fresh = config.dir.join("projections.rebuild.db");
-    remove_db(&fresh)?;
-    let digests = run_to_head(config, &fresh, embedder)?;
-    remove_db(&files.projections)?;
-    std::fs::rename(&fresh, &files.projections)
-        .map_err(|e| Error::Storage(format!("cannot replace the projections: {e}")))?;
-    Ok(digests)
+    off_runtime(|| rebuild_here(config, embedder))
 }
 
-/// Brings the live projections up to the log head, rebuilds them from zero in
-/// a scratch file beside them, and compares the two states projection by
-/// projection. The store must not be open meanwhile.
+fn rebuild_here(
+    config: &MemoryConfig,
+    embedder: Option<Arc<dyn TextEmbedder>>,
+) -> Result<Vec<(&'static str, String)>> {
+    no_log(config)?;
+    let store = config.store()?;
+    match (&config.state, &store.location) {
+        (StateStore::Sqlite(dir), Location::Sqlite { projections, .. }) => {
+            let fresh = dir.join("projections.rebuild.db");
+            remove_db(&fresh)?;
+            let digests = run_to_head(config, &store.with_projections(fresh.clone()), embedder)?;
+            remove_db(projections)?;
+            std::fs::rename(&fresh, projections)
+                .map_err(|e| Error::Storage(format!("cannot replace the projections: {e}")))?;
+            Ok(digests)
+        }
+        _ => {
+            let mut conn = store.projection_conn()?;
+            conn.exec(&format!("DROP TABLE IF EXISTS {PROJECTION_TABLES}"), &[])?;
+            drop(conn);
+            run_to_head(config, &store, embedder)
+        }
+    }
+}
+
+/// Brings the live projections up to the log head, rebuilds them from zero
+/// beside them (a scratch file on SQLite, a scratch schema on PostgreSQL), and
+/// compares the two states projection by projection. The store must not be
+/// open meanwhile.
 pub fn check(
     config: &MemoryConfig,
     embedder: Option<Arc<dyn TextEmbedder>>,
 ) -> Result<Vec<Comparison>> {
-    let files = config.files();
-    let live = run_to_head(config, &files.projections, embedder.clone())?;
-    let scratch = config.dir.join("projections.check.db");
-    remove_db(&scratch)?;
-    let rebuilt = run_to_head(config, &scratch, embedder);
-    remove_db(&scratch)?;
+    off_runtime(|| check_here(config, embedder))
+}
+
+fn check_here(
+    config: &MemoryConfig,
+    embedder: Option<Arc<dyn TextEmbedder>>,
+) -> Result<Vec<Comparison>> {
+    no_log(config)?;
+    let store = config.store()?;
+    let live = run_to_head(config, &store, embedder.clone())?;
+    let rebuilt = match (&config.state, &store.location) {
+        (StateStore::Sqlite(dir), _) => {
+            let scratch = dir.join("projections.check.db");
+            remove_db(&scratch)?;
+            let rebuilt = run_to_head(config, &store.with_projections(scratch.clone()), embedder);
+            remove_db(&scratch)?;
+            rebuilt?
+        }
+        (_, Location::Postgres(pg)) => {
+            // Tables are made in the first schema of the search path; the log
+            // is found further along it, in the live schema.
+            let mut conn = store.projection_conn()?;
+            let path = conn
+                .rows("SELECT current_setting('search_path')", &[])?
+                .first()
+                .and_then(|r| r[0].text().map(str::to_owned))
+                .unwrap_or_else(|| "public".into());
+            let scratch = format!("memory_check_{}", std::process::id());
+            conn.exec(
+                &format!("DROP SCHEMA IF EXISTS {scratch} CASCADE; CREATE SCHEMA {scratch}"),
+                &[],
+            )?;
+            let mut pg = (**pg).clone();
+            pg.options(&format!(
+                "-c search_path={scratch},{}",
+                path.replace(' ', "")
+            ));
+            let scratch_store = Store::new(Location::Postgres(Box::new(pg)), store.durability);
+            let rebuilt = run_to_head(config, &scratch_store, embedder);
+            conn.exec(&format!("DROP SCHEMA IF EXISTS {scratch} CASCADE"), &[])?;
+            rebuilt?
+        }
+        _ => unreachable!("a SQLite state has a SQLite location"),
+    };
     Ok(live
         .into_iter()
-        .zip(rebuilt?)
+        .zip(rebuilt)
         .map(|((projection, live), (_, rebuilt))| Comparison {
             projection,
             live,

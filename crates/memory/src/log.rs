@@ -1,15 +1,19 @@
-//! The log: one SQLite file in WAL mode, appended by one writer thread.
+//! The log: the `memory_log` table — a SQLite file in WAL mode, or PostgreSQL —
+//! appended by one writer thread per process.
 //!
-//! A write is acknowledged after the transaction holding it commits, and with
-//! `Durability::Fsync` (the default: `synchronous=FULL`) a commit returns after
-//! the WAL is fsynced, so an acknowledged write survives a crash of the process
-//! and of the machine. The writer drains whatever is queued into one transaction
-//! (group commit, as databases do): under load many writes share one fsync, and a
-//! lone write pays exactly one. Each write runs in its own savepoint, so one that
-//! is refused (an unknown target, a reused idempotency key with other content)
-//! leaves the others of its group standing. The transaction is `BEGIN IMMEDIATE`
-//! and the per-namespace sequence is read inside it, so several processes may
-//! append to the same file and still number every namespace without gaps.
+//! A write is acknowledged after the transaction holding it commits: on SQLite
+//! with `Durability::Fsync` (the default: `synchronous=FULL`) a commit returns
+//! after the WAL is fsynced, on PostgreSQL after the server has flushed its WAL
+//! (`synchronous_commit = on`), so an acknowledged write survives a crash of the
+//! process and of the machine. The writer drains whatever is queued into one
+//! transaction (group commit, as databases do): under load many writes share one
+//! flush, and a lone write pays exactly one. Each write runs in its own
+//! savepoint, so one that is refused (an unknown target, a reused idempotency key
+//! with other content) leaves the others of its group standing. Appenders in
+//! several processes take turns — SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+//! `LOCK TABLE … IN EXCLUSIVE MODE` — and read the per-namespace sequence inside
+//! the transaction, so every namespace is numbered without gaps and log positions
+//! commit in order.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -17,32 +21,32 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 use crate::metrics::MemoryMetrics;
-use crate::sql::{Sqlite, Tx, Val};
+use crate::sql::{self, Conn, Dialect, Tx, Val};
 use crate::types::{Appended, Entry, Op, Write};
 use crate::{now_ms, Durability, Error, Result};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS log (
-    gseq INTEGER PRIMARY KEY AUTOINCREMENT,
-    namespace TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    op TEXT NOT NULL,
-    target INTEGER,
-    kind TEXT NOT NULL,
-    key TEXT,
-    content TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    idempotency_key TEXT,
-    at_ms INTEGER NOT NULL,
-    UNIQUE (namespace, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS log_idempotency ON log (namespace, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS log_target ON log (target) WHERE target IS NOT NULL;
-";
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS memory_log (
+        gseq {id},
+        namespace TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        op TEXT NOT NULL,
+        target BIGINT,
+        kind TEXT NOT NULL,
+        key TEXT,
+        content TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        idempotency_key TEXT,
+        at_ms BIGINT NOT NULL,
+        UNIQUE (namespace, seq)
+    )",
+    "CREATE UNIQUE INDEX IF NOT EXISTS memory_log_idempotency ON memory_log (namespace, idempotency_key)
+        WHERE idempotency_key IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS memory_log_target ON memory_log (target) WHERE target IS NOT NULL",
+];
 
 /// The columns of an [`Entry`], in [`entry_of`]'s order.
 pub const ENTRY_COLUMNS: &str =
@@ -62,9 +66,11 @@ pub fn open_sqlite(path: &Path, durability: Durability) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Creates the log's table in `conn` if it is not there.
-pub fn create(conn: &Connection) -> Result<()> {
-    conn.execute_batch(SCHEMA)?;
+/// Creates the log's table if it is not there.
+pub fn create(tx: &mut dyn Tx) -> Result<()> {
+    for s in SCHEMA {
+        tx.exec(&sql::ddl(tx.dialect(), s), &[])?;
+    }
     Ok(())
 }
 
@@ -91,14 +97,14 @@ pub fn entry_of(row: &[Val]) -> Result<Entry> {
 pub fn position_of(tx: &mut dyn Tx, namespace: &str, seq: i64) -> Result<(Option<i64>, i64)> {
     let at = tx
         .rows(
-            "SELECT gseq FROM log WHERE namespace = $1 AND seq = $2",
+            "SELECT gseq FROM memory_log WHERE namespace = $1 AND seq = $2",
             &[namespace.into(), Val::Int(seq)],
         )?
         .first()
         .and_then(|r| r[0].int());
     let last = tx
         .rows(
-            "SELECT COALESCE(MAX(seq), 0) FROM log WHERE namespace = $1",
+            "SELECT COALESCE(MAX(seq), 0) FROM memory_log WHERE namespace = $1",
             &[namespace.into()],
         )?
         .first()
@@ -159,7 +165,7 @@ impl LogWriter {
     /// Starts the writer on `conn` (whose log table exists); at most `capacity`
     /// writes wait at once.
     pub fn start(
-        conn: Connection,
+        conn: Box<dyn Conn>,
         capacity: usize,
         signal: Arc<Signal>,
         metrics: Arc<MemoryMetrics>,
@@ -206,7 +212,7 @@ impl LogWriter {
 const GROUP_MAX: usize = 512;
 
 fn run(
-    mut conn: Connection,
+    mut conn: Box<dyn Conn>,
     rx: Receiver<Command>,
     depth: Arc<AtomicI64>,
     signal: Arc<Signal>,
@@ -222,7 +228,7 @@ fn run(
         }
         depth.fetch_sub(group.len() as i64, Ordering::Relaxed);
         metrics.group_size.observe(group.len() as f64);
-        let results = commit_group(&mut conn, &group);
+        let results = commit_group(&mut *conn, &group);
         let results = match results {
             Ok(r) => r,
             Err(e) => {
@@ -250,20 +256,27 @@ fn run(
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &[Command]) -> Result<Vec<Result<Appended>>> {
-    let mut txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+fn commit_group(conn: &mut dyn Tx, group: &[Command]) -> Result<Vec<Result<Appended>>> {
     let now = now_ms();
-    let mut results = Vec::with_capacity(group.len());
-    for cmd in group {
-        let sp = txn.savepoint()?;
-        let r = append_one(&mut Sqlite(&sp), &cmd.write, now);
-        if r.is_ok() {
-            sp.commit()?;
+    sql::in_transaction(conn, |tx| {
+        if tx.dialect() == Dialect::Postgres {
+            // One appender at a time across every process sharing the log:
+            // positions are then committed in the order they are taken, so a
+            // projection reading past its checkpoint never skips one that
+            // commits late. Reads are not blocked.
+            tx.exec("LOCK TABLE memory_log IN EXCLUSIVE MODE", &[])?;
         }
-        results.push(r);
-    }
-    txn.commit()?;
-    Ok(results)
+        group
+            .iter()
+            .map(
+                |cmd| match sql::in_savepoint(tx, |tx| append_one(tx, &cmd.write, now)) {
+                    // A refused write is its own answer; a failed statement fails the group.
+                    Err(Error::Storage(e)) => Err(Error::Storage(e)),
+                    other => Ok(other),
+                },
+            )
+            .collect()
+    })
 }
 
 fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
@@ -275,7 +288,7 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
     let (mut kind, mut key) = (w.kind.clone(), w.key.clone());
     if let Some(idem) = &w.idempotency_key {
         let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM log WHERE namespace = $1 AND idempotency_key = $2"
+            "SELECT {ENTRY_COLUMNS} FROM memory_log WHERE namespace = $1 AND idempotency_key = $2"
         );
         if let Some(row) = tx.rows(&sql, &[ns.into(), idem.as_str().into()])?.first() {
             let e = entry_of(row)?;
@@ -305,7 +318,7 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
         };
         let row = tx
             .rows(
-                "SELECT namespace, op, kind, key FROM log WHERE gseq = $1",
+                "SELECT namespace, op, kind, key FROM memory_log WHERE gseq = $1",
                 &[Val::Int(target)],
             )?
             .into_iter()
@@ -315,7 +328,7 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
             return Err(missing());
         }
         let deleted = tx.rows(
-            "SELECT 1 FROM log WHERE target = $1 AND op = 'delete'",
+            "SELECT 1 FROM memory_log WHERE target = $1 AND op = 'delete'",
             &[Val::Int(target)],
         )?;
         if !deleted.is_empty() {
@@ -327,7 +340,7 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
             // The item's latest metadata (a delete keeps it too, for the audit).
             metadata = tx
                 .rows(
-                    "SELECT metadata FROM log WHERE gseq = $1 OR target = $1 ORDER BY gseq DESC LIMIT 1",
+                    "SELECT metadata FROM memory_log WHERE gseq = $1 OR target = $1 ORDER BY gseq DESC LIMIT 1",
                     &[Val::Int(target)],
                 )?
                 .first()
@@ -337,30 +350,29 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
     let metadata = metadata.unwrap_or_else(|| "{}".to_owned());
     let seq = tx
         .rows(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM log WHERE namespace = $1",
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM memory_log WHERE namespace = $1",
             &[ns.into()],
         )?
         .first()
         .and_then(|r| r[0].int())
         .unwrap_or(1);
-    tx.exec(
-        "INSERT INTO log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            ns.into(),
-            Val::Int(seq),
-            w.op.as_str().into(),
-            w.target.into(),
-            kind.into(),
-            key.as_deref().into(),
-            w.content.as_str().into(),
-            metadata.into(),
-            w.idempotency_key.as_deref().into(),
-            Val::Int(now),
-        ],
-    )?;
     let gseq = tx
-        .rows("SELECT last_insert_rowid()", &[])?
+        .rows(
+            "INSERT INTO memory_log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING gseq",
+            &[
+                ns.into(),
+                Val::Int(seq),
+                w.op.as_str().into(),
+                w.target.into(),
+                kind.into(),
+                key.as_deref().into(),
+                w.content.as_str().into(),
+                metadata.into(),
+                w.idempotency_key.as_deref().into(),
+                Val::Int(now),
+            ],
+        )?
         .first()
         .and_then(|r| r[0].int())
         .ok_or_else(|| Error::Storage("the log gave no position".into()))?;

@@ -4,24 +4,25 @@
 //! what needs no database (embeddings), then applies them and moves the
 //! checkpoint in one transaction — so a batch is applied entirely or not at all,
 //! and replaying the log after any crash applies each entry exactly once. The
-//! checkpoint is read again inside the transaction, so two processes running the
-//! same projection over one store never apply an entry twice. A batch that fails
-//! (an error or a panic) is rolled back and retried with exponential backoff
-//! (50 ms doubling to 5 s); the projection stays behind, visibly (its lag and
-//! failures are exported), while the log and the other projections go on.
+//! checkpoint is read again inside the transaction (on PostgreSQL `FOR UPDATE`),
+//! so several processes running the same projection over one store never apply
+//! an entry twice; what another process applied, this one *follows* — the
+//! projection updates what it keeps in process memory (the vector index) from
+//! the tables. A batch that fails (an error or a panic) is rolled back and
+//! retried with exponential backoff (50 ms doubling to 5 s); the projection stays
+//! behind, visibly (its lag and failures are exported), while the log and the
+//! other projections go on.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
-
 use crate::log::{self, Signal};
-use crate::sql::{Sqlite, Tx, Val};
+use crate::sql::{self, Dialect, Tx, Val};
+use crate::store::Store;
 use crate::types::Entry;
-use crate::{Durability, Error, Result};
+use crate::Result;
 
 /// One derived view of the log.
 pub trait Projection: Send {
@@ -39,27 +40,37 @@ pub trait Projection: Send {
     fn committed(&mut self) {}
     /// After it rolled back.
     fn rolled_back(&mut self) {}
+    /// `entries` were applied by another process sharing the store: bring what
+    /// this process keeps in memory up to date from the tables.
+    fn follow(&mut self, _tx: &mut dyn Tx, _entries: &[Entry]) -> Result<()> {
+        Ok(())
+    }
     /// Queries whose rows are the projection's whole state, for [`sql::digest`].
     ///
     /// [`sql::digest`]: crate::sql::digest
     fn state_queries(&self) -> Vec<&'static str>;
 }
 
-const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS checkpoints (
-    projection TEXT PRIMARY KEY,
-    gseq INTEGER NOT NULL
-)";
-
-/// Creates the checkpoints table if it is not there.
-pub fn create_checkpoints(tx: &mut dyn Tx) -> Result<()> {
-    tx.exec(CHECKPOINTS, &[])?;
+/// Creates the checkpoints table and `name`'s row, if they are not there.
+pub fn create_checkpoint(tx: &mut dyn Tx, name: &str) -> Result<()> {
+    tx.exec(
+        "CREATE TABLE IF NOT EXISTS memory_checkpoints (
+            projection TEXT PRIMARY KEY,
+            gseq BIGINT NOT NULL
+        )",
+        &[],
+    )?;
+    tx.exec(
+        "INSERT INTO memory_checkpoints (projection, gseq) VALUES ($1, 0) ON CONFLICT (projection) DO NOTHING",
+        &[name.into()],
+    )?;
     Ok(())
 }
 
 pub fn checkpoint(tx: &mut dyn Tx, name: &str) -> Result<i64> {
     Ok(tx
         .rows(
-            "SELECT gseq FROM checkpoints WHERE projection = $1",
+            "SELECT gseq FROM memory_checkpoints WHERE projection = $1",
             &[name.into()],
         )?
         .first()
@@ -67,11 +78,25 @@ pub fn checkpoint(tx: &mut dyn Tx, name: &str) -> Result<i64> {
         .unwrap_or(0))
 }
 
+/// The checkpoint inside a transaction that will move it: locked against the
+/// same projection in other processes.
+fn checkpoint_for_update(tx: &mut dyn Tx, name: &str) -> Result<i64> {
+    let sql = match tx.dialect() {
+        // The transaction's write lock already excludes every other writer.
+        Dialect::Sqlite => "SELECT gseq FROM memory_checkpoints WHERE projection = $1",
+        Dialect::Postgres => "SELECT gseq FROM memory_checkpoints WHERE projection = $1 FOR UPDATE",
+    };
+    Ok(tx
+        .rows(sql, &[name.into()])?
+        .first()
+        .and_then(|r| r[0].int())
+        .unwrap_or(0))
+}
+
 fn set_checkpoint(tx: &mut dyn Tx, name: &str, gseq: i64) -> Result<()> {
     tx.exec(
-        "INSERT INTO checkpoints (projection, gseq) VALUES ($1, $2) \
-         ON CONFLICT (projection) DO UPDATE SET gseq = excluded.gseq",
-        &[name.into(), Val::Int(gseq)],
+        "UPDATE memory_checkpoints SET gseq = $1 WHERE projection = $2",
+        &[Val::Int(gseq), name.into()],
     )?;
     Ok(())
 }
@@ -126,50 +151,92 @@ const POLL: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The files a runner opens.
-#[derive(Clone)]
-pub struct Files {
-    pub log: PathBuf,
-    pub projections: PathBuf,
-    pub durability: Durability,
+/// What one pass of a runner did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Applied entries, up to this position.
+    Applied(i64),
+    /// Caught up with entries another process applied, up to this position.
+    Followed(i64),
+    /// Nothing past this position yet.
+    Idle(i64),
 }
 
-impl Files {
-    pub fn connect(&self) -> Result<Connection> {
-        let conn = log::open_sqlite(&self.projections, self.durability)?;
-        conn.execute(
-            "ATTACH DATABASE ?1 AS src",
-            [self.log.to_string_lossy().as_ref()],
-        )?;
-        Ok(conn)
+/// Whether this connection applies `name` for every process sharing the store.
+/// On PostgreSQL one session at a time holds the projection's advisory lock
+/// and applies it (the others follow, so an embedding is computed once); the
+/// lock goes with its session, so another process takes over when the holder
+/// dies. SQLite's write lock already takes turns, so every runner applies.
+fn leads(tx: &mut dyn Tx, name: &str, leader: &mut bool) -> Result<bool> {
+    if !*leader {
+        *leader = match tx.dialect() {
+            Dialect::Sqlite => true,
+            Dialect::Postgres => {
+                tx.rows(
+                    // Advisory locks span the database: the key names the schema.
+                    "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':inferd_memory:' || $1))::INT4",
+                    &[name.into()],
+                )?
+                .first()
+                .and_then(|r| r[0].int())
+                    == Some(1)
+            }
+        };
     }
+    Ok(*leader)
 }
 
-/// Applies one batch read past the checkpoint; the new checkpoint, or `None`
-/// when nothing was there.
-pub fn step(p: &mut dyn Projection, conn: &mut Connection) -> Result<Option<i64>> {
-    let from = checkpoint(&mut Sqlite(conn), p.name())?;
-    let entries = read_source(conn, from)?;
+/// One pass: follows what others applied past `local` (this process's
+/// position), else — when it leads — applies one batch read past the
+/// checkpoint.
+pub fn step(
+    p: &mut dyn Projection,
+    store: &Store,
+    conn: &mut dyn Tx,
+    local: i64,
+    leader: &mut bool,
+) -> Result<Progress> {
+    let from = checkpoint(conn, p.name())?;
+    if from > local {
+        let entries = read_source(conn, local, from)?;
+        p.follow(conn, &entries)?;
+        let to = entries.last().map_or(from, |e| e.gseq);
+        return Ok(Progress::Followed(to));
+    }
+    if !leads(conn, p.name(), leader)? {
+        return Ok(Progress::Idle(from));
+    }
+    let entries = read_source(conn, from, i64::MAX)?;
     if entries.is_empty() {
-        return Ok(None);
+        return Ok(Progress::Idle(from));
     }
     p.prepare(&entries)?;
-    let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut tx = Sqlite(&txn);
-    // Another process may have applied some of them meanwhile.
-    let now = checkpoint(&mut tx, p.name())?;
-    let fresh: Vec<Entry> = entries.into_iter().filter(|e| e.gseq > now).collect();
-    let Some(last) = fresh.last().map(|e| e.gseq) else {
-        return Ok(Some(now));
-    };
-    let applied = p.apply(&mut tx, &fresh).and_then(|()| {
-        set_checkpoint(&mut tx, p.name(), last)?;
-        Ok(())
-    });
-    match applied.and_then(|()| txn.commit().map_err(Error::from)) {
-        Ok(()) => {
-            p.committed();
+    let mut behind = Vec::new();
+    let applied = store.in_turn(|| {
+        sql::in_transaction(conn, |tx| {
+            // Another process may have applied some of them meanwhile.
+            let now = checkpoint_for_update(tx, p.name())?;
+            let (done, fresh): (Vec<Entry>, Vec<Entry>) =
+                entries.iter().cloned().partition(|e| e.gseq <= now);
+            behind = done;
+            let Some(last) = fresh.last().map(|e| e.gseq) else {
+                return Ok(None);
+            };
+            p.apply(tx, &fresh)?;
+            set_checkpoint(tx, p.name(), last)?;
             Ok(Some(last))
+        })
+    });
+    match applied {
+        Ok(last) => {
+            p.committed();
+            if !behind.is_empty() {
+                p.follow(conn, &behind)?;
+            }
+            Ok(match last {
+                Some(last) => Progress::Applied(last),
+                None => Progress::Followed(behind.last().map_or(from, |e| e.gseq)),
+            })
         }
         Err(e) => {
             p.rolled_back();
@@ -178,54 +245,67 @@ pub fn step(p: &mut dyn Projection, conn: &mut Connection) -> Result<Option<i64>
     }
 }
 
-fn read_source(conn: &Connection, after: i64) -> Result<Vec<Entry>> {
+/// Entries after `after` and at most `upto`, one batch of them.
+fn read_source(tx: &mut dyn Tx, after: i64, upto: i64) -> Result<Vec<Entry>> {
     let sql = format!(
-        "SELECT {} FROM src.log WHERE gseq > $1 ORDER BY gseq LIMIT $2",
+        "SELECT {} FROM memory_log WHERE gseq > $1 AND gseq <= $2 ORDER BY gseq LIMIT $3",
         log::ENTRY_COLUMNS
     );
-    Sqlite(conn)
-        .rows(&sql, &[Val::Int(after), Val::Int(BATCH as i64)])?
-        .iter()
-        .map(|r| log::entry_of(r))
-        .collect()
+    tx.rows(
+        &sql,
+        &[Val::Int(after), Val::Int(upto), Val::Int(BATCH as i64)],
+    )?
+    .iter()
+    .map(|r| log::entry_of(r))
+    .collect()
 }
 
-fn refresh_lag(conn: &Connection, status: &Status, applied: i64) {
-    let mut tx = Sqlite(conn);
-    let head = tx
-        .rows("SELECT COALESCE(MAX(gseq), 0) FROM src.log", &[])
-        .ok()
-        .and_then(|r| r.first().and_then(|r| r[0].int()))
-        .unwrap_or(applied);
+/// Entries past `applied` (positions can skip: PostgreSQL's identity does not
+/// give back the values of rolled-back appends).
+pub fn entries_after(tx: &mut dyn Tx, applied: i64) -> Result<i64> {
+    Ok(tx
+        .rows(
+            "SELECT COUNT(*) FROM memory_log WHERE gseq > $1",
+            &[Val::Int(applied)],
+        )?
+        .first()
+        .and_then(|r| r[0].int())
+        .unwrap_or(0))
+}
+
+fn refresh_lag(tx: &mut dyn Tx, status: &Status, applied: i64) {
+    let behind = entries_after(tx, applied).unwrap_or(0);
     let oldest = tx
         .rows(
-            "SELECT at_ms FROM src.log WHERE gseq > $1 ORDER BY gseq LIMIT 1",
+            "SELECT at_ms FROM memory_log WHERE gseq > $1 ORDER BY gseq LIMIT 1",
             &[Val::Int(applied)],
         )
         .ok()
         .and_then(|r| r.first().and_then(|r| r[0].int()));
-    status
-        .lag_items
-        .store((head - applied).max(0), Ordering::Relaxed);
+    status.lag_items.store(behind, Ordering::Relaxed);
     status.lag_ms.store(
         oldest.map_or(0, |t| (crate::now_ms() - t).max(0)),
         Ordering::Relaxed,
     );
 }
 
-/// Runs `p` until `stop` is set.
+/// Runs `p` until `stop` is set, from `local`: the position its process-local
+/// state reflects (its checkpoint when the store opened).
 pub fn run(
     mut p: Box<dyn Projection>,
-    files: Files,
+    store: Store,
     status: Arc<Status>,
     signal: Arc<Signal>,
     stop: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut conn = None;
+    let mut leader = false;
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            match files.connect() {
+            // A new session holds no lock.
+            leader = false;
+            match store.projection_conn() {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     fail(&status, &e.to_string(), &mut backoff, &stop);
@@ -234,20 +314,22 @@ pub fn run(
             }
         }
         let c = conn.as_mut().expect("connected above");
-        let result = catch_unwind(AssertUnwindSafe(|| step(&mut *p, c)));
+        let local = status.applied();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            step(&mut *p, &store, &mut **c, local, &mut leader)
+        }));
         match result {
-            Ok(Ok(Some(gseq))) => {
+            Ok(Ok(Progress::Applied(gseq) | Progress::Followed(gseq))) => {
                 status.applied.send_replace(gseq);
-                refresh_lag(c, &status, gseq);
+                refresh_lag(&mut **c, &status, gseq);
                 backoff = BACKOFF_MIN;
             }
-            Ok(Ok(None)) => {
-                let applied = status.applied();
-                refresh_lag(c, &status, applied);
-                signal.wait_past(applied, POLL);
+            Ok(Ok(Progress::Idle(_))) => {
+                refresh_lag(&mut **c, &status, local);
+                signal.wait_past(local, POLL);
             }
             Ok(Err(e)) => {
-                refresh_lag(c, &status, status.applied());
+                refresh_lag(&mut **c, &status, local);
                 fail(&status, &e.to_string(), &mut backoff, &stop)
             }
             Err(panic) => {
@@ -256,7 +338,7 @@ pub fn run(
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "a panic".into());
-                // The transaction was dropped while unwinding: rolled back.
+                // Whatever transaction was open goes with the connection.
                 p.rolled_back();
                 conn = None;
                 fail(&status, &format!("panicked: {why}"), &mut backoff, &stop);

@@ -21,22 +21,22 @@ impl Projection for Items {
 
     fn create(&self, tx: &mut dyn Tx) -> Result<()> {
         tx.exec(
-            "CREATE TABLE IF NOT EXISTS items (
-                id INTEGER PRIMARY KEY,
+            "CREATE TABLE IF NOT EXISTS memory_items (
+                id BIGINT PRIMARY KEY,
                 namespace TEXT NOT NULL,
                 kind TEXT NOT NULL,
                 key TEXT,
                 content TEXT NOT NULL,
                 metadata TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                version INTEGER NOT NULL,
-                created_ms INTEGER NOT NULL,
-                updated_ms INTEGER NOT NULL
+                seq BIGINT NOT NULL,
+                version BIGINT NOT NULL,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL
             )",
             &[],
         )?;
         tx.exec(
-            "CREATE INDEX IF NOT EXISTS items_namespace ON items (namespace, id)",
+            "CREATE INDEX IF NOT EXISTS items_namespace ON memory_items (namespace, id)",
             &[],
         )?;
         Ok(())
@@ -46,7 +46,7 @@ impl Projection for Items {
         for e in entries {
             match e.op {
                 Op::Put => tx.exec(
-                    "INSERT INTO items (id, namespace, kind, key, content, metadata, seq, version, created_ms, updated_ms) \
+                    "INSERT INTO memory_items (id, namespace, kind, key, content, metadata, seq, version, created_ms, updated_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8)",
                     &[
                         Val::Int(e.gseq),
@@ -60,7 +60,7 @@ impl Projection for Items {
                     ],
                 )?,
                 Op::Update => tx.exec(
-                    "UPDATE items SET content = $1, metadata = $2, seq = $3, version = version + 1, updated_ms = $4 \
+                    "UPDATE memory_items SET content = $1, metadata = $2, seq = $3, version = version + 1, updated_ms = $4 \
                      WHERE id = $5",
                     &[
                         e.content.as_str().into(),
@@ -70,14 +70,14 @@ impl Projection for Items {
                         Val::Int(e.item_id()),
                     ],
                 )?,
-                Op::Delete => tx.exec("DELETE FROM items WHERE id = $1", &[Val::Int(e.item_id())])?,
+                Op::Delete => tx.exec("DELETE FROM memory_items WHERE id = $1", &[Val::Int(e.item_id())])?,
             };
         }
         Ok(())
     }
 
     fn state_queries(&self) -> Vec<&'static str> {
-        vec!["SELECT * FROM items ORDER BY id"]
+        vec!["SELECT * FROM memory_items ORDER BY id"]
     }
 }
 
@@ -93,26 +93,26 @@ impl Projection for Facts {
 
     fn create(&self, tx: &mut dyn Tx) -> Result<()> {
         tx.exec(
-            "CREATE TABLE IF NOT EXISTS facts (
+            "CREATE TABLE IF NOT EXISTS memory_facts (
                 namespace TEXT NOT NULL,
                 key TEXT NOT NULL,
                 value TEXT NOT NULL,
-                item_id INTEGER NOT NULL,
-                seq INTEGER NOT NULL,
-                updated_ms INTEGER NOT NULL,
+                item_id BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
                 PRIMARY KEY (namespace, key)
             )",
             &[],
         )?;
         tx.exec(
-            "CREATE TABLE IF NOT EXISTS fact_history (
+            "CREATE TABLE IF NOT EXISTS memory_fact_history (
                 namespace TEXT NOT NULL,
                 key TEXT NOT NULL,
-                seq INTEGER NOT NULL,
+                seq BIGINT NOT NULL,
                 op TEXT NOT NULL,
                 value TEXT,
-                item_id INTEGER NOT NULL,
-                at_ms INTEGER NOT NULL,
+                item_id BIGINT NOT NULL,
+                at_ms BIGINT NOT NULL,
                 PRIMARY KEY (namespace, key, seq)
             )",
             &[],
@@ -129,7 +129,7 @@ impl Projection for Facts {
             // Update and delete change the fact only when it is their item's.
             let current = tx
                 .rows(
-                    "SELECT item_id FROM facts WHERE namespace = $1 AND key = $2",
+                    "SELECT item_id FROM memory_facts WHERE namespace = $1 AND key = $2",
                     &[ns.into(), key.into()],
                 )?
                 .first()
@@ -138,7 +138,7 @@ impl Projection for Facts {
             match e.op {
                 Op::Put => {
                     tx.exec(
-                        "INSERT INTO facts (namespace, key, value, item_id, seq, updated_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+                        "INSERT INTO memory_facts (namespace, key, value, item_id, seq, updated_ms) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, item_id = excluded.item_id, \
                          seq = excluded.seq, updated_ms = excluded.updated_ms",
                         &[ns.into(), key.into(), e.content.as_str().into(), Val::Int(e.gseq), Val::Int(e.seq), Val::Int(e.at_ms)],
@@ -146,13 +146,13 @@ impl Projection for Facts {
                 }
                 Op::Update if mine => {
                     tx.exec(
-                        "UPDATE facts SET value = $1, seq = $2, updated_ms = $3 WHERE namespace = $4 AND key = $5",
+                        "UPDATE memory_facts SET value = $1, seq = $2, updated_ms = $3 WHERE namespace = $4 AND key = $5",
                         &[e.content.as_str().into(), Val::Int(e.seq), Val::Int(e.at_ms), ns.into(), key.into()],
                     )?;
                 }
                 Op::Delete if mine => {
                     tx.exec(
-                        "DELETE FROM facts WHERE namespace = $1 AND key = $2",
+                        "DELETE FROM memory_facts WHERE namespace = $1 AND key = $2",
                         &[ns.into(), key.into()],
                     )?;
                 }
@@ -160,7 +160,7 @@ impl Projection for Facts {
             }
             let value = (e.op != Op::Delete).then_some(e.content.as_str());
             tx.exec(
-                "INSERT INTO fact_history (namespace, key, seq, op, value, item_id, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO memory_fact_history (namespace, key, seq, op, value, item_id, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[ns.into(), key.into(), Val::Int(e.seq), e.op.as_str().into(), value.into(), Val::Int(e.item_id()), Val::Int(e.at_ms)],
             )?;
         }
@@ -169,8 +169,8 @@ impl Projection for Facts {
 
     fn state_queries(&self) -> Vec<&'static str> {
         vec![
-            "SELECT * FROM facts ORDER BY namespace, key",
-            "SELECT * FROM fact_history ORDER BY namespace, key, seq",
+            "SELECT * FROM memory_facts ORDER BY namespace, key",
+            "SELECT * FROM memory_fact_history ORDER BY namespace, key, seq",
         ]
     }
 }
@@ -188,20 +188,20 @@ impl Projection for Recent {
 
     fn create(&self, tx: &mut dyn Tx) -> Result<()> {
         tx.exec(
-            "CREATE TABLE IF NOT EXISTS recent (
+            "CREATE TABLE IF NOT EXISTS memory_recent (
                 namespace TEXT NOT NULL,
-                id INTEGER NOT NULL,
-                seq INTEGER NOT NULL,
+                id BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
                 kind TEXT NOT NULL,
                 key TEXT,
                 content TEXT NOT NULL,
-                at_ms INTEGER NOT NULL,
+                at_ms BIGINT NOT NULL,
                 PRIMARY KEY (namespace, id)
             )",
             &[],
         )?;
         tx.exec(
-            "CREATE INDEX IF NOT EXISTS recent_order ON recent (namespace, seq)",
+            "CREATE INDEX IF NOT EXISTS recent_order ON memory_recent (namespace, seq)",
             &[],
         )?;
         Ok(())
@@ -211,19 +211,19 @@ impl Projection for Recent {
         for e in entries {
             let ns = e.namespace.as_str();
             tx.exec(
-                "DELETE FROM recent WHERE namespace = $1 AND id = $2",
+                "DELETE FROM memory_recent WHERE namespace = $1 AND id = $2",
                 &[ns.into(), Val::Int(e.item_id())],
             )?;
             if e.op == Op::Delete {
                 continue;
             }
             tx.exec(
-                "INSERT INTO recent (namespace, id, seq, kind, key, content, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO memory_recent (namespace, id, seq, kind, key, content, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[ns.into(), Val::Int(e.item_id()), Val::Int(e.seq), e.kind.as_str().into(), e.key.as_deref().into(), e.content.as_str().into(), Val::Int(e.at_ms)],
             )?;
             tx.exec(
-                "DELETE FROM recent WHERE namespace = $1 AND seq <= \
-                 (SELECT seq FROM recent WHERE namespace = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+                "DELETE FROM memory_recent WHERE namespace = $1 AND seq <= \
+                 (SELECT seq FROM memory_recent WHERE namespace = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)",
                 &[ns.into(), Val::Int(self.per_namespace as i64)],
             )?;
         }
@@ -231,7 +231,7 @@ impl Projection for Recent {
     }
 
     fn state_queries(&self) -> Vec<&'static str> {
-        vec!["SELECT * FROM recent ORDER BY namespace, id"]
+        vec!["SELECT * FROM memory_recent ORDER BY namespace, id"]
     }
 }
 
@@ -246,22 +246,22 @@ impl Projection for Audit {
 
     fn create(&self, tx: &mut dyn Tx) -> Result<()> {
         tx.exec(
-            "CREATE TABLE IF NOT EXISTS audit (
-                gseq INTEGER PRIMARY KEY,
+            "CREATE TABLE IF NOT EXISTS memory_audit (
+                gseq BIGINT PRIMARY KEY,
                 namespace TEXT NOT NULL,
-                seq INTEGER NOT NULL,
+                seq BIGINT NOT NULL,
                 op TEXT NOT NULL,
-                item_id INTEGER NOT NULL,
+                item_id BIGINT NOT NULL,
                 kind TEXT NOT NULL,
                 key TEXT,
                 idempotency_key TEXT,
                 content_sha256 TEXT NOT NULL,
-                at_ms INTEGER NOT NULL
+                at_ms BIGINT NOT NULL
             )",
             &[],
         )?;
         tx.exec(
-            "CREATE INDEX IF NOT EXISTS audit_namespace ON audit (namespace, seq)",
+            "CREATE INDEX IF NOT EXISTS audit_namespace ON memory_audit (namespace, seq)",
             &[],
         )?;
         Ok(())
@@ -271,7 +271,7 @@ impl Projection for Audit {
         for e in entries {
             let sha = hex(&Sha256::digest(e.content.as_bytes()));
             tx.exec(
-                "INSERT INTO audit (gseq, namespace, seq, op, item_id, kind, key, idempotency_key, content_sha256, at_ms) \
+                "INSERT INTO memory_audit (gseq, namespace, seq, op, item_id, kind, key, idempotency_key, content_sha256, at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 &[
                     Val::Int(e.gseq),
@@ -291,6 +291,6 @@ impl Projection for Audit {
     }
 
     fn state_queries(&self) -> Vec<&'static str> {
-        vec!["SELECT * FROM audit ORDER BY gseq"]
+        vec!["SELECT * FROM memory_audit ORDER BY gseq"]
     }
 }

@@ -84,40 +84,22 @@ pub struct VectorIndex {
 }
 
 impl VectorIndex {
-    /// Loads what the `vectors` table holds.
-    pub fn load(tx: &mut dyn Tx) -> Result<VectorIndex> {
-        let index = VectorIndex::default();
-        if tx
-            .rows(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vectors'",
-                &[],
-            )?
-            .is_empty()
-        {
-            return Ok(index);
-        }
+    /// Replaces what it holds with what the `memory_vectors` table holds.
+    pub fn reload(&self, tx: &mut dyn Tx) -> Result<()> {
         let rows = tx.rows(
-            "SELECT id, namespace, kind, key, content, metadata, seq, embedding FROM vectors ORDER BY id",
+            &format!("SELECT {ROW_COLUMNS} FROM memory_vectors ORDER BY id"),
             &[],
         )?;
-        let mut map = index
+        let mut map = self
             .namespaces
             .write()
             .expect("index lock poisoned: this is a bug");
+        map.clear();
         for r in rows {
-            let ns = r[1].text().unwrap_or_default().to_owned();
-            map.entry(ns).or_default().push(Row {
-                id: r[0].int().unwrap_or_default(),
-                kind: r[2].text().unwrap_or_default().to_owned(),
-                key: r[3].text().map(str::to_owned),
-                content: r[4].text().unwrap_or_default().to_owned(),
-                metadata: serde_json::from_str(r[5].text().unwrap_or("{}")).unwrap_or(Value::Null),
-                seq: r[6].int().unwrap_or_default(),
-                vector: from_blob(r[7].blob().unwrap_or_default()),
-            });
+            let (ns, row) = row_of(&r);
+            map.entry(ns).or_default().push(row);
         }
-        drop(map);
-        Ok(index)
+        Ok(())
     }
 
     /// Items held, over every namespace.
@@ -205,6 +187,22 @@ impl VectorIndex {
     }
 }
 
+const ROW_COLUMNS: &str = "id, namespace, kind, key, content, metadata, seq, embedding";
+
+fn row_of(r: &[Val]) -> (String, Row) {
+    let ns = r[1].text().unwrap_or_default().to_owned();
+    let row = Row {
+        id: r[0].int().unwrap_or_default(),
+        kind: r[2].text().unwrap_or_default().to_owned(),
+        key: r[3].text().map(str::to_owned),
+        content: r[4].text().unwrap_or_default().to_owned(),
+        metadata: serde_json::from_str(r[5].text().unwrap_or("{}")).unwrap_or(Value::Null),
+        seq: r[6].int().unwrap_or_default(),
+        vector: from_blob(r[7].blob().unwrap_or_default()),
+    };
+    (ns, row)
+}
+
 fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -218,6 +216,25 @@ fn from_blob(b: &[u8]) -> Vec<f32> {
 enum Change {
     Upsert(String, Row),
     Remove(String, i64),
+}
+
+/// Creates the `memory_vectors` table if it is not there.
+pub fn create_table(tx: &mut dyn Tx) -> Result<()> {
+    let sql = crate::sql::ddl(
+        tx.dialect(),
+        "CREATE TABLE IF NOT EXISTS memory_vectors (
+            id BIGINT PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT,
+            content TEXT NOT NULL,
+            metadata TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            embedding {blob} NOT NULL
+        )",
+    );
+    tx.exec(&sql, &[])?;
+    Ok(())
 }
 
 /// The projection; it shares its index with the searches.
@@ -245,19 +262,23 @@ impl Projection for Vectors {
     }
 
     fn create(&self, tx: &mut dyn Tx) -> Result<()> {
-        tx.exec(
-            "CREATE TABLE IF NOT EXISTS vectors (
-                id INTEGER PRIMARY KEY,
-                namespace TEXT NOT NULL,
-                kind TEXT NOT NULL,
-                key TEXT,
-                content TEXT NOT NULL,
-                metadata TEXT NOT NULL,
-                seq INTEGER NOT NULL,
-                embedding BLOB NOT NULL
-            )",
-            &[],
-        )?;
+        create_table(tx)
+    }
+
+    fn follow(&mut self, tx: &mut dyn Tx, entries: &[Entry]) -> Result<()> {
+        let mut changes = Vec::new();
+        for e in entries {
+            let id = e.item_id();
+            let sql = format!("SELECT {ROW_COLUMNS} FROM memory_vectors WHERE id = $1");
+            changes.push(match tx.rows(&sql, &[Val::Int(id)])?.first() {
+                Some(r) => {
+                    let (ns, row) = row_of(r);
+                    Change::Upsert(ns, row)
+                }
+                None => Change::Remove(e.namespace.clone(), id),
+            });
+        }
+        self.index.apply(changes);
         Ok(())
     }
 
@@ -283,7 +304,7 @@ impl Projection for Vectors {
         for e in entries {
             let id = e.item_id();
             if e.op == Op::Delete {
-                tx.exec("DELETE FROM vectors WHERE id = $1", &[Val::Int(id)])?;
+                tx.exec("DELETE FROM memory_vectors WHERE id = $1", &[Val::Int(id)])?;
                 self.pending.push(Change::Remove(e.namespace.clone(), id));
                 continue;
             }
@@ -292,7 +313,7 @@ impl Projection for Vectors {
                     Error::Embedding(format!("entry {} was not embedded", e.gseq))
                 })?;
             tx.exec(
-                "INSERT INTO vectors (id, namespace, kind, key, content, metadata, seq, embedding) \
+                "INSERT INTO memory_vectors (id, namespace, kind, key, content, metadata, seq, embedding) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (id) DO UPDATE SET content = excluded.content, metadata = excluded.metadata, \
                  seq = excluded.seq, embedding = excluded.embedding",
@@ -333,6 +354,6 @@ impl Projection for Vectors {
     }
 
     fn state_queries(&self) -> Vec<&'static str> {
-        vec!["SELECT * FROM vectors ORDER BY id"]
+        vec!["SELECT * FROM memory_vectors ORDER BY id"]
     }
 }

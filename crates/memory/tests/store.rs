@@ -1,6 +1,9 @@
-//! The store end to end on real SQLite files (and the real MiniLM embedder for
-//! the vector projection): appends, idempotency, every projection, read-your-
-//! writes, failing projections, and rebuild from zero.
+//! The store end to end, every case on real SQLite files and on the PostgreSQL
+//! server at 127.0.0.1:5432 (`INFERD_TEST_POSTGRES` names another; each case in
+//! its own schema), with the real MiniLM embedder for the vector projection:
+//! appends, idempotency, every projection, read-your-writes, failing
+//! projections, two stores sharing one log, and rebuild from zero. Where no
+//! PostgreSQL answers, each PostgreSQL case says it was skipped, by name.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,10 +12,106 @@ use std::time::Duration;
 use inferd_memory::*;
 use serde_json::{json, Map, Value};
 
-fn dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("inferd-memory-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// Makes a fresh, empty store of one backend, named for its test and `part`.
+type Fresh = Arc<dyn Fn(&str) -> MemoryConfig + Send + Sync>;
+
+fn sqlite_store(test: &str) -> Fresh {
+    let test = test.to_owned();
+    Arc::new(move |part| {
+        let d = std::env::temp_dir().join(format!(
+            "inferd-memory-{test}-{part}-{}",
+            std::process::id()
+        ));
+        MemoryConfig::new(d)
+    })
+}
+
+fn postgres_base() -> String {
+    std::env::var("INFERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The PostgreSQL client blocks on a runtime of its own: not inside a test's.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().unwrap())
+}
+
+fn pg_client(url: &str) -> std::result::Result<postgres::Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config.connect_timeout(Duration::from_secs(3));
+    config.connect(postgres::NoTls)
+}
+
+/// `None` (and a line saying the case was skipped) when no PostgreSQL answers.
+fn postgres_store(test: &str) -> Option<Fresh> {
+    let base = postgres_base();
+    if let Err(e) = off_runtime(|| pg_client(&base).map(drop)) {
+        inferd_testutil::report(&format!(
+            "skipped: {test} on PostgreSQL: none reachable at {base}: {e}"
+        ));
+        return None;
+    }
+    let tag: u32 = test
+        .bytes()
+        .fold(2166136261, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    Some(Arc::new(move |part| {
+        let schema = format!("inferd_{tag:08x}_{part}_{}", std::process::id());
+        off_runtime(|| {
+            pg_client(&base)
+                .unwrap()
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .unwrap()
+        });
+        let sep = if base.contains('?') { '&' } else { '?' };
+        MemoryConfig::at(StateStore::Postgres(format!(
+            "{base}{sep}options=-csearch_path%3D{schema}"
+        )))
+    }))
+}
+
+/// Runs the case on SQLite and on PostgreSQL, as `<case>::sqlite` and
+/// `<case>::postgres`.
+macro_rules! on_both {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(super::sqlite_store(stringify!($case))).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(fresh) = super::postgres_store(stringify!($case)) {
+                    super::$case(fresh).await
+                }
+            }
+        }
+    };
+}
+
+/// Rows of a query on the store's projections.
+fn query(config: &MemoryConfig, sql: &str) -> Vec<(i64, i64)> {
+    match &config.state {
+        StateStore::Sqlite(dir) => {
+            let conn = rusqlite::Connection::open(dir.join("projections.db")).unwrap();
+            let mut stmt = conn.prepare(sql).unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect()
+        }
+        StateStore::Postgres(url) => off_runtime(|| {
+            pg_client(url)
+                .unwrap()
+                .query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()
+        }),
+    }
 }
 
 fn ns(s: &str) -> Namespace {
@@ -46,10 +145,10 @@ fn embedder() -> Arc<dyn TextEmbedder> {
     .clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_are_numbered_per_namespace_and_every_projection_follows() {
-    let d = dir("follow");
-    let m = Memory::open(&MemoryConfig::new(&d), None).unwrap();
+on_both!(writes_are_numbered_per_namespace_and_every_projection_follows);
+async fn writes_are_numbered_per_namespace_and_every_projection_follows(fresh: Fresh) {
+    let d = fresh("follow");
+    let m = Memory::open(&d.clone(), None).unwrap();
     let a = m
         .write(put("acme/alice", Some("contact"), "prefers email", None))
         .await
@@ -144,13 +243,12 @@ async fn writes_are_numbered_per_namespace_and_every_projection_follows() {
     );
     assert!(metrics.contains("inferd_memory_projection_position{projection=\"items\"}"));
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_idempotency_key_is_one_write_and_refuses_other_content() {
-    let d = dir("idem");
-    let m = Memory::open(&MemoryConfig::new(&d), None).unwrap();
+on_both!(one_idempotency_key_is_one_write_and_refuses_other_content);
+async fn one_idempotency_key_is_one_write_and_refuses_other_content(fresh: Fresh) {
+    let d = fresh("idem");
+    let m = Memory::open(&d.clone(), None).unwrap();
     let first = m
         .write(put("t/u", None, "hello", Some("req-1")))
         .await
@@ -196,13 +294,12 @@ async fn one_idempotency_key_is_one_write_and_refuses_other_content() {
     m.item(&ns("t/u"), ids[0], at(2)).await.unwrap();
     assert_eq!(m.audit(&ns("t/u"), 0, 100, at(2)).await.unwrap().len(), 2);
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_leave_no_gap_in_any_namespace() {
-    let d = dir("gapless");
-    let m = Arc::new(Memory::open(&MemoryConfig::new(&d), None).unwrap());
+on_both!(concurrent_writers_leave_no_gap_in_any_namespace);
+async fn concurrent_writers_leave_no_gap_in_any_namespace(fresh: Fresh) {
+    let d = fresh("gapless");
+    let m = Arc::new(Memory::open(&d.clone(), None).unwrap());
     let tasks: Vec<_> = (0..64)
         .map(|w| {
             let m = Arc::clone(&m);
@@ -231,13 +328,12 @@ async fn concurrent_writers_leave_no_gap_in_any_namespace() {
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "{n}");
     }
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_past_the_namespace_head_is_refused_and_a_lagging_one_names_its_lag() {
-    let d = dir("lag");
-    let m = Memory::open(&MemoryConfig::new(&d), None).unwrap();
+on_both!(a_read_past_the_namespace_head_is_refused_and_a_lagging_one_names_its_lag);
+async fn a_read_past_the_namespace_head_is_refused_and_a_lagging_one_names_its_lag(fresh: Fresh) {
+    let d = fresh("lag");
+    let m = Memory::open(&d.clone(), None).unwrap();
     m.write(put("t", None, "one", None)).await.unwrap();
     match m.recent(&ns("t"), 5, at(7)).await.unwrap_err() {
         Error::NotWritten { min_seq, last, .. } => assert_eq!((min_seq, last), (7, 1)),
@@ -281,11 +377,7 @@ async fn a_read_past_the_namespace_head_is_refused_and_a_lagging_one_names_its_l
         }
     }
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let m = Memory::open(
-        &MemoryConfig::new(dir("lag2")),
-        Some(Arc::new(Flaky(Arc::clone(&broken)))),
-    )
-    .unwrap();
+    let m = Memory::open(&fresh("lag2"), Some(Arc::new(Flaky(Arc::clone(&broken))))).unwrap();
     let a = m
         .write(put("t", None, "stuck behind a broken embedder", None))
         .await
@@ -319,7 +411,6 @@ async fn a_read_past_the_namespace_head_is_refused_and_a_lagging_one_names_its_l
     let hits = m.search(search, at(a.seq)).await.unwrap();
     assert_eq!(hits[0].id, a.id);
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 /// Appends a row per entry, with no conflict handling: a replayed entry would
@@ -362,9 +453,11 @@ impl Projection for Fragile {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_projection_that_panics_mid_batch_resumes_from_its_checkpoint_without_duplicates() {
-    let d = dir("panic");
+on_both!(a_projection_that_panics_mid_batch_resumes_from_its_checkpoint_without_duplicates);
+async fn a_projection_that_panics_mid_batch_resumes_from_its_checkpoint_without_duplicates(
+    fresh: Fresh,
+) {
+    let d = fresh("panic");
     let panicked = Arc::new(AtomicUsize::new(0));
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let fragile = Fragile {
@@ -372,7 +465,7 @@ async fn a_projection_that_panics_mid_batch_resumes_from_its_checkpoint_without_
         panicked: Arc::clone(&panicked),
         broken: Arc::clone(&broken),
     };
-    let config = MemoryConfig::new(&d);
+    let config = d.clone();
     let m = Memory::open_with(&config, None, vec![Box::new(fragile)]).unwrap();
     // Many writes at once, so batches hold many entries.
     let m = Arc::new(m);
@@ -434,22 +527,14 @@ async fn a_projection_that_panics_mid_batch_resumes_from_its_checkpoint_without_
     drop(m);
 
     // Every entry exactly once.
-    let conn = rusqlite::Connection::open(d.join("projections.db")).unwrap();
-    let (rows, distinct): (i64, i64) = conn
-        .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT gseq) FROM fragile",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((rows, distinct), (301, 301));
-    let _ = std::fs::remove_dir_all(&d);
+    let counts = query(&d, "SELECT COUNT(*), COUNT(DISTINCT gseq) FROM fragile");
+    assert_eq!(counts, [(301, 301)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_finds_by_meaning_within_one_namespace_and_its_filters() {
-    let d = dir("search");
-    let m = Memory::open(&MemoryConfig::new(&d), Some(embedder())).unwrap();
+on_both!(search_finds_by_meaning_within_one_namespace_and_its_filters);
+async fn search_finds_by_meaning_within_one_namespace_and_its_filters(fresh: Fresh) {
+    let d = fresh("search");
+    let m = Memory::open(&d.clone(), Some(embedder())).unwrap();
     let mut meta = Map::new();
     meta.insert("source".into(), json!("crm"));
     let w = |n: &str, kind: &str, content: &str, meta: Map<String, Value>| {
@@ -541,7 +626,7 @@ async fn search_finds_by_meaning_within_one_namespace_and_its_filters() {
         .await
         .unwrap();
     assert!(hits.iter().all(|h| !h.content.contains("Bob")));
-    let e = Memory::open(&MemoryConfig::new(dir("nosearch")), None)
+    let e = Memory::open(&fresh("nosearch"), None)
         .unwrap()
         .search(
             search("acme/alice", "x", None, Map::new()),
@@ -551,15 +636,14 @@ async fn search_finds_by_meaning_within_one_namespace_and_its_filters() {
         .unwrap_err();
     assert!(matches!(e, Error::NoEmbedder), "{e}");
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection() {
-    let d = dir("rebuild");
+on_both!(a_rebuild_from_zero_reaches_the_live_state_of_every_projection);
+async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection(fresh: Fresh) {
+    let d = fresh("rebuild");
     let config = MemoryConfig {
         recent_per_namespace: 4,
-        ..MemoryConfig::new(&d)
+        ..d.clone()
     };
     let m = Memory::open(&config, Some(embedder())).unwrap();
     let mut ids = Vec::new();
@@ -604,5 +688,97 @@ async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection() {
         .unwrap();
     assert!(!facts.history.is_empty());
     drop(m);
-    let _ = std::fs::remove_dir_all(&d);
+}
+
+on_both!(two_stores_on_one_log_number_together_and_read_each_others_writes);
+async fn two_stores_on_one_log_number_together_and_read_each_others_writes(fresh: Fresh) {
+    // Two gateway processes sharing one state: each runs every projection; an
+    // entry is applied once, and the other follows it (its vector index too).
+    let d = fresh("shared");
+    let a = Arc::new(Memory::open(&d, Some(embedder())).unwrap());
+    let b = Arc::new(Memory::open(&d, Some(embedder())).unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let m = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        tasks.push(tokio::spawn(async move {
+            m.write(put(
+                "t/shared",
+                None,
+                &format!("note {i} about the quarterly budget"),
+                Some(&format!("k{i}")),
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().seq);
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    // A write through one is a duplicate through the other.
+    let again = b
+        .write(put(
+            "t/shared",
+            None,
+            "note 0 about the quarterly budget",
+            Some("k0"),
+        ))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    let only_a = a
+        .write(put(
+            "t/shared",
+            None,
+            "the cat sat on the warm laptop",
+            None,
+        ))
+        .await
+        .unwrap();
+    let hits = b
+        .search(
+            Search {
+                namespace: ns("t/shared"),
+                query: "a cat on a laptop".into(),
+                k: 1,
+                kind: None,
+                metadata: Map::new(),
+            },
+            // Generous: every case of this file may be embedding at once.
+            Consistency {
+                min_seq: Some(only_a.seq),
+                wait_ms: Some(30_000),
+            },
+        )
+        .await;
+    let hits = match hits {
+        Ok(h) => h,
+        Err(e) => panic!(
+            "{e}: a {} b {}",
+            a.report().await.unwrap(),
+            b.report().await.unwrap()
+        ),
+    };
+    assert_eq!(
+        hits[0].id, only_a.id,
+        "the other store's index follows what it did not apply"
+    );
+    for m in [&a, &b] {
+        let item = m
+            .item(&ns("t/shared"), only_a.id, at(only_a.seq))
+            .await
+            .unwrap();
+        assert_eq!(item.content, "the cat sat on the warm laptop");
+    }
+    drop((a, b));
+    let audit = query(
+        &d,
+        "SELECT COUNT(*), COUNT(DISTINCT gseq) FROM memory_audit",
+    );
+    assert_eq!(audit, [(41, 41)], "each entry applied once between the two");
+    for c in check(&d, Some(embedder())).unwrap() {
+        assert!(c.same(), "{} differs from a rebuild", c.projection);
+    }
 }
