@@ -665,3 +665,142 @@ fn two_servers_sharing_postgres_keep_one_memory() {
 fn report(line: &str) {
     inferd_testutil::report(line);
 }
+
+/// POSTs write `i` until it is acknowledged, retrying (with its idempotency
+/// key) while the store answers 503; (id, namespace, seq) and the retries.
+fn write_until_acknowledged(addr: &str, i: usize) -> ((i64, String, i64), usize) {
+    let body = json!({
+        "namespace": format!("t/agent{}", i % 8),
+        "content": format!("memory {i}"),
+        "idempotency_key": format!("write-{i}"),
+    })
+    .to_string();
+    for retries in 0..500 {
+        match try_post(addr, &body) {
+            Some((200 | 201, text)) => {
+                let v = json_of(&text);
+                let ack = (
+                    v["id"].as_i64().unwrap(),
+                    v["namespace"].as_str().unwrap().to_owned(),
+                    v["seq"].as_i64().unwrap(),
+                );
+                return (ack, retries);
+            }
+            Some((503, _)) | None => std::thread::sleep(Duration::from_millis(20)),
+            Some((status, text)) => panic!("write {i}: {status} {text}"),
+        }
+    }
+    panic!("write {i} was never acknowledged");
+}
+
+#[test]
+fn postgres_sessions_cut_under_load_lose_no_write_and_the_store_reconnects() {
+    // What clients of a restarted PostgreSQL see — every session ended under
+    // them — done to this server's sessions only (by their application name),
+    // twice, in the middle of 3,000 writes from 32 clients.
+    let Some(state) = postgres_state("cut") else {
+        return;
+    };
+    let app = format!("inferd_cut_{}", std::process::id());
+    let state = format!("{state}&application_name={app}");
+    let (server, addr, _) = serve(
+        &["--model", &minilm(), "--port", "0", "--state", &state],
+        &[],
+    );
+    const N: usize = 3000;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..32)
+        .map(|w| {
+            let (addr, acked, retried) = (addr.clone(), Arc::clone(&acked), Arc::clone(&retried));
+            std::thread::spawn(move || {
+                (w..N)
+                    .step_by(32)
+                    .map(|i| {
+                        let (ack, retries) = write_until_acknowledged(&addr, i);
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        retried.fetch_add(retries, Ordering::Relaxed);
+                        (format!("write-{i}"), ack)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let base = std::env::var("INFERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    let mut cut = 0;
+    for at in [N / 6, N / 2] {
+        let started = Instant::now();
+        while acked.load(Ordering::Relaxed) < at {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "writes stalled"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        cut += admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .unwrap()
+            .len();
+    }
+    let mut acks = std::collections::HashMap::new();
+    for t in threads {
+        acks.extend(t.join().unwrap());
+    }
+    assert!(cut >= 2, "no session was cut");
+    let mut log = LogDb::open(&state);
+    assert_eq!(
+        log.writes(),
+        acks,
+        "the log differs from what was acknowledged"
+    );
+    let gaps = log.count(
+        "SELECT COUNT(*) FROM (SELECT namespace, MAX(seq) - COUNT(*) AS gap FROM memory_log GROUP BY namespace) AS g WHERE gap != 0",
+    );
+    assert_eq!(gaps, 0, "a namespace's sequence has a gap");
+    let started = Instant::now();
+    let status = loop {
+        let (_, body) = http(&addr, "GET", "/v1/memory/status", "");
+        let s = json_of(&body);
+        let head = log.count("SELECT MAX(gseq) FROM memory_log");
+        if s["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag_items"] == 0)
+            && s["log_position"].as_i64() == Some(head)
+        {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "projections did not converge: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(server);
+    let out = inferd()
+        .args(["memory", "check", "--state", &state])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failures: u64 = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["failures"].as_u64().unwrap())
+        .sum();
+    report(&format!(
+        "PostgreSQL sessions cut twice ({cut} ended) under {N} writes: every write acknowledged once after {} retries; projections failed {failures} batches, reconnected, converged, equal a rebuild",
+        retried.load(Ordering::Relaxed)
+    ));
+}

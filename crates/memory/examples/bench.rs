@@ -2,7 +2,7 @@
 //! concurrent writers, projection lag and read-your-writes latency under a paced
 //! 500 writes/s, and search latency over 10k and 100k items.
 //!
-//! `cargo run --release -p inferd-memory --example bench -- MINILM_DIR [SCRATCH_DIR]`
+//! `cargo run --release -p inferd-memory --example bench -- MINILM_DIR [SCRATCH_DIR [POSTGRES_URL]]`
 //! prints a Markdown report. The 10k search runs on MiniLM's vectors of real
 //! sentences; the 100k one fills the index through the same projection with a
 //! hashing embedder (384 dimensions, unit length), since the exact scan costs
@@ -85,17 +85,57 @@ impl TextEmbedder for Hashing {
     }
 }
 
+/// Where a benchmark's stores go: SQLite directories under one folder, or
+/// schemas of one PostgreSQL database.
+#[derive(Clone)]
+enum Target {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Target {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Sqlite(_) => "SQLite",
+            Target::Postgres(_) => "PostgreSQL",
+        }
+    }
+}
+
 fn store(
-    scratch: &std::path::Path,
+    target: &Target,
     name: &str,
     durability: Durability,
     embedder: Option<Arc<dyn TextEmbedder>>,
 ) -> Memory {
-    let dir = scratch.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
+    let state = match target {
+        Target::Sqlite(scratch) => {
+            let dir = scratch.join(name);
+            let _ = std::fs::remove_dir_all(&dir);
+            StateStore::Sqlite(dir)
+        }
+        Target::Postgres(url) => {
+            let schema = format!("inferd_bench_{name}");
+            // The client blocks on a runtime of its own: off the async threads.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    postgres::Client::connect(url, postgres::NoTls)
+                        .unwrap()
+                        .batch_execute(&format!(
+                            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                        ))
+                        .unwrap()
+                })
+                .join()
+                .unwrap()
+            });
+            let sep = if url.contains('?') { '&' } else { '?' };
+            StateStore::Postgres(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+        }
+    };
     let config = MemoryConfig {
         durability,
-        ..MemoryConfig::new(dir)
+        ..MemoryConfig::at(state)
     };
     Memory::open(&config, embedder).unwrap()
 }
@@ -136,10 +176,11 @@ async fn wait_all(m: &Memory) {
 /// 5000 writes offered at 500/s (open loop): each write's lag to every
 /// projection, watched from its acknowledgement, and a read-your-writes read of
 /// it (items; search for one in ten when there are vectors).
-async fn paced(scratch: &std::path::Path, label: &str, embedder: Option<Arc<dyn TextEmbedder>>) {
-    println!("\n## 500 writes/s for 10 s: {label}\n");
+async fn paced(target: &Target, label: &str, embedder: Option<Arc<dyn TextEmbedder>>) {
+    println!("\n## 500 writes/s for 10 s, {}: {label}\n", target.name());
     let searching = embedder.is_some();
-    let m = Arc::new(store(scratch, "paced", Durability::Fsync, embedder));
+    let name = if searching { "paced_vectors" } else { "paced" };
+    let m = Arc::new(store(target, name, Durability::Fsync, embedder));
     let names: Vec<&'static str> = m.statuses().iter().map(|s| s.name).collect();
     let interval = Duration::from_micros(2000);
     let started = Instant::now();
@@ -254,7 +295,9 @@ async fn paced(scratch: &std::path::Path, label: &str, embedder: Option<Arc<dyn 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let minilm = args.get(1).expect("usage: bench MINILM_DIR [SCRATCH_DIR]");
+    let minilm = args
+        .get(1)
+        .expect("usage: bench MINILM_DIR [SCRATCH_DIR [POSTGRES_URL]]");
     let scratch = std::path::PathBuf::from(args.get(2).cloned().unwrap_or_else(|| {
         std::env::temp_dir()
             .join("inferd-memory-bench")
@@ -262,26 +305,38 @@ async fn main() {
             .to_string()
     }));
     let minilm: Arc<dyn TextEmbedder> = Arc::new(inferd_embed::Embedder::load(minilm).unwrap());
+    let sqlite = Target::Sqlite(scratch.clone());
+    let mut targets = vec![sqlite.clone()];
+    targets.extend(args.get(3).map(|url| Target::Postgres(url.clone())));
 
-    println!("## Writes (SQLite, WAL, no embedder)\n");
-    println!("| durability | writers | writes | p50 ms | p99 ms | writes/s |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for durability in [Durability::Fsync, Durability::Os] {
-        for writers in [1, 16, 64] {
-            let m = Arc::new(store(&scratch, "writes", durability, None));
-            let total = if writers == 1 { 1000 } else { 5000 };
-            let (p50, p99, rate) = writes(Arc::clone(&m), writers, total).await;
-            println!("| {durability:?} | {writers} | {total} | {p50:.2} | {p99:.2} | {rate:.0} |");
-            drop(m);
+    println!("## Writes (no embedder)\n");
+    println!("| store | durability | writers | writes | p50 ms | p99 ms | writes/s |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for target in &targets {
+        for durability in [Durability::Fsync, Durability::Os] {
+            for writers in [1, 16, 64] {
+                let name = format!("writes_{durability:?}_{writers}").to_lowercase();
+                let m = Arc::new(store(target, &name, durability, None));
+                let total = if writers == 1 { 1000 } else { 5000 };
+                let (p50, p99, rate) = writes(Arc::clone(&m), writers, total).await;
+                println!(
+                    "| {} | {durability:?} | {writers} | {total} | {p50:.2} | {p99:.2} | {rate:.0} |",
+                    target.name()
+                );
+                drop(m);
+            }
         }
     }
 
-    for (label, embedder) in [
-        ("items, facts, recent, audit (no embedder)", None),
-        ("the same and vectors (MiniLM)", Some(Arc::clone(&minilm))),
-    ] {
-        paced(&scratch, label, embedder).await;
+    for target in &targets {
+        paced(target, "items, facts, recent, audit (no embedder)", None).await;
     }
+    paced(
+        &sqlite,
+        "the same and vectors (MiniLM)",
+        Some(Arc::clone(&minilm)),
+    )
+    .await;
 
     println!("\n## Search (exact scan, one namespace, k = 5)\n");
     println!("| items | stored vectors | search p50 ms | search p99 ms | scan p50 ms | MiniLM query embedding p50 ms |");
@@ -294,7 +349,12 @@ async fn main() {
             "hashed",
         ),
     ] {
-        let m = Arc::new(store(&scratch, "search", Durability::Os, Some(embedder)));
+        let m = Arc::new(store(
+            &sqlite,
+            &format!("search_{items}"),
+            Durability::Os,
+            Some(embedder),
+        ));
         let mut pending = Vec::new();
         for i in 0..items {
             let m = Arc::clone(&m);

@@ -77,6 +77,8 @@ pub enum Error {
     Storage(String),
     #[error("the memory store is closed")]
     Closed,
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -256,7 +258,9 @@ fn builtin(
 
 /// A running store: the log writer, one thread per projection, a read pool.
 pub struct Memory {
-    writer: LogWriter,
+    /// `None` only while dropping.
+    writer: Option<LogWriter>,
+    writer_thread: Option<JoinHandle<()>>,
     /// `None` only while dropping.
     pool: Option<ReadPool>,
     read_timeout_ms: u64,
@@ -324,13 +328,20 @@ impl Memory {
                     .map_err(|e| Error::Storage(format!("cannot start a projection: {e}")))?,
             );
         }
-        let writer = LogWriter::start(log_conn, config.write_queue, signal, Arc::clone(&metrics))?;
+        let (writer, writer_thread) = LogWriter::start(
+            log_conn,
+            store.clone(),
+            config.write_queue,
+            signal,
+            Arc::clone(&metrics),
+        )?;
         let pool = store.read_pool(
             config.read_connections,
             Duration::from_millis(config.read_timeout_ms),
         )?;
         Ok(Memory {
-            writer,
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
             pool: Some(pool),
             read_timeout_ms: config.read_timeout_ms,
             statuses,
@@ -344,7 +355,10 @@ impl Memory {
 
     /// Appends one write; resolves once it is durable.
     pub async fn write(&self, w: Write) -> Result<Appended> {
-        self.writer.append(w).await
+        match &self.writer {
+            Some(writer) => writer.append(w).await,
+            None => Err(Error::Closed),
+        }
     }
 
     /// The projections' statuses, in report order.
@@ -659,7 +673,7 @@ impl Memory {
         Ok(serde_json::json!({
             "object": "memory.status",
             "log_position": head,
-            "write_queue": self.writer.queued(),
+            "write_queue": self.writer.as_ref().map_or(0, LogWriter::queued),
             "vectors": self.index.len(),
             "projections": projections,
         }))
@@ -668,7 +682,8 @@ impl Memory {
     /// Prometheus text for every `inferd_memory_*` metric, refreshed now.
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
-        m.write_queue.set(self.writer.queued());
+        m.write_queue
+            .set(self.writer.as_ref().map_or(0, LogWriter::queued));
         let (connections, idle) = self.pool.as_ref().map_or((0, 0), ReadPool::state);
         m.pool_idle.set(idle as i64);
         m.pool_in_use.set(connections.saturating_sub(idle) as i64);
@@ -718,6 +733,12 @@ fn item_of(r: &[Val]) -> Item {
 
 impl Drop for Memory {
     fn drop(&mut self) {
+        // The writer finishes what is queued, then its thread (and connection)
+        // ends, before anything else of the store goes.
+        drop(self.writer.take());
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
         self.stop.store(true, Ordering::Relaxed);
         for r in self.runners.drain(..) {
             let _ = r.join();

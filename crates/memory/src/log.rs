@@ -7,14 +7,16 @@
 //! (`synchronous_commit = on`), so an acknowledged write survives a crash of the
 //! process and of the machine. The writer drains whatever is queued into one
 //! transaction (group commit, as databases do): under load many writes share one
-//! flush, and a lone write pays exactly one. Each write runs in its own
-//! savepoint, so one that is refused (an unknown target, a reused idempotency key
-//! with other content) leaves the others of its group standing. Appenders in
+//! flush, and a lone write pays exactly one. A write is checked with reads
+//! before its single insert, so one that is refused (an unknown target, a reused
+//! idempotency key with other content) changes nothing and leaves the others of
+//! its group standing. Appenders in
 //! several processes take turns — SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
 //! `LOCK TABLE … IN EXCLUSIVE MODE` — and read the per-namespace sequence inside
 //! the transaction, so every namespace is numbered without gaps and log positions
 //! commit in order.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -25,6 +27,7 @@ use rusqlite::Connection;
 
 use crate::metrics::MemoryMetrics;
 use crate::sql::{self, Conn, Dialect, Tx, Val};
+use crate::store::Store;
 use crate::types::{Appended, Entry, Op, Write};
 use crate::{now_ms, Durability, Error, Result};
 
@@ -152,9 +155,8 @@ struct Command {
     reply: tokio::sync::oneshot::Sender<Result<Appended>>,
 }
 
-/// The handle to the writer thread. Dropping every handle stops it after the
+/// The handle to the writer thread. Dropping it stops the thread after the
 /// queued writes.
-#[derive(Clone)]
 pub struct LogWriter {
     queue: SyncSender<Command>,
     depth: Arc<AtomicI64>,
@@ -164,24 +166,32 @@ pub struct LogWriter {
 impl LogWriter {
     /// Starts the writer on `conn` (whose log table exists); at most `capacity`
     /// writes wait at once.
+    /// Starts the writer on `conn` (whose log table exists), reconnecting
+    /// through `store` when the connection is lost; at most `capacity` writes
+    /// wait at once. The thread ends once the handle is dropped and the queue
+    /// is drained.
     pub fn start(
         conn: Box<dyn Conn>,
+        store: Store,
         capacity: usize,
         signal: Arc<Signal>,
         metrics: Arc<MemoryMetrics>,
-    ) -> Result<LogWriter> {
+    ) -> Result<(LogWriter, std::thread::JoinHandle<()>)> {
         let (queue, rx) = sync_channel(capacity);
         let depth = Arc::new(AtomicI64::new(0));
         let d = Arc::clone(&depth);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("memory-log".into())
-            .spawn(move || run(conn, rx, d, signal, metrics))
+            .spawn(move || run(conn, store, rx, d, signal, metrics))
             .map_err(|e| Error::Storage(format!("cannot start the log writer: {e}")))?;
-        Ok(LogWriter {
-            queue,
-            depth,
-            capacity,
-        })
+        Ok((
+            LogWriter {
+                queue,
+                depth,
+                capacity,
+            },
+            thread,
+        ))
     }
 
     /// Appends `write`; resolves once it is durable.
@@ -211,13 +221,21 @@ impl LogWriter {
 /// The most writes one transaction takes.
 const GROUP_MAX: usize = 512;
 
+/// How often the writer tries to reconnect while the store is unreachable
+/// (meanwhile each write is answered `Unavailable` at once, for the client to
+/// retry with its idempotency key).
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
 fn run(
-    mut conn: Box<dyn Conn>,
+    conn: Box<dyn Conn>,
+    store: Store,
     rx: Receiver<Command>,
     depth: Arc<AtomicI64>,
     signal: Arc<Signal>,
     metrics: Arc<MemoryMetrics>,
 ) {
+    let mut conn = Some(conn);
+    let mut last_attempt = Instant::now();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
@@ -228,13 +246,38 @@ fn run(
         }
         depth.fetch_sub(group.len() as i64, Ordering::Relaxed);
         metrics.group_size.observe(group.len() as f64);
-        let results = commit_group(&mut *conn, &group);
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, writes = group.len(), "memory log commit failed");
-                group.iter().map(|_| Err(e.clone())).collect()
+        if conn.is_none() && last_attempt.elapsed() >= RECONNECT_EVERY {
+            last_attempt = Instant::now();
+            match store.log_conn() {
+                Ok(c) => {
+                    tracing::info!("memory log: reconnected to the state store");
+                    conn = Some(c);
+                }
+                Err(e) => tracing::warn!(error = %e, "memory log: the state store is unreachable"),
             }
+        }
+        let lost = || {
+            Error::Unavailable(
+                "the memory store's connection was lost; retry (with the same idempotency key)"
+                    .into(),
+            )
+        };
+        let results = match conn.as_mut() {
+            None => group.iter().map(|_| Err(lost())).collect(),
+            Some(c) => match commit_group(&mut **c, &group) {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = if c.is_broken() {
+                        conn = None;
+                        last_attempt = Instant::now() - RECONNECT_EVERY;
+                        lost()
+                    } else {
+                        e
+                    };
+                    tracing::error!(error = %e, writes = group.len(), "memory log commit failed");
+                    group.iter().map(|_| Err(e.clone())).collect()
+                }
+            },
         };
         let mut top = 0;
         for (cmd, result) in group.into_iter().zip(results) {
@@ -266,20 +309,29 @@ fn commit_group(conn: &mut dyn Tx, group: &[Command]) -> Result<Vec<Result<Appen
             // commits late. Reads are not blocked.
             tx.exec("LOCK TABLE memory_log IN EXCLUSIVE MODE", &[])?;
         }
-        group
-            .iter()
-            .map(
-                |cmd| match sql::in_savepoint(tx, |tx| append_one(tx, &cmd.write, now)) {
-                    // A refused write is its own answer; a failed statement fails the group.
-                    Err(Error::Storage(e)) => Err(Error::Storage(e)),
-                    other => Ok(other),
-                },
-            )
-            .collect()
+        // Each namespace's last seq, read once per group: no other appender
+        // runs while this transaction holds the log.
+        let mut last_seq = HashMap::new();
+        let mut results = Vec::with_capacity(group.len());
+        for cmd in group {
+            // A write is checked with reads before its one insert, so a refused
+            // write has changed nothing and needs no savepoint; a failed
+            // statement fails the group.
+            match append_one(tx, &cmd.write, now, &mut last_seq) {
+                Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+                other => results.push(other),
+            }
+        }
+        Ok(results)
     })
 }
 
-fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
+fn append_one(
+    tx: &mut dyn Tx,
+    w: &Write,
+    now: i64,
+    last_seq: &mut HashMap<String, i64>,
+) -> Result<Appended> {
     let ns = w.namespace.as_str();
     let mut metadata = w
         .metadata
@@ -348,14 +400,19 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
         }
     }
     let metadata = metadata.unwrap_or_else(|| "{}".to_owned());
-    let seq = tx
-        .rows(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM memory_log WHERE namespace = $1",
-            &[ns.into()],
-        )?
-        .first()
-        .and_then(|r| r[0].int())
-        .unwrap_or(1);
+    let seq = match last_seq.get(ns) {
+        Some(&s) => s + 1,
+        None => {
+            tx.rows(
+                "SELECT COALESCE(MAX(seq), 0) FROM memory_log WHERE namespace = $1",
+                &[ns.into()],
+            )?
+            .first()
+            .and_then(|r| r[0].int())
+            .unwrap_or(0)
+                + 1
+        }
+    };
     let gseq = tx
         .rows(
             "INSERT INTO memory_log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms) \
@@ -376,6 +433,7 @@ fn append_one(tx: &mut dyn Tx, w: &Write, now: i64) -> Result<Appended> {
         .first()
         .and_then(|r| r[0].int())
         .ok_or_else(|| Error::Storage("the log gave no position".into()))?;
+    last_seq.insert(ns.to_owned(), seq);
     Ok(Appended {
         id: w.target.unwrap_or(gseq),
         namespace: ns.to_owned(),

@@ -329,7 +329,12 @@ pub fn run(
                 signal.wait_past(local, POLL);
             }
             Ok(Err(e)) => {
-                refresh_lag(&mut **c, &status, local);
+                if c.is_broken() {
+                    // Reconnect on the next pass (after the backoff).
+                    conn = None;
+                } else {
+                    refresh_lag(&mut **c, &status, local);
+                }
                 fail(&status, &e.to_string(), &mut backoff, &stop)
             }
             Err(panic) => {

@@ -95,6 +95,11 @@ pub trait Tx {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<usize>;
     /// Every row of a query, each a vector of its columns.
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>>;
+    /// The connection is gone (the server restarted, a network failure):
+    /// only a new one will do.
+    fn is_broken(&self) -> bool {
+        false
+    }
 }
 
 /// A connection a thread owns (the log writer's, a projection runner's).
@@ -300,6 +305,10 @@ impl Tx for Pg {
     fn rows(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>> {
         let stmt = self.prepared(sql)?;
         pg_rows(self.client.query(&stmt, &pg_params(params))?)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.client.is_closed()
     }
 }
 

@@ -68,7 +68,7 @@ impl Store {
     }
 
     fn postgres(config: &postgres::Config, durability: Durability) -> Result<Pg> {
-        let mut client = config
+        let mut client = named(config)
             .connect(postgres::NoTls)
             .map_err(|e| Error::Storage(format!("cannot connect to PostgreSQL: {e}")))?;
         let commit = match durability {
@@ -149,6 +149,16 @@ impl Store {
             ),
         })
     }
+}
+
+/// The URL's `application_name`, or `inferd`: how an operator tells the
+/// store's sessions apart in `pg_stat_activity`.
+fn named(config: &postgres::Config) -> postgres::Config {
+    let mut c = config.clone();
+    if c.get_application_name().is_none() {
+        c.application_name("inferd");
+    }
+    c
 }
 
 /// Pooled read connections.

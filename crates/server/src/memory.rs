@@ -80,7 +80,10 @@ impl From<Error> for ApiError {
                 Some("q"),
                 "search_unavailable",
             ),
-            Error::Overloaded(_) | Error::PoolTimeout(_) | Error::Closed => ApiError {
+            Error::Overloaded(_)
+            | Error::PoolTimeout(_)
+            | Error::Closed
+            | Error::Unavailable(_) => ApiError {
                 retry_after_secs: Some(1),
                 ..with(
                     StatusCode::SERVICE_UNAVAILABLE,
