@@ -6,8 +6,9 @@
 //! the same transaction as the checkpoint, and mirrored in process memory once it
 //! commits. Search is exact: every item of the namespace is scored with the
 //! kernels' f32 dot product and the top k kept. Measured (benchmarks/RESULTS.md),
-//! an exact scan of 100k 384-dimensional items takes milliseconds, inside the
-//! read budget, so no approximate index stands in front of it yet.
+//! the exact scan of 100k 384-dimensional items takes ~19 ms on two Zen 3 cores
+//! (10k: 1.6 ms), about two query embeddings, so no approximate index stands in
+//! front of it yet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
