@@ -306,6 +306,10 @@ fn memory_routes_say_how_to_turn_them_on() {
     let (status, body) = http(&addr, "GET", "/v1/memory/status", "");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("--state"), "{body}");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "memory_search": {"namespace": "a"}});
+    let (status, body) = http(&addr, "POST", "/v1/chat/completions", &chat.to_string());
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_of(&body)["error"]["param"], "memory_search", "{body}");
 }
 
 /// One POST on a fresh connection; `None` when the server is not there (any
@@ -803,4 +807,100 @@ fn postgres_sessions_cut_under_load_lose_no_write_and_the_store_reconnects() {
         "PostgreSQL sessions cut twice ({cut} ended) under {N} writes: every write acknowledged once after {} retries; projections failed {failures} batches, reconnected, converged, equal a rebuild",
         retried.load(Ordering::Relaxed)
     ));
+}
+
+fn tokens_of(v: &Value) -> i64 {
+    v["usage"]["prompt_tokens"].as_i64().unwrap()
+}
+
+#[test]
+fn chat_requests_fill_their_memory_section_from_the_store() {
+    let dir = state_dir("fill");
+    let dir_s = dir.display().to_string();
+    let (_server, addr, _) = serve(
+        &[
+            "--model",
+            "chat=smollm2-135m",
+            "--model",
+            &minilm(),
+            "--port",
+            "0",
+            "--state",
+            &dir_s,
+            "--memory-model",
+            "minilm",
+            "--threads",
+            "1",
+        ],
+        &[],
+    );
+    let fact = "The customer's favourite colour is teal";
+    for content in [fact, "Invoices are sent on the first Monday of the month"] {
+        let (status, body) = http(
+            &addr,
+            "POST",
+            "/v1/memory",
+            &json!({"namespace": "acme/zed", "content": content}).to_string(),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let chat = |extra: Value| {
+        let mut body = json!({
+            "model": "chat",
+            // A system message of its own, so the template's default one does
+            // not come and go with the memory message.
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "What colour do I like best?"}
+            ],
+            "max_tokens": 1,
+            "temperature": 0,
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, text) = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+        (status, json_of(&text))
+    };
+    let (status, filled) =
+        chat(json!({"memory_search": {"namespace": "acme/zed", "k": 1, "min_seq": 2}}));
+    assert_eq!(status, 200, "{filled}");
+    let (_, explicit) = chat(json!({"memory": [fact]}));
+    let (_, none) = chat(json!({}));
+    let (_, other) =
+        chat(json!({"memory": ["Invoices are sent on the first Monday of the month"]}));
+    assert_ne!(
+        tokens_of(&other),
+        tokens_of(&explicit),
+        "pick two items of different lengths"
+    );
+    let tokens = tokens_of;
+    // The nearest item, and only it, went into the prompt: the same prompt as
+    // sending it by hand.
+    assert_eq!(tokens(&filled), tokens(&explicit), "{filled} {explicit}");
+    assert!(tokens(&filled) > tokens(&none));
+    for (extra, param) in [
+        (
+            json!({"memory_search": {"k": 1}}),
+            "memory_search.namespace",
+        ),
+        (
+            json!({"memory_search": {"namespace": "acme/zed", "k": 99}}),
+            "memory_search.k",
+        ),
+        (
+            json!({"memory_search": {"namespace": "acme/zed", "colour": 1}}),
+            "memory_search.colour",
+        ),
+        (json!({"memory_search": "acme/zed"}), "memory_search"),
+        (
+            json!({"memory_search": {"namespace": "acme/zed", "min_seq": 9}}),
+            "memory_search.min_seq",
+        ),
+    ] {
+        let (status, e) = chat(extra.clone());
+        assert!(status == 400 || status == 409, "{extra}: {status} {e}");
+        assert_eq!(e["error"]["param"].as_str(), Some(param), "{extra}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -462,3 +462,127 @@ async fn status(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Respon
         .await,
     )
 }
+
+/// Chat requests' `memory_search` extension — `{"namespace": "…", "k": 5,
+/// "query": "…", "kind": "…", "min_seq": n, "wait_ms": n}` — resolved before
+/// validation into the `memory` extension: the namespace's items nearest
+/// `query` (default: the last user message's text), appended to any `memory`
+/// the request sent, so the context budget treats them like any other memory.
+/// The body is returned unchanged when it has no such field.
+pub async fn resolve_memory_search<'a>(
+    s: &ServerState,
+    body: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, ApiError> {
+    const FIELD: &str = "memory_search";
+    if !body.windows(FIELD.len()).any(|w| w == FIELD.as_bytes()) {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    }
+    let Ok(mut req) = serde_json::from_slice::<Map<String, Value>>(body) else {
+        // Not a JSON object: validation names the problem.
+        return Ok(std::borrow::Cow::Borrowed(body));
+    };
+    let Some(spec) = req.remove(FIELD) else {
+        return Ok(std::borrow::Cow::Borrowed(body));
+    };
+    let bad = |what: &str, why: String| ApiError::invalid(&format!("{FIELD}.{what}"), why);
+    let Value::Object(spec) = spec else {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!("`{FIELD}` must be an object: {{\"namespace\": \"…\", \"k\": 5}}"),
+        ));
+    };
+    if let Some(k) = spec
+        .keys()
+        .find(|k| !["namespace", "query", "k", "kind", "min_seq", "wait_ms"].contains(&k.as_str()))
+    {
+        return Err(bad(
+            k,
+            format!(
+                "unknown field `{FIELD}.{k}`; it takes namespace, query, k, kind, min_seq, wait_ms"
+            ),
+        ));
+    }
+    let m = s.memory.clone().ok_or_else(|| {
+        ApiError::invalid(
+            FIELD,
+            "this server keeps no memory: start it with `--state DIR` (and `--memory-model`)",
+        )
+    })?;
+    let text = |field: &str| match spec.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(_) => Err(bad(field, format!("`{FIELD}.{field}` must be a string"))),
+    };
+    let int = |field: &str, max: u64| match spec.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().filter(|n| *n <= max).map(Some).ok_or_else(|| {
+            bad(
+                field,
+                format!("`{FIELD}.{field}` must be an integer in 0..={max}"),
+            )
+        }),
+    };
+    let namespace = Namespace::parse(
+        &text("namespace")?
+            .ok_or_else(|| bad("namespace", format!("`{FIELD}.namespace` is required")))?,
+    )
+    .map_err(|e| bad("namespace", e.to_string()))?;
+    let query = match text("query")? {
+        Some(q) => q,
+        None => last_user_text(&req).ok_or_else(|| {
+            bad(
+                "query",
+                format!("`{FIELD}.query` is required when no user message has text"),
+            )
+        })?,
+    };
+    let search = Search {
+        namespace,
+        query,
+        k: int("k", 20)?.unwrap_or(5) as usize,
+        kind: text("kind")?,
+        metadata: Map::new(),
+    };
+    let consistency = Consistency {
+        min_seq: int("min_seq", i64::MAX as u64)?.map(|n| n as i64),
+        wait_ms: int("wait_ms", inferd_memory::MAX_WAIT_MS)?,
+    };
+    let hits = m.search(search, consistency).await.map_err(|e| {
+        let mut e = ApiError::from(e);
+        e.param = e.param.map(|p| format!("{FIELD}.{p}"));
+        e
+    })?;
+    let memory = req
+        .entry("memory")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    let Value::Array(items) = memory else {
+        return Err(ApiError::invalid(
+            "memory",
+            "`memory` must be an array of strings",
+        ));
+    };
+    items.extend(hits.into_iter().map(|h| Value::String(h.content)));
+    Ok(std::borrow::Cow::Owned(
+        serde_json::to_vec(&req).expect("a JSON object serialises"),
+    ))
+}
+
+/// The text of the last `user` message of a chat body.
+fn last_user_text(req: &Map<String, Value>) -> Option<String> {
+    let msg = req
+        .get("messages")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    let text = match msg.get("content")? {
+        Value::String(t) => t.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => return None,
+    };
+    (!text.trim().is_empty()).then_some(text)
+}

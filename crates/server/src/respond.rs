@@ -84,7 +84,10 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     s.authorize(headers)?;
     let request = match kind {
-        Kind::Chat => Request::Chat(inferd_protocol::parse_chat(body, arrival)?),
+        Kind::Chat => {
+            let body = crate::memory::resolve_memory_search(s, body).await?;
+            Request::Chat(inferd_protocol::parse_chat(&body, arrival)?)
+        }
         Kind::Text => Request::Completion(inferd_protocol::parse_completion(body, arrival)?),
     };
     let backend = Arc::clone(s.backend(request.common().model.as_deref())?);
