@@ -480,6 +480,22 @@ fn postgres_state(test: &str) -> Option<String> {
     Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }
 
+/// Drops the schema a passing PostgreSQL test made (named in its `--state`).
+fn drop_schema(state: &str) {
+    let Some(schema) = state
+        .split("search_path%3D")
+        .nth(1)
+        .map(|s| s.split('&').next().unwrap_or(s))
+    else {
+        return;
+    };
+    let base = std::env::var("INFERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if let Ok(mut c) = postgres::Client::connect(&base, postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}
+
 /// `kill -9` of the server in the middle of 10,000 writes from 64 clients, a
 /// restart on the same state, and every check of what must hold after.
 fn kill_9_during_writes(state: &str) {
@@ -580,6 +596,7 @@ fn kill_9_during_10000_concurrent_writes_loses_no_acknowledged_write() {
 fn kill_9_during_10000_concurrent_writes_on_postgres_loses_no_acknowledged_write() {
     if let Some(state) = postgres_state("kill") {
         kill_9_during_writes(&state);
+        drop_schema(&state);
     }
 }
 
@@ -664,6 +681,8 @@ fn two_servers_sharing_postgres_keep_one_memory() {
             .all(|p| p["failures"] == 0),
         "{status}"
     );
+    drop((_a, _b));
+    drop_schema(&state);
 }
 
 fn report(line: &str) {
@@ -807,6 +826,7 @@ fn postgres_sessions_cut_under_load_lose_no_write_and_the_store_reconnects() {
         "PostgreSQL sessions cut twice ({cut} ended) under {N} writes: every write acknowledged once after {} retries; projections failed {failures} batches, reconnected, converged, equal a rebuild",
         retried.load(Ordering::Relaxed)
     ));
+    drop_schema(&state);
 }
 
 fn tokens_of(v: &Value) -> i64 {

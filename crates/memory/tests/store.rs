@@ -71,20 +71,55 @@ fn postgres_store(test: &str) -> Option<Fresh> {
     }))
 }
 
+/// After a case passed: its schemas (PostgreSQL) or directories (SQLite).
+fn clean_up(test: &str, postgres: bool) {
+    let pid = std::process::id();
+    if postgres {
+        let tag: u32 = test
+            .bytes()
+            .fold(2166136261, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+        off_runtime(|| {
+            let mut c = pg_client(&postgres_base()).unwrap();
+            let pattern = format!("inferd_{tag:08x}_%_{pid}");
+            for row in c
+                .query(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                    &[&pattern],
+                )
+                .unwrap()
+            {
+                let schema: String = row.get(0);
+                c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .unwrap();
+            }
+        });
+    } else if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        let (prefix, suffix) = (format!("inferd-memory-{test}-"), format!("-{pid}"));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && name.ends_with(&suffix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Runs the case on SQLite and on PostgreSQL, as `<case>::sqlite` and
-/// `<case>::postgres`.
+/// `<case>::postgres`; what a passing case made is removed.
 macro_rules! on_both {
     ($case:ident) => {
         mod $case {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$case(super::sqlite_store(stringify!($case))).await
+                super::$case(super::sqlite_store(stringify!($case))).await;
+                super::clean_up(stringify!($case), false);
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(fresh) = super::postgres_store(stringify!($case)) {
-                    super::$case(fresh).await
+                    super::$case(fresh).await;
+                    super::clean_up(stringify!($case), true);
                 }
             }
         }
