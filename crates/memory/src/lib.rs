@@ -98,6 +98,20 @@ impl From<rusqlite::Error> for Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Runs `f` (the tables' creation) holding, on PostgreSQL, an advisory lock
+/// of the schema: servers starting together would otherwise race on `CREATE
+/// TABLE IF NOT EXISTS`, which is not safe against itself there.
+fn with_schema_lock<T>(conn: &mut dyn Tx, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    if conn.dialect() != sql::Dialect::Postgres {
+        return f(conn);
+    }
+    const KEY: &str = "hashtext(current_schema() || ':inferd_memory:tables')";
+    conn.exec(&format!("SELECT pg_advisory_lock({KEY})"), &[])?;
+    let result = f(conn);
+    conn.exec(&format!("SELECT pg_advisory_unlock({KEY})"), &[])?;
+    result
+}
+
 /// Runs `f` on a thread of its own: the PostgreSQL client blocks on a runtime
 /// of its own, which tokio refuses inside an async task.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -295,17 +309,20 @@ impl Memory {
     ) -> Result<Memory> {
         let store = config.store()?;
         let mut log_conn = store.log_conn()?;
-        log::create(&mut *log_conn)?;
         let mut conn = store.projection_conn()?;
         let index = Arc::new(VectorIndex::default());
         let mut all = builtin(config, embedder.clone(), Arc::clone(&index));
         all.extend(extra);
-        let mut positions = Vec::new();
-        for p in &all {
-            p.create(&mut *conn)?;
-            projection::create_checkpoint(&mut *conn, p.name())?;
-            positions.push(projection::checkpoint(&mut *conn, p.name())?);
-        }
+        let positions = with_schema_lock(&mut *log_conn, |log_conn| {
+            log::create(log_conn)?;
+            let mut positions = Vec::new();
+            for p in &all {
+                p.create(&mut *conn)?;
+                projection::create_checkpoint(&mut *conn, p.name())?;
+                positions.push(projection::checkpoint(&mut *conn, p.name())?);
+            }
+            Ok(positions)
+        })?;
         // Loaded after its checkpoint was read: whatever the table holds past
         // it is followed again from the log, so nothing is missed.
         if embedder.is_some() {

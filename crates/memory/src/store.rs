@@ -36,9 +36,18 @@ pub struct Store {
     turn: Option<Arc<Mutex<()>>>,
 }
 
+/// A PostgreSQL error with the server's own message and SQLSTATE, which its
+/// `Display` leaves out.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 impl From<postgres::Error> for Error {
     fn from(e: postgres::Error) -> Error {
-        Error::Storage(e.to_string())
+        Error::Storage(describe(&e))
     }
 }
 
@@ -68,9 +77,9 @@ impl Store {
     }
 
     fn postgres(config: &postgres::Config, durability: Durability) -> Result<Pg> {
-        let mut client = named(config)
-            .connect(postgres::NoTls)
-            .map_err(|e| Error::Storage(format!("cannot connect to PostgreSQL: {e}")))?;
+        let mut client = named(config).connect(postgres::NoTls).map_err(|e| {
+            Error::Storage(format!("cannot connect to PostgreSQL: {}", describe(&e)))
+        })?;
         let commit = match durability {
             Durability::Fsync => "on",
             Durability::Os => "off",

@@ -817,3 +817,19 @@ async fn two_stores_on_one_log_number_together_and_read_each_others_writes(fresh
         assert!(c.same(), "{} differs from a rebuild", c.projection);
     }
 }
+
+on_both!(servers_starting_together_on_a_fresh_state_all_start);
+async fn servers_starting_together_on_a_fresh_state_all_start(fresh: Fresh) {
+    // Each makes the tables if they are not there; at once, none may fail.
+    let d = fresh("together");
+    let stores: Vec<Memory> = std::thread::scope(|s| {
+        let opening: Vec<_> = (0..4).map(|_| s.spawn(|| Memory::open(&d, None))).collect();
+        opening
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect()
+    });
+    let a = stores[0].write(put("t", None, "one", None)).await.unwrap();
+    let b = stores[3].write(put("t", None, "two", None)).await.unwrap();
+    assert_eq!((a.seq, b.seq), (1, 2));
+}
