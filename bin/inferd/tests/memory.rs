@@ -430,6 +430,13 @@ impl LogDb {
         }
     }
 
+    /// Namespaces whose sequence has a gap.
+    fn gaps(&mut self) -> i64 {
+        self.count(
+            "SELECT COUNT(*) FROM (SELECT namespace, MAX(seq) - COUNT(*) AS gap FROM memory_log GROUP BY namespace) AS g WHERE gap != 0",
+        )
+    }
+
     /// Idempotency key → (id, namespace, seq).
     fn writes(&mut self) -> std::collections::HashMap<String, (i64, String, i64)> {
         let sql = "SELECT idempotency_key, gseq, namespace, seq FROM memory_log";
@@ -450,6 +457,32 @@ impl LogDb {
                 .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
                 .collect(),
         }
+    }
+}
+
+/// Waits (at most 120 s) until every projection of the server at `addr` has
+/// applied the whole log; its `/v1/memory/status` then.
+fn converged(addr: &str, log: &mut LogDb) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, body) = http(addr, "GET", "/v1/memory/status", "");
+        let s = json_of(&body);
+        // Positions may skip (PostgreSQL's identity after a killed append).
+        let head = log.count("SELECT MAX(gseq) FROM memory_log");
+        if s["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["lag_items"] == 0)
+            && s["log_position"].as_i64() == Some(head)
+        {
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "projections did not converge: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -533,32 +566,9 @@ fn kill_9_during_writes(state: &str) {
         log.count("SELECT COUNT(*) FROM memory_log") as usize,
         WRITES
     );
-    let gaps = log.count(
-        "SELECT COUNT(*) FROM (SELECT namespace, MAX(seq) - COUNT(*) AS gap FROM memory_log GROUP BY namespace) AS g WHERE gap != 0",
-    );
-    assert_eq!(gaps, 0, "a namespace's sequence has a gap");
+    assert_eq!(log.gaps(), 0, "a namespace's sequence has a gap");
     // The projections converge, and to what a rebuild from zero reaches.
-    let started = Instant::now();
-    loop {
-        let (_, body) = http(&addr, "GET", "/v1/memory/status", "");
-        let s = json_of(&body);
-        // Positions may skip (PostgreSQL's identity after a killed append).
-        let head = log.count("SELECT MAX(gseq) FROM memory_log");
-        if s["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["lag_items"] == 0)
-            && s["log_position"].as_i64() == Some(head)
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "projections did not converge: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    converged(&addr, &mut log);
     drop(server);
     let out = inferd()
         .args(["memory", "check", "--state", state])
@@ -781,30 +791,8 @@ fn postgres_sessions_cut_under_load_lose_no_write_and_the_store_reconnects() {
         acks,
         "the log differs from what was acknowledged"
     );
-    let gaps = log.count(
-        "SELECT COUNT(*) FROM (SELECT namespace, MAX(seq) - COUNT(*) AS gap FROM memory_log GROUP BY namespace) AS g WHERE gap != 0",
-    );
-    assert_eq!(gaps, 0, "a namespace's sequence has a gap");
-    let started = Instant::now();
-    let status = loop {
-        let (_, body) = http(&addr, "GET", "/v1/memory/status", "");
-        let s = json_of(&body);
-        let head = log.count("SELECT MAX(gseq) FROM memory_log");
-        if s["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["lag_items"] == 0)
-            && s["log_position"].as_i64() == Some(head)
-        {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "projections did not converge: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    assert_eq!(log.gaps(), 0, "a namespace's sequence has a gap");
+    let status = converged(&addr, &mut log);
     drop(server);
     let out = inferd()
         .args(["memory", "check", "--state", &state])

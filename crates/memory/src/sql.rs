@@ -1,5 +1,5 @@
 //! The narrow SQL surface the log and the projections are written against: run
-//! a statement, read rows of plain values, and transactions and savepoints as
+//! a statement, read rows of plain values, and transactions as
 //! SQL statements — over SQLite (rusqlite) or PostgreSQL (the `postgres`
 //! client). Statements use `$1, $2, …` placeholders in order of first use, which
 //! SQLite reads as positional parameters and PostgreSQL as its own, and the SQL
@@ -119,22 +119,6 @@ pub fn in_transaction<T>(c: &mut dyn Tx, f: impl FnOnce(&mut dyn Tx) -> Result<T
         let _ = c.exec("ROLLBACK", &[]);
     }
     done
-}
-
-/// Runs `f` in a savepoint of the open transaction: undone alone when it fails.
-pub fn in_savepoint<T>(c: &mut dyn Tx, f: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Result<T> {
-    c.exec("SAVEPOINT one_write", &[])?;
-    match f(c) {
-        Ok(v) => {
-            c.exec("RELEASE SAVEPOINT one_write", &[])?;
-            Ok(v)
-        }
-        Err(e) => {
-            c.exec("ROLLBACK TO SAVEPOINT one_write", &[])?;
-            c.exec("RELEASE SAVEPOINT one_write", &[])?;
-            Err(e)
-        }
-    }
 }
 
 /// A table definition with `{id}` (an auto-numbered BIGINT primary key) and
@@ -422,26 +406,5 @@ mod tests {
         let d1 = digest(&mut c, "SELECT * FROM t").unwrap();
         c.exec("UPDATE t SET b = 'y'", &[]).unwrap();
         assert_ne!(d1, digest(&mut c, "SELECT * FROM t").unwrap());
-    }
-
-    #[test]
-    fn a_failed_savepoint_leaves_the_transaction_standing() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let mut c = Sqlite(&conn);
-        c.exec("CREATE TABLE t (a INTEGER UNIQUE)", &[]).unwrap();
-        in_transaction(&mut c, |tx| {
-            tx.exec("INSERT INTO t VALUES (1)", &[])?;
-            let dup = in_savepoint(tx, |tx| {
-                tx.exec("INSERT INTO t VALUES (2)", &[])?;
-                tx.exec("INSERT INTO t VALUES (1)", &[])
-            });
-            assert!(dup.is_err());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            c.rows("SELECT a FROM t", &[]).unwrap(),
-            vec![vec![Val::Int(1)]]
-        );
     }
 }
