@@ -939,6 +939,12 @@ impl ServeConfig {
         if let Some(p) = self.memory.as_ref().and_then(|m| m.problem()) {
             problems.push(p);
         }
+        if self.memory.as_ref().is_some_and(|m| m.keys) && self.api_key.is_none() {
+            problems.push(
+                "`memory.keys` needs `api_key` (`--api-key`): the admin key that manages keys"
+                    .to_owned(),
+            );
+        }
         if self.host.parse::<std::net::IpAddr>().is_err() && self.host != "localhost" {
             problems.push(format!("`host` must be an IP address, got {:?}", self.host));
         }

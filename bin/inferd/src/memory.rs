@@ -27,6 +27,10 @@ pub struct MemorySettings {
     /// Items the `recent` projection keeps per namespace.
     #[serde(default = "default_recent")]
     pub recent_per_namespace: usize,
+    /// Managed API keys (`/v1/keys`) with rate limits and budgets, kept in
+    /// the store; the server's `api_key` is then the admin key.
+    #[serde(default)]
+    pub keys: bool,
 }
 
 fn default_recent() -> usize {

@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// name, e.g. `minilm` served with `--model minilm`).
     #[arg(long, requires = "state")]
     memory_model: Option<String>,
+    /// Managed API keys with per-key and per-team rate limits and budgets,
+    /// kept in the state store (`POST /v1/keys` with the `--api-key` admin key).
+    #[arg(long, requires = "state", requires = "api_key")]
+    keys: bool,
 }
 
 impl ServeArgs {
@@ -148,6 +152,9 @@ impl ServeArgs {
             let mut memory = json!({ "state": state });
             if let Some(model) = &self.memory_model {
                 memory["model"] = json!(model);
+            }
+            if self.keys {
+                memory["keys"] = json!(true);
             }
             m.insert("memory".into(), memory);
         }
@@ -340,6 +347,30 @@ pub struct GatewayPlan {
     pub rules: Vec<inferd_handlers::RuleSpec>,
 }
 
+impl GatewayPlan {
+    /// A tier's prices: its dearest backend's (local models cost 0).
+    fn tier_prices(&self, t: &crate::config::TierSettings) -> (f64, f64) {
+        t.backends
+            .iter()
+            .filter_map(|b| self.prices.iter().find(|p| &p.0 == b))
+            .map(|p| (p.1, p.2))
+            .fold((0.0, 0.0), |a, b| if b.0 + b.1 > a.0 + a.1 { b } else { a })
+    }
+
+    /// What usage costs, by tier and by upstream, for keys' budgets.
+    fn price_table(&self) -> inferd_server::Prices {
+        let mut by_name: std::collections::HashMap<String, (f64, f64)> = self
+            .prices
+            .iter()
+            .map(|p| (p.0.clone(), (p.1, p.2)))
+            .collect();
+        for t in &self.tiers {
+            by_name.insert(t.name.clone(), self.tier_prices(t));
+        }
+        inferd_server::Prices { by_name }
+    }
+}
+
 /// `auto` and one gateway per tier, over the backends already built.
 fn build_gateway(
     plan: &GatewayPlan,
@@ -362,13 +393,7 @@ fn build_gateway(
                 .iter()
                 .map(|b| find(b))
                 .collect::<Result<Vec<_>>>()?;
-            // The dearest backend's prices (local models cost 0).
-            let (price_in, price_out) = t
-                .backends
-                .iter()
-                .filter_map(|b| plan.prices.iter().find(|p| &p.0 == b))
-                .map(|p| (p.1, p.2))
-                .fold((0.0, 0.0), |a, b| if b.0 + b.1 > a.0 + a.1 { b } else { a });
+            let (price_in, price_out) = plan.tier_prices(t);
             let policy = t
                 .policy()
                 .ok_or_else(|| anyhow::anyhow!("tier `{}`: unknown balance", t.name))?;
@@ -618,6 +643,7 @@ fn load_all(
         tracing::info!(upstream = %c.name, base_url = %c.base_url, model = %c.model, "upstream added");
         backends.push(Arc::new(upstream));
     }
+    let prices = gateway.price_table();
     if !gateway.tiers.is_empty() {
         for g in build_gateway(&gateway, &backends, local_names)? {
             backends.push(Arc::new(g));
@@ -626,6 +652,9 @@ fn load_all(
     let mut state = ServerState::new(backends, options).map_err(anyhow::Error::msg)?;
     if let Some(settings) = memory {
         state = state.with_memory(Arc::new(open_memory(&settings, &embedders)?));
+        if settings.keys {
+            state = state.with_keys(prices).map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(router(Arc::new(state)))
 }

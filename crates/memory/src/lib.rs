@@ -14,6 +14,7 @@
 //! fail alone). Reads may ask for read-your-writes (`min_seq`): they wait,
 //! bounded, for the projection to reach that write, or fail naming the lag.
 
+pub mod keys;
 mod log;
 mod metrics;
 pub mod projection;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use keys::{KeyRecord, Keys, Limits, NewKey, Period, Refusal, SpendQuery, Team, Ticket};
 pub use metrics::MemoryMetrics;
 pub use projection::{Projection, Status};
 pub use projections::{Audit, Facts, Items, Recent};
@@ -263,6 +265,7 @@ fn builtin(
             per_namespace: config.recent_per_namespace,
         }),
         Box::new(Audit),
+        Box::new(keys::UsageLedger),
     ];
     if let Some(e) = embedder {
         out.push(Box::new(Vectors::new(e, index)));
@@ -284,6 +287,9 @@ pub struct Memory {
     stop: Arc<AtomicBool>,
     runners: Vec<JoinHandle<()>>,
     pub metrics: Arc<MemoryMetrics>,
+    /// `None` only while dropping.
+    keys: Option<Keys>,
+    settler: Option<JoinHandle<()>>,
 }
 
 impl Memory {
@@ -356,6 +362,15 @@ impl Memory {
             config.read_connections,
             Duration::from_millis(config.read_timeout_ms),
         )?;
+        let keys_pool = store.keys_pool(
+            config.read_connections,
+            Duration::from_millis(config.read_timeout_ms),
+        )?;
+        keys_pool
+            .get()
+            .ok_or(Error::PoolTimeout(config.read_timeout_ms))?
+            .run(|tx| with_schema_lock(tx, keys::create))?;
+        let (keys, settler) = Keys::start(keys_pool, writer.clone())?;
         Ok(Memory {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
@@ -367,7 +382,23 @@ impl Memory {
             stop,
             runners,
             metrics,
+            keys: Some(keys),
+            settler: Some(settler),
         })
+    }
+
+    /// API keys, limits and the usage ledger.
+    pub fn keys(&self) -> &Keys {
+        self.keys
+            .as_ref()
+            .expect("the keys outlive the store's use: this is a bug")
+    }
+
+    /// The read pool, for queries of the projections (spend).
+    pub fn reads(&self) -> ReadPool {
+        self.pool
+            .clone()
+            .expect("the pool outlives the store's use: this is a bug")
     }
 
     /// Appends one write; resolves once it is durable.
@@ -750,8 +781,15 @@ fn item_of(r: &[Val]) -> Item {
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        // The writer finishes what is queued, then its thread (and connection)
-        // ends, before anything else of the store goes.
+        // Usage still being settled reaches the log; then the writer finishes
+        // what is queued and its thread (and connection) ends, before anything
+        // else of the store goes.
+        if let Some(k) = &self.keys {
+            k.stop();
+        }
+        if let Some(t) = self.settler.take() {
+            let _ = t.join();
+        }
         drop(self.writer.take());
         if let Some(t) = self.writer_thread.take() {
             let _ = t.join();
@@ -761,8 +799,8 @@ impl Drop for Memory {
             let _ = r.join();
         }
         // Closing PostgreSQL connections blocks: not on an async thread.
-        let pool = self.pool.take();
-        off_runtime(move || drop(pool));
+        let (pool, keys) = (self.pool.take(), self.keys.take());
+        off_runtime(move || drop((pool, keys)));
     }
 }
 

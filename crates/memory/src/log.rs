@@ -155,8 +155,9 @@ struct Command {
     reply: tokio::sync::oneshot::Sender<Result<Appended>>,
 }
 
-/// The handle to the writer thread. Dropping it stops the thread after the
-/// queued writes.
+/// A handle to the writer thread. Dropping the last one stops the thread
+/// after the queued writes.
+#[derive(Clone)]
 pub struct LogWriter {
     queue: SyncSender<Command>,
     depth: Arc<AtomicI64>,

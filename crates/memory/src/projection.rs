@@ -28,6 +28,11 @@ use crate::Result;
 pub trait Projection: Send {
     /// Bounded and stable: it labels metrics and names the checkpoint.
     fn name(&self) -> &'static str;
+    /// Whether it applies `e`; what it skips still moves its checkpoint. By
+    /// default every memory entry and none of the usage ledger's.
+    fn wants(&self, e: &Entry) -> bool {
+        e.namespace != crate::keys::LEDGER_NAMESPACE
+    }
     /// Creates its tables if they are not there.
     fn create(&self, tx: &mut dyn Tx) -> Result<()>;
     /// Work outside the transaction, for the entries about to be applied.
@@ -199,8 +204,9 @@ pub fn step(
     let from = checkpoint(conn, p.name())?;
     if from > local {
         let entries = read_source(conn, local, from)?;
-        p.follow(conn, &entries)?;
         let to = entries.last().map_or(from, |e| e.gseq);
+        let entries = wanted(p, entries);
+        p.follow(conn, &entries)?;
         return Ok(Progress::Followed(to));
     }
     if !leads(conn, p.name(), leader)? {
@@ -210,6 +216,8 @@ pub fn step(
     if entries.is_empty() {
         return Ok(Progress::Idle(from));
     }
+    let last_read = entries.last().map_or(from, |e| e.gseq);
+    let entries = wanted(p, entries);
     p.prepare(&entries)?;
     let mut behind = Vec::new();
     let applied = store.in_turn(|| {
@@ -219,12 +227,12 @@ pub fn step(
             let (done, fresh): (Vec<Entry>, Vec<Entry>) =
                 entries.iter().cloned().partition(|e| e.gseq <= now);
             behind = done;
-            let Some(last) = fresh.last().map(|e| e.gseq) else {
+            if now >= last_read {
                 return Ok(None);
-            };
+            }
             p.apply(tx, &fresh)?;
-            set_checkpoint(tx, p.name(), last)?;
-            Ok(Some(last))
+            set_checkpoint(tx, p.name(), last_read)?;
+            Ok(Some(last_read))
         })
     });
     match applied {
@@ -235,7 +243,7 @@ pub fn step(
             }
             Ok(match last {
                 Some(last) => Progress::Applied(last),
-                None => Progress::Followed(behind.last().map_or(from, |e| e.gseq)),
+                None => Progress::Followed(last_read),
             })
         }
         Err(e) => {
@@ -243,6 +251,11 @@ pub fn step(
             Err(e)
         }
     }
+}
+
+/// The entries of a batch `p` applies.
+fn wanted(p: &dyn Projection, entries: Vec<Entry>) -> Vec<Entry> {
+    entries.into_iter().filter(|e| p.wants(e)).collect()
 }
 
 /// Entries after `after` and at most `upto`, one batch of them.

@@ -160,6 +160,36 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Connections for keys and limits: on SQLite `keys.db` beside the log (so
+    /// admissions never wait for the log writer's lock), committed as durably
+    /// as the log; on PostgreSQL the same database as everything else.
+    pub fn keys_pool(&self, size: u32, timeout: Duration) -> Result<ReadPool> {
+        let Location::Sqlite { log, .. } = &self.location else {
+            return self.read_pool(size, timeout);
+        };
+        let sync = match self.durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        let manager =
+            SqliteConnectionManager::file(log.with_file_name("keys.db")).with_init(move |c| {
+                c.busy_timeout(Duration::from_secs(10))?;
+                c.execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
+                ))
+            });
+        Ok(ReadPool::Sqlite(
+            r2d2::Pool::builder()
+                .max_size(size.max(1))
+                .min_idle(Some(1))
+                .connection_timeout(timeout)
+                .build(manager)
+                .map_err(|e| Error::Storage(format!("cannot open the keys pool: {e}")))?,
+        ))
+    }
+}
+
 /// The URL's `application_name`, or `inferd`: how an operator tells the
 /// store's sessions apart in `pg_stat_activity`.
 fn named(config: &postgres::Config) -> postgres::Config {

@@ -42,6 +42,11 @@ impl Namespace {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Where usage entries go: a name no client can give.
+    pub(crate) fn ledger() -> Namespace {
+        Namespace(crate::keys::LEDGER_NAMESPACE.to_owned())
+    }
 }
 
 impl std::fmt::Display for Namespace {

@@ -710,7 +710,7 @@ async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection(fresh: F
     }
     drop(m);
     let comparisons = check(&config, Some(embedder())).unwrap();
-    assert_eq!(comparisons.len(), 5);
+    assert_eq!(comparisons.len(), 6);
     for c in &comparisons {
         assert!(c.same(), "{} differs after a rebuild", c.projection);
     }
@@ -832,4 +832,319 @@ async fn servers_starting_together_on_a_fresh_state_all_start(fresh: Fresh) {
     let a = stores[0].write(put("t", None, "one", None)).await.unwrap();
     let b = stores[3].write(put("t", None, "two", None)).await.unwrap();
     assert_eq!((a.seq, b.seq), (1, 2));
+}
+
+/// Waits until the store's settler has settled `n` requests in all.
+async fn settled(keys: &Keys, n: u64) {
+    let t0 = std::time::Instant::now();
+    while keys.settled() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "settling stalled at {}",
+            keys.settled()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Spend grouped by `by`, once the ledger holds `requests` requests in all.
+async fn spend_when(m: &Memory, by: &str, requests: i64) -> Vec<keys::SpendRow> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let q = SpendQuery {
+            group_by: vec![by.into()],
+            ..SpendQuery::default()
+        };
+        let rows = m.keys().spend(q, m.reads()).await.unwrap();
+        if rows.iter().map(|r| r.requests).sum::<i64>() >= requests {
+            return rows;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the ledger stalled: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn used(prompt: i64, completion: i64, cost_nanos: i64) -> keys::Usage {
+    keys::Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cost_nanos,
+        tier: None,
+        status: 200,
+    }
+}
+
+on_both!(limits_refuse_once_what_was_used_reaches_them);
+async fn limits_refuse_once_what_was_used_reaches_them(fresh: Fresh) {
+    let d = fresh("limits");
+    let m = Memory::open(&d, None).unwrap();
+    let k = m.keys();
+    // Three requests a minute: the third is admitted, the fourth is not.
+    let rated = k
+        .create_key(
+            "rated".into(),
+            None,
+            Limits {
+                rpm: Some(3),
+                ..Limits::default()
+            },
+        )
+        .await
+        .unwrap()
+        .record;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let t = k.admit(&rated, "m", 1, 0).await.unwrap();
+        held.push(t.unwrap_or_else(|r| panic!("request {} refused: {r}", i + 1)));
+    }
+    let r = k
+        .admit(&rated, "m", 1, 0)
+        .await
+        .unwrap()
+        .err()
+        .expect("the 4th is refused");
+    assert_eq!(
+        (r.scope, r.limit, r.used, r.value),
+        ("key", "rpm", 3.0, 3.0)
+    );
+    assert!(
+        r.is_rate() && r.retry_after_secs().is_some_and(|s| s <= 60),
+        "{r:?}"
+    );
+    drop(held);
+
+    // A token budget: 99 of 100 used still admits; exactly 100 refuses.
+    let budget = k
+        .create_key(
+            "budget".into(),
+            None,
+            Limits {
+                budget_tokens: Some(100),
+                period: Period::Day,
+                ..Limits::default()
+            },
+        )
+        .await
+        .unwrap()
+        .record;
+    for (reserve, (p, c)) in [(60, (50, 9)), (41, (30, 10)), (1, (1, 0))] {
+        let mut t = k
+            .admit(&budget, "m", reserve, 0)
+            .await
+            .unwrap()
+            .unwrap_or_else(|r| panic!("refused below the budget: {r}"));
+        t.record(used(p, c, 0));
+        drop(t);
+        settled(k, k.settled() + 1).await;
+    }
+    let r = k
+        .admit(&budget, "m", 1, 0)
+        .await
+        .unwrap()
+        .err()
+        .expect("refused at 100 of 100");
+    assert_eq!(
+        (r.limit, r.used, r.value, r.span),
+        ("budget_tokens", 100.0, 100.0, "day")
+    );
+    assert!(!r.is_rate() && r.resets_at.is_some());
+    assert!(
+        r.to_string()
+            .contains("key `budget` has reached its limit `budget_tokens`"),
+        "{r}"
+    );
+
+    // A team's cost budget binds every key of the team.
+    k.set_team(
+        "research".into(),
+        Limits {
+            budget_usd: Some(0.001),
+            period: Period::Total,
+            ..Limits::default()
+        },
+    )
+    .await
+    .unwrap();
+    let member = k
+        .create_key("member".into(), Some("research".into()), Limits::default())
+        .await
+        .unwrap()
+        .record;
+    let mut t = k.admit(&member, "m", 10, 2_000_000).await.unwrap().unwrap();
+    t.record(used(5, 5, 1_000_000));
+    drop(t);
+    settled(k, 7).await;
+    let r = k
+        .admit(&member, "m", 1, 1)
+        .await
+        .unwrap()
+        .err()
+        .expect("the team's budget is spent");
+    assert_eq!(
+        (r.scope, r.name.as_str(), r.limit),
+        ("team", "research", "budget_usd")
+    );
+    assert_eq!(r.resets_at, None);
+
+    // Every admitted request is in the ledger, the refused ones are not.
+    let by_key = spend_when(&m, "key", 7).await;
+    let row = |name: &str| {
+        by_key
+            .iter()
+            .find(|r| r.group["key"].as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no spend row for {name}: {by_key:?}"))
+            .clone()
+    };
+    assert_eq!(row("rated").requests, 3);
+    let b = row("budget");
+    assert_eq!(
+        (b.requests, b.prompt_tokens, b.completion_tokens),
+        (3, 81, 19)
+    );
+    assert!((row("member").cost_usd - 0.001).abs() < 1e-12);
+    let by_team = spend_when(&m, "team", 7).await;
+    assert!(by_team
+        .iter()
+        .any(|r| r.group["team"].as_deref() == Some("research") && r.requests == 1));
+    // Usage entries are the ledger's alone: no memory projection holds them.
+    drop(m);
+    assert_eq!(
+        query(&d, "SELECT COUNT(*), COUNT(*) FROM memory_items"),
+        [(0, 0)]
+    );
+    assert_eq!(
+        query(&d, "SELECT COUNT(*), COUNT(*) FROM memory_audit"),
+        [(0, 0)]
+    );
+    for c in check(&d, None).unwrap() {
+        assert!(c.same(), "{} differs from a rebuild", c.projection);
+    }
+}
+
+on_both!(two_stores_admitting_against_one_budget_pass_it_by_at_most_one_request);
+async fn two_stores_admitting_against_one_budget_pass_it_by_at_most_one_request(fresh: Fresh) {
+    let d = fresh("sharedbudget");
+    let a = Arc::new(Memory::open(&d, None).unwrap());
+    let b = Arc::new(Memory::open(&d, None).unwrap());
+    let key = a
+        .keys()
+        .create_key(
+            "shared".into(),
+            None,
+            Limits {
+                budget_tokens: Some(1000),
+                ..Limits::default()
+            },
+        )
+        .await
+        .unwrap();
+    // The other store knows the key by its secret.
+    let seen = b
+        .keys()
+        .lookup(&key.key)
+        .await
+        .unwrap()
+        .expect("b finds a's key");
+    const RESERVE: i64 = 70;
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (m, k, admitted) = (
+            Arc::clone(if i % 2 == 0 { &a } else { &b }),
+            seen.clone(),
+            Arc::clone(&admitted),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut spent = 0;
+            loop {
+                match m.keys().admit(&k, "m", RESERVE, 0).await.unwrap() {
+                    Err(r) => {
+                        assert_eq!(r.limit, "budget_tokens");
+                        return spent;
+                    }
+                    Ok(mut t) => {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        let n = 40 + (i as i64 * 7) % 31;
+                        t.record(used(n / 2, n - n / 2, 0));
+                        spent += n;
+                    }
+                }
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let n = admitted.load(Ordering::Relaxed) as i64;
+    assert!(
+        total <= 1000 + RESERVE,
+        "admitted usage {total} passed the budget of 1000 by more than one request ({n} requests)"
+    );
+    assert!(
+        total >= 1000 - 16 * RESERVE,
+        "{total} is far below the budget"
+    );
+    // The ledger and the counter agree with what the requests used.
+    let rows = spend_when(&a, "key", n).await;
+    assert_eq!(
+        rows[0].prompt_tokens + rows[0].completion_tokens,
+        total,
+        "{rows:?}"
+    );
+    let counters = a.keys().counters("key:shared".into()).await.unwrap();
+    assert_eq!(counters[0]["tokens"], json!(total), "{counters:?}");
+    assert_eq!(counters[0]["reserved_tokens"], json!(0));
+    drop((a, b));
+}
+
+on_both!(keys_are_stored_hashed_and_a_revoked_key_is_refused);
+async fn keys_are_stored_hashed_and_a_revoked_key_is_refused(fresh: Fresh) {
+    let d = fresh("hashed");
+    let m = Memory::open(&d, None).unwrap();
+    let k = m.keys();
+    let made = k
+        .create_key("alice".into(), Some("ops".into()), Limits::default())
+        .await
+        .unwrap();
+    assert!(made.key.starts_with("sk-inferd-"));
+    assert_eq!(
+        k.lookup(&made.key).await.unwrap().unwrap().id,
+        made.record.id
+    );
+    assert!(k
+        .lookup("sk-inferd-00000000000000000000000000000000")
+        .await
+        .unwrap()
+        .is_none());
+    // A second live key cannot take the name.
+    let e = k
+        .create_key("alice".into(), None, Limits::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already named `alice`"), "{e}");
+    let listed = serde_json::to_string(&k.keys().await.unwrap()).unwrap();
+    assert!(!listed.contains(&made.key), "a listing shows no secret");
+    if let StateStore::Sqlite(dir) = &d.state {
+        for f in ["keys.db", "keys.db-wal"] {
+            let bytes = std::fs::read(dir.join(f)).unwrap_or_default();
+            let secret = made.key.as_bytes();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{f} holds the secret"
+            );
+        }
+    }
+    let revoked = k.revoke(&made.record.id).await.unwrap();
+    assert!(revoked.revoked_ms.is_some());
+    assert!(k.lookup(&made.key).await.unwrap().is_none());
+    // Its name is free again.
+    k.create_key("alice".into(), None, Limits::default())
+        .await
+        .unwrap();
+    drop(m);
 }

@@ -34,7 +34,7 @@ async fn answer(
     arrival: Instant,
     model_label: &mut String,
 ) -> Result<Response, ApiError> {
-    s.authorize(headers)?;
+    let caller = s.caller(headers).await?;
     let request = inferd_protocol::parse_embeddings(body, arrival)?;
     let backend = Arc::clone(s.backend(request.model.as_deref())?);
     *model_label = backend.name().to_owned();
@@ -44,6 +44,8 @@ async fn answer(
             format!("`{}` does not serve embeddings", backend.name()),
         ));
     }
+    // No input has more tokens than the body has bytes.
+    let mut ticket = s.admit(&caller, backend.name(), body.len(), 0).await?;
     let encoding = request.encoding;
     let inputs = request.inputs.len();
     let fut = backend.embed(request);
@@ -89,6 +91,10 @@ async fn answer(
         .requests
         .with_label_values(&[m, "embedding"])
         .inc();
+    if let Some(t) = &mut ticket {
+        let usage = inferd_protocol::Usage::new(out.prompt_tokens, 0, 0);
+        s.charge(t, m, None, &usage, 200);
+    }
     tracing::info!(model = %m, status = 200, inputs, prompt_tokens = out.prompt_tokens, e2e_ms = e2e.as_secs_f64() * 1e3, "embeddings");
     let body = EmbeddingResponse {
         object: "list".into(),

@@ -86,9 +86,14 @@ impl ApiError {
 
     /// A short label for the error counter (bounded set).
     pub fn label(&self) -> &'static str {
+        if self.code == Some("rate_limit_exceeded") {
+            return "rate_limited";
+        }
         match self.status.as_u16() {
             400 => "invalid_request",
             401 => "unauthorized",
+            402 => "budget_exceeded",
+            403 => "forbidden",
             404 => "not_found",
             408 => "timeout",
             413 => "too_large",

@@ -10,6 +10,7 @@
 
 mod embeddings;
 mod error;
+mod keys;
 mod memory;
 mod metrics;
 mod respond;
@@ -30,6 +31,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 pub use error::ApiError;
+pub use keys::{Caller, Prices};
 pub use metrics::Metrics;
 pub use respond::Kind;
 
@@ -53,6 +55,8 @@ pub struct ServerState {
     pub created_unix: u64,
     /// The agent-memory store behind `/v1/memory`, when the server keeps one.
     pub memory: Option<Arc<inferd_memory::Memory>>,
+    /// Set when managed keys are on (`with_keys`): what usage costs.
+    prices: Option<Prices>,
 }
 
 /// When the request reached the server (set before the body is read).
@@ -83,6 +87,7 @@ impl ServerState {
             metrics: Metrics::new(),
             created_unix: unix_now(),
             memory: None,
+            prices: None,
         })
     }
 
@@ -96,19 +101,9 @@ impl ServerState {
         &self.backends
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else {
-            return Ok(());
-        };
-        let sent = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if sent == Some(key.as_str()) {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized())
-        }
+    /// 401 unless the request carries a key this server takes.
+    async fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        self.caller(headers).await.map(|_| ())
     }
 
     /// The backend `model` names; the default one when it names none.
@@ -163,6 +158,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(memory::routes())
+        .merge(keys::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Outermost, so the instant is taken before the body is read.
         .layer(axum::middleware::from_fn(stamp_arrival))
@@ -210,7 +206,7 @@ async fn intent_feedback(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(e) = s.authorize(&headers) {
+    if let Err(e) = s.authorize(&headers).await {
         return e.into_response();
     }
     let v: serde_json::Value = match serde_json::from_slice(&body) {
@@ -278,7 +274,7 @@ async fn intent_feedback(
 }
 
 async fn list_models(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    match s.authorize(&headers) {
+    match s.authorize(&headers).await {
         Ok(()) => Json(ModelList {
             object: "list".into(),
             data: s.backends.iter().map(|b| s.model_object(&**b)).collect(),
@@ -293,7 +289,10 @@ async fn get_model(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = s.authorize(&headers).and_then(|_| s.backend(Some(&id)));
+    let result = match s.authorize(&headers).await {
+        Ok(()) => s.backend(Some(&id)),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(b) => Json(s.model_object(&**b)).into_response(),
         Err(e) => e.into_response(),

@@ -107,8 +107,8 @@ impl From<Error> for ApiError {
 
 type Params = Query<HashMap<String, String>>;
 
-fn memory(s: &ServerState, headers: &HeaderMap) -> Result<Arc<Memory>, ApiError> {
-    s.authorize(headers)?;
+async fn memory(s: &ServerState, headers: &HeaderMap) -> Result<Arc<Memory>, ApiError> {
+    s.authorize(headers).await?;
     s.memory.clone().ok_or_else(|| ApiError {
         status: StatusCode::NOT_FOUND,
         code: Some("memory_disabled"),
@@ -244,7 +244,7 @@ fn answer(r: Result<Response, ApiError>) -> Response {
 async fn write(State(s): State<Arc<ServerState>>, headers: HeaderMap, body: Bytes) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let b = body_object(&body)?;
             only(
                 &b,
@@ -279,7 +279,7 @@ async fn update(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let b = body_object(&body)?;
             only(&b, &["namespace", "content", "metadata", "idempotency_key"])?;
             let w = Write::update(
@@ -305,7 +305,7 @@ async fn delete(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let idem = q
                 .get("idempotency_key")
                 .cloned()
@@ -325,7 +325,7 @@ async fn item(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let item = m
                 .item(
                     &namespace_of(q.get("namespace"))?,
@@ -349,7 +349,7 @@ async fn fact(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let history = match q.get("history").map(String::as_str) {
                 None | Some("false") => false,
                 Some("true") => true,
@@ -383,7 +383,7 @@ async fn search(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let mut filters = Map::new();
             for (k, v) in &q {
                 if let Some(field) = k.strip_prefix("metadata.") {
@@ -418,7 +418,7 @@ async fn recent(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let limit = number(&q, "limit")?.unwrap_or(20usize).clamp(1, 1000);
             let items = m
                 .recent(&namespace_of(q.get("namespace"))?, limit, consistency(&q)?)
@@ -436,7 +436,7 @@ async fn audit(
 ) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             let limit = number(&q, "limit")?.unwrap_or(100usize).clamp(1, 10_000);
             let after = number(&q, "after_seq")?.unwrap_or(0i64);
             let rows = m
@@ -456,7 +456,7 @@ async fn audit(
 async fn status(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
     answer(
         async {
-            let m = memory(&s, &headers)?;
+            let m = memory(&s, &headers).await?;
             Ok(Json(m.report().await?).into_response())
         }
         .await,

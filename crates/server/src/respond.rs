@@ -82,18 +82,33 @@ async fn answer(
     kind: Kind,
     model_label: &mut String,
 ) -> Result<Response, ApiError> {
-    s.authorize(headers)?;
-    let request = match kind {
+    let caller = s.caller(headers).await?;
+    let (request, body_bytes) = match kind {
         Kind::Chat => {
             let body = crate::memory::resolve_memory_search(s, body).await?;
-            Request::Chat(inferd_protocol::parse_chat(&body, arrival)?)
+            (
+                Request::Chat(inferd_protocol::parse_chat(&body, arrival)?),
+                body.len(),
+            )
         }
-        Kind::Text => Request::Completion(inferd_protocol::parse_completion(body, arrival)?),
+        Kind::Text => (
+            Request::Completion(inferd_protocol::parse_completion(body, arrival)?),
+            body.len(),
+        ),
     };
     let backend = Arc::clone(s.backend(request.common().model.as_deref())?);
     *model_label = backend.name().to_owned();
     check_capabilities(&*backend, &request)?;
     let common = request.common();
+    // A key's limits are checked against an upper bound of the request: no
+    // prompt has more tokens than its body has bytes (plus the template's
+    // own), no answer more than `max_tokens` (else the context window).
+    let prompt_bound = body_bytes + PROMPT_TEMPLATE_BOUND;
+    let completion_bound =
+        common.max_tokens.unwrap_or(backend.context_window()) * request.choices();
+    let ticket = s
+        .admit(&caller, backend.name(), prompt_bound, completion_bound)
+        .await?;
     let deadline = s
         .request_timeout
         .map(|t| (tokio::time::Instant::from_std(common.arrival) + t, t));
@@ -122,10 +137,15 @@ async fn answer(
     if let Some(r) = &route {
         s.metrics.observe_route(&reply.model, r);
     }
+    let meter = Meter {
+        ticket,
+        prompt_bound,
+        deltas: 0,
+    };
     let mut resp = if reply.stream {
-        stream_response(Arc::clone(s), reply, events, route.as_ref())
+        stream_response(Arc::clone(s), reply, events, route.as_ref(), meter)
     } else {
-        collect(s, reply, events, route.as_ref()).await?
+        collect(s, reply, events, route.as_ref(), meter).await?
     };
     if let Some(r) = &route {
         if let Ok(v) = HeaderValue::from_str(&r.header()) {
@@ -138,6 +158,37 @@ async fn answer(
         }
     }
     Ok(resp)
+}
+
+/// Tokens a chat template adds around the messages, at most (an upper bound
+/// for limits, not a count).
+const PROMPT_TEMPLATE_BOUND: usize = 256;
+
+/// What a keyed request has used, for its [`Ticket`](inferd_memory::Ticket).
+struct Meter {
+    ticket: Option<inferd_memory::Ticket>,
+    prompt_bound: usize,
+    /// Output deltas sent so far.
+    deltas: usize,
+}
+
+impl Meter {
+    /// The usage every choice reported.
+    fn finished(&mut self, s: &ServerState, r: &Reply, route: Option<&Route>, usage: &Usage) {
+        if let Some(t) = &mut self.ticket {
+            s.charge(t, &r.model, route, usage, 200);
+        }
+    }
+
+    /// A stream the client may leave before its usage is reported: until then
+    /// it is charged the prompt's bound and a token per delta sent.
+    fn delta(&mut self, s: &ServerState, r: &Reply, route: Option<&Route>) {
+        self.deltas += 1;
+        if let Some(t) = &mut self.ticket {
+            let usage = Usage::new(self.prompt_bound, self.deltas, 0);
+            s.charge(t, &r.model, route, &usage, 499);
+        }
+    }
 }
 
 /// A gateway's route, when the stream starts with one (the rest unchanged).
@@ -294,6 +345,7 @@ async fn collect(
     r: Reply,
     mut events: EventStream,
     route: Option<&Route>,
+    mut meter: Meter,
 ) -> Result<Response, ApiError> {
     let mut choices: Vec<Choice> = (0..r.choices).map(|_| Choice::default()).collect();
     while let Some(ev) = within(r.deadline, events.next()).await? {
@@ -336,6 +388,7 @@ async fn collect(
     }
     drop(events);
     let usage = total_usage(r.n, &choices);
+    meter.finished(s, &r, route, &usage);
     let timings = Some(choices[0].timings);
     let mut body = match r.kind {
         Kind::Chat => serde_json::to_value(ChatCompletionResponse {
@@ -591,8 +644,10 @@ fn stream_response(
     r: Reply,
     mut events: EventStream,
     route: Option<&Route>,
+    mut meter: Meter,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let route_seen = route.cloned();
     let route = route.map(|route| r.route_chunk(route));
     tokio::spawn(async move {
         if let Some(chunk) = route {
@@ -601,6 +656,7 @@ fn stream_response(
             }
         }
         let mut choices: Vec<Choice> = (0..r.choices).map(|_| Choice::default()).collect();
+        let mut dones = 0;
         if r.kind == Kind::Chat {
             for i in 0..r.choices {
                 let role = Delta {
@@ -643,7 +699,10 @@ fn stream_response(
                 None => &mut choices[0],
             };
             match &ev {
-                Event::Delta { .. } => c.note_delta(&s, &r.model),
+                Event::Delta { .. } => {
+                    c.note_delta(&s, &r.model);
+                    meter.delta(&s, &r, route_seen.as_ref());
+                }
                 Event::Done {
                     finish,
                     usage,
@@ -653,6 +712,7 @@ fn stream_response(
                     s.metrics
                         .observe_done(&r.model, finish.as_str(), usage, timings);
                     (c.finish, c.usage, c.timings) = (Some(*finish), *usage, *timings);
+                    dones += 1;
                 }
                 Event::Error(e) => {
                     let e = ApiError::from(e.clone());
@@ -665,7 +725,11 @@ fn stream_response(
                 _ => {}
             }
             let failed = matches!(ev, Event::Error(_));
-            if let Some(chunk) = r.chunk(c, ev) {
+            let chunk = r.chunk(c, ev);
+            if dones == r.choices && matches!(meter.ticket, Some(_)) {
+                meter.finished(&s, &r, route_seen.as_ref(), &total_usage(r.n, &choices));
+            }
+            if let Some(chunk) = chunk {
                 if tx.send(chunk).await.is_err() {
                     return;
                 }
