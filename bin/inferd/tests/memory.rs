@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn state_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("inferd-state-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn minilm() -> String {
-    "minilm=minilm-l6".to_owned()
-}
-
-fn json_of(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
 #[test]
 fn the_memory_api_writes_reads_its_writes_and_names_every_bad_field() {
     let dir = state_dir("api");
@@ -284,7 +270,7 @@ fn the_memory_api_writes_reads_its_writes_and_names_every_bad_field() {
     let status = json_of(&status);
     assert_eq!(
         status["projections"].as_array().unwrap().len(),
-        5,
+        6,
         "{status}"
     );
     let (_, metrics) = http(&addr, "GET", "/metrics", "");
@@ -486,49 +472,6 @@ fn converged(addr: &str, log: &mut LogDb) -> Value {
     }
 }
 
-/// A fresh schema on the PostgreSQL at 127.0.0.1:5432 (or
-/// `INFERD_TEST_POSTGRES`), as a `--state` URL; `None`, saying so, when none
-/// answers.
-fn postgres_state(test: &str) -> Option<String> {
-    let base = std::env::var("INFERD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let mut config: postgres::Config = base.parse().unwrap();
-    config.connect_timeout(Duration::from_secs(3));
-    let mut client = match config.connect(postgres::NoTls) {
-        Ok(c) => c,
-        Err(e) => {
-            report(&format!(
-                "skipped: {test} on PostgreSQL: none reachable at {base}: {e}"
-            ));
-            return None;
-        }
-    };
-    let schema = format!("inferd_{test}_{}", std::process::id());
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
-}
-
-/// Drops the schema a passing PostgreSQL test made (named in its `--state`).
-fn drop_schema(state: &str) {
-    let Some(schema) = state
-        .split("search_path%3D")
-        .nth(1)
-        .map(|s| s.split('&').next().unwrap_or(s))
-    else {
-        return;
-    };
-    let base = std::env::var("INFERD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if let Ok(mut c) = postgres::Client::connect(&base, postgres::NoTls) {
-        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-    }
-}
-
 /// `kill -9` of the server in the middle of 10,000 writes from 64 clients, a
 /// restart on the same state, and every check of what must hold after.
 fn kill_9_during_writes(state: &str) {
@@ -582,7 +525,7 @@ fn kill_9_during_writes(state: &str) {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.ends_with("same")).count(),
-        4,
+        5,
         "{stdout}"
     );
     let store = if state.starts_with("postgres://") {

@@ -201,7 +201,7 @@ impl Limits {
                 ));
             }
         }
-        if matches!(l.budget_usd, Some(d) if !d.is_finite() || d < 0.0 || d > 1e9) {
+        if matches!(l.budget_usd, Some(d) if !d.is_finite() || !(0.0..=1e9).contains(&d)) {
             return Err(Error::invalid(
                 "limits",
                 "`limits.budget_usd` must be a number from 0 to 1e9",
@@ -260,9 +260,11 @@ pub struct Refusal {
     pub name: String,
     /// `rpm`, `tpm`, `budget_tokens` or `budget_usd`.
     pub limit: &'static str,
-    /// The limit, and what was used (settled + reserved), in its unit.
+    /// The limit, what finished requests used, and what running ones
+    /// reserved, in its unit.
     pub value: f64,
     pub used: f64,
+    pub reserved: f64,
     /// `minute` for rates, else the budget's period.
     pub span: &'static str,
     /// Unix seconds when the span starts again (`None`: a total budget).
@@ -275,7 +277,18 @@ impl Refusal {
         matches!(self.limit, "rpm" | "tpm")
     }
 
+    /// What finished requests used is still under the limit: requests still
+    /// running hold the rest, and a retry once they end may pass (429).
+    pub fn is_held(&self) -> bool {
+        self.used < self.value
+    }
+
+    /// When to try again: when running requests may have ended, or when the
+    /// span starts again (`None`: a total budget spent).
     pub fn retry_after_secs(&self) -> Option<u64> {
+        if self.is_held() {
+            return Some(1);
+        }
         self.resets_at.map(|t| (t - now_ms() / 1000).max(1) as u64)
     }
 }
@@ -305,6 +318,18 @@ impl std::fmt::Display for Refusal {
             ),
         };
         let what = what.replace("per total", "in total");
+        if self.is_held() {
+            let held = if self.limit == "budget_usd" {
+                format!("${:.6}", self.reserved)
+            } else {
+                format!("{}", self.reserved)
+            };
+            return write!(
+                f,
+                "{} `{}` is at its limit `{}` while requests run: {used} used and {held} held by running requests, of {value} {what}; retry when they finish",
+                self.scope, self.name, self.limit
+            );
+        }
         write!(
             f,
             "{} `{}` has reached its limit `{}`: {used} used of {value} {what}",
@@ -520,24 +545,22 @@ fn reserve(
         return Ok(Ok(()));
     }
     let row = tx.rows(
-        "SELECT requests, tokens + reserved_tokens, cost_nanos + reserved_nanos FROM memory_spend \
+        "SELECT requests, tokens, reserved_tokens, cost_nanos, reserved_nanos FROM memory_spend \
          WHERE subject = $1 AND span = $2 AND start_s = $3",
         &[c.subject.as_str().into(), c.span.into(), Val::Int(c.start)],
     )?;
-    let used = |i: usize| row.first().and_then(|r| r[i].int()).unwrap_or(0);
-    let (limit, value, used) = c
+    let col = |i: usize| row.first().and_then(|r| r[i].int()).unwrap_or(0);
+    // (name, limit, settled, reserved) of the limit that refused.
+    let (limit, value, settled, reserved) = c
         .limits
         .iter()
-        .map(|(name, column, limit)| {
-            let u = match *column {
-                "requests" => used(0),
-                "cost_nanos + reserved_nanos" => used(2),
-                _ => used(1),
-            };
-            (*name, *limit, u)
+        .map(|(name, column, limit)| match *column {
+            "requests" => (*name, *limit, col(0), 0),
+            "cost_nanos + reserved_nanos" => (*name, *limit, col(3), col(4)),
+            _ => (*name, *limit, col(1), col(2)),
         })
-        .find(|(_, limit, used)| used >= limit)
-        .unwrap_or((c.limits[0].0, c.limits[0].2, c.limits[0].2));
+        .find(|(_, limit, settled, reserved)| settled + reserved >= *limit)
+        .unwrap_or((c.limits[0].0, c.limits[0].2, c.limits[0].2, 0));
     let scale = if limit == "budget_usd" {
         NANOS_PER_USD
     } else {
@@ -548,7 +571,8 @@ fn reserve(
         name: c.name.to_owned(),
         limit,
         value: value as f64 / scale,
-        used: used as f64 / scale,
+        used: settled as f64 / scale,
+        reserved: reserved as f64 / scale,
         span: c.span,
         resets_at: c.resets_at,
     }))
@@ -678,7 +702,7 @@ impl Keys {
     ) -> Result<T> {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().ok_or_else(|| Error::PoolTimeout(5000))?;
+            let mut conn = pool.get().ok_or(Error::PoolTimeout(5000))?;
             conn.run(f)
         })
         .await
@@ -955,7 +979,7 @@ impl Keys {
             .map(|g| dimension(g).map(|c| (g.clone(), c)))
             .collect::<Result<_>>()?;
         tokio::task::spawn_blocking(move || {
-            let mut conn = reads.get().ok_or_else(|| Error::PoolTimeout(5000))?;
+            let mut conn = reads.get().ok_or(Error::PoolTimeout(5000))?;
             conn.run(|tx| {
                 let day = "(at_ms / 86400000)";
                 let cols: Vec<String> = dims
@@ -1017,7 +1041,7 @@ impl Keys {
     /// The ledger's rows in order, filtered as `q` says (its grouping unused).
     pub async fn ledger(&self, q: SpendQuery, reads: ReadPool) -> Result<Vec<LedgerRow>> {
         tokio::task::spawn_blocking(move || {
-            let mut conn = reads.get().ok_or_else(|| Error::PoolTimeout(5000))?;
+            let mut conn = reads.get().ok_or(Error::PoolTimeout(5000))?;
             conn.run(|tx| {
                 let (filter, params) = q.filter();
                 Ok(tx
@@ -1116,7 +1140,7 @@ fn settle_loop(rx: Receiver<Settle>, pool: ReadPool, writer: LogWriter, settled:
             }
         }
         let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % SWEEP_EVERY == 0 {
+        if n.is_multiple_of(SWEEP_EVERY) {
             if let Some(mut c) = pool.get() {
                 let _ = c.run(|tx| {
                     tx.exec(
@@ -1306,6 +1330,7 @@ mod tests {
             limit: "budget_usd",
             value: 0.5,
             used: 0.500001,
+            reserved: 0.0,
             span: "day",
             resets_at: Some(1_796_342_400),
         };
@@ -1313,7 +1338,18 @@ mod tests {
             r.to_string(),
             "key `alice` has reached its limit `budget_usd`: $0.500001 used of $0.500000 cost budget per day; it resets at 2026-12-04T00:00:00Z"
         );
-        assert!(!r.is_rate());
+        assert!(!r.is_rate() && !r.is_held());
+        let held = Refusal {
+            used: 0.2,
+            reserved: 0.4,
+            ..r
+        };
+        assert!(held.is_held() && held.retry_after_secs() == Some(1));
+        assert!(
+            held.to_string()
+                .contains("$0.200000 used and $0.400000 held by running requests"),
+            "{held}"
+        );
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl ApiError {
 
     /// A short label for the error counter (bounded set).
     pub fn label(&self) -> &'static str {
-        if self.code == Some("rate_limit_exceeded") {
+        if matches!(self.code, Some("rate_limit_exceeded" | "budget_held")) {
             return "rate_limited";
         }
         match self.status.as_u16() {

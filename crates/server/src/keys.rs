@@ -189,6 +189,12 @@ pub fn refusal(r: &Refusal) -> ApiError {
             "rate_limit_error",
             "rate_limit_exceeded",
         )
+    } else if r.is_held() {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "budget_held",
+        )
     } else {
         (
             StatusCode::PAYMENT_REQUIRED,
@@ -540,6 +546,7 @@ mod tests {
             limit: "rpm",
             value: 2.0,
             used: 2.0,
+            reserved: 0.0,
             span: "minute",
             resets_at: Some(i64::MAX / 2),
         };
@@ -557,5 +564,13 @@ mod tests {
         assert_eq!(e.status, StatusCode::PAYMENT_REQUIRED);
         assert_eq!(e.code, Some("budget_exceeded"));
         assert!(e.retry_after_secs.is_none());
+        r.used = 1.0;
+        r.reserved = 5.0;
+        let e = refusal(&r);
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::TOO_MANY_REQUESTS, Some("budget_held"))
+        );
+        assert_eq!(e.retry_after_secs, Some(1));
     }
 }

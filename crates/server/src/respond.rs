@@ -726,7 +726,7 @@ fn stream_response(
             }
             let failed = matches!(ev, Event::Error(_));
             let chunk = r.chunk(c, ev);
-            if dones == r.choices && matches!(meter.ticket, Some(_)) {
+            if dones == r.choices && meter.ticket.is_some() {
                 meter.finished(&s, &r, route_seen.as_ref(), &total_usage(r.n, &choices));
             }
             if let Some(chunk) = chunk {

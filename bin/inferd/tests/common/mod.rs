@@ -186,3 +186,60 @@ pub fn everyday_tools() -> Vec<serde_json::Value> {
         tool("get_news", "Top news headlines on a topic"),
     ]
 }
+
+pub fn state_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("inferd-state-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub fn minilm() -> String {
+    "minilm=minilm-l6".to_owned()
+}
+
+pub fn json_of(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A fresh schema on the PostgreSQL at 127.0.0.1:5432 (or
+/// `INFERD_TEST_POSTGRES`), as a `--state` URL; `None`, saying so, when none
+/// answers.
+pub fn postgres_state(test: &str) -> Option<String> {
+    let base = std::env::var("INFERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut config: postgres::Config = base.parse().unwrap();
+    config.connect_timeout(Duration::from_secs(3));
+    let mut client = match config.connect(postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) => {
+            inferd_testutil::report(&format!(
+                "skipped: {test} on PostgreSQL: none reachable at {base}: {e}"
+            ));
+            return None;
+        }
+    };
+    let schema = format!("inferd_{test}_{}", std::process::id());
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}
+
+/// Drops the schema a passing PostgreSQL test made (named in its `--state`).
+pub fn drop_schema(state: &str) {
+    let Some(schema) = state
+        .split("search_path%3D")
+        .nth(1)
+        .map(|s| s.split('&').next().unwrap_or(s))
+    else {
+        return;
+    };
+    let base = std::env::var("INFERD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    if let Ok(mut c) = postgres::Client::connect(&base, postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    }
+}
