@@ -31,6 +31,10 @@ pub struct MemorySettings {
     /// the store; the server's `api_key` is then the admin key.
     #[serde(default)]
     pub keys: bool,
+    /// A `redis://` URL holding keys' per-minute counters, shared by every
+    /// replica (without it they are kept in the store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<String>,
 }
 
 fn default_recent() -> usize {
@@ -53,6 +57,7 @@ impl MemorySettings {
                 DurabilitySetting::Os => Durability::Os,
             },
             recent_per_namespace: self.recent_per_namespace,
+            limits: self.limits.clone(),
             ..MemoryConfig::at(StateStore::parse(&self.state)?)
         })
     }
@@ -60,6 +65,17 @@ impl MemorySettings {
     pub fn problem(&self) -> Option<String> {
         if let Err(e) = StateStore::parse(&self.state) {
             return Some(format!("`memory.state`: {e}"));
+        }
+        if let Some(l) = &self.limits {
+            if !self.keys {
+                return Some(
+                    "`memory.limits` holds managed keys' rate counters: turn keys on (`memory.keys = true`, `--keys`)"
+                        .to_owned(),
+                );
+            }
+            if !l.starts_with("redis://") {
+                return Some(format!("`memory.limits` must be a redis:// URL, got {l:?}"));
+            }
         }
         (self.recent_per_namespace == 0)
             .then(|| "`memory.recent_per_namespace` must be at least 1, got 0".to_owned())

@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// kept in the state store (`POST /v1/keys` with the `--api-key` admin key).
     #[arg(long, requires = "state", requires = "api_key")]
     keys: bool,
+    /// Keep the keys' per-minute counters in Redis (`redis://host:6379`),
+    /// shared by every replica [default: in the state store].
+    #[arg(long, requires = "keys")]
+    limits: Option<String>,
 }
 
 impl ServeArgs {
@@ -155,6 +159,9 @@ impl ServeArgs {
             }
             if self.keys {
                 memory["keys"] = json!(true);
+            }
+            if let Some(l) = &self.limits {
+                memory["limits"] = json!(l);
             }
             m.insert("memory".into(), memory);
         }

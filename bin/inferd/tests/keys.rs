@@ -431,3 +431,99 @@ fn two_gateways_sharing_postgres_enforce_one_budget() {
     drop((_a, _b));
     drop_schema(&state);
 }
+
+/// The Redis at 127.0.0.1:6379 (or `INFERD_TEST_REDIS`); `None`, saying so,
+/// when none answers.
+fn redis_url(test: &str) -> Option<String> {
+    let url =
+        std::env::var("INFERD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(3)))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    match reachable {
+        Ok(_) => Some(url),
+        Err(e) => {
+            inferd_testutil::report(&format!(
+                "skipped: {test}: no Redis reachable at {url}: {e}"
+            ));
+            None
+        }
+    }
+}
+
+#[test]
+fn two_gateways_share_rate_limits_through_redis() {
+    let Some(redis) = redis_url("two_gateways_share_rate_limits_through_redis") else {
+        return;
+    };
+    let Some(state) = postgres_state("rates") else {
+        return;
+    };
+    let args = [
+        "--model",
+        "chat=smollm2-135m",
+        "--threads",
+        "1",
+        "--port",
+        "0",
+        "--state",
+        &state,
+        "--keys",
+        "--api-key",
+        ADMIN,
+        "--limits",
+        &redis,
+    ];
+    let (_a, a, _) = serve(&args, &[]);
+    let (_b, b, _) = serve(&args, &[]);
+    let (id, key) = make_key(
+        &a,
+        json!({"name": "rated", "limits": {"rpm": 3, "budget_tokens": 1_000_000}}),
+    );
+    // Three a minute between the two gateways, not three each.
+    let statuses: Vec<u16> = (0..6)
+        .map(|i| chat(if i % 2 == 0 { &a } else { &b }, &key, &ask("chat")).0)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(statuses[3..].iter().all(|&s| s == 429), "{statuses:?}");
+    // The counter is in Redis, under the store's prefix.
+    let mut c = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let found: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("inferd:*:key:{id}:*"))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let requests: i64 = redis::cmd("HGET")
+        .arg(&found[0])
+        .arg("requests")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(requests, 3);
+    // Settled: nothing stays reserved once the requests are done.
+    let t0 = Instant::now();
+    loop {
+        let reserved: i64 = redis::cmd("HGET")
+            .arg(&found[0])
+            .arg("reserved")
+            .query(&mut c)
+            .unwrap();
+        if reserved == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{reserved} still reserved"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _: () = redis::cmd("DEL").arg(&found[0]).query(&mut c).unwrap();
+    drop((_a, _b));
+    drop_schema(&state);
+}

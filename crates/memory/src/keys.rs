@@ -59,6 +59,10 @@ pub fn create(tx: &mut dyn Tx) -> Result<()> {
             created_ms BIGINT NOT NULL,
             revoked_ms BIGINT
         )",
+        "CREATE TABLE IF NOT EXISTS memory_meta (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )",
         "CREATE TABLE IF NOT EXISTS memory_teams (
             name TEXT PRIMARY KEY,
             limits TEXT NOT NULL,
@@ -350,6 +354,8 @@ struct Hold {
     team: Option<String>,
     /// (subject, span, start) of every row it reserved on.
     rows: Vec<(String, &'static str, i64)>,
+    /// The Redis hashes it reserved on.
+    redis_keys: Vec<String>,
     tokens: i64,
     nanos: i64,
     model: String,
@@ -413,6 +419,7 @@ pub struct Keys {
     pool: ReadPool,
     settle: Sender<Settle>,
     settled: Arc<AtomicU64>,
+    redis: Option<Arc<RedisRates>>,
 }
 
 /// A fresh secret, `sk-inferd-` and 32 hex digits from the OS's generator.
@@ -469,8 +476,15 @@ struct Check<'a> {
     limits: Vec<(&'static str, &'static str, i64)>,
 }
 
-fn checks<'a>(scope: &'static str, name: &'a str, l: &Limits, now_s: i64) -> Vec<Check<'a>> {
-    let subject = format!("{scope}:{name}");
+/// The rows `l` is checked on: the minute's (rates) and the period's
+/// (budgets) of `subject` (`key:ID` or `team:NAME`), reported as `name`.
+fn checks<'a>(
+    scope: &'static str,
+    name: &'a str,
+    subject: String,
+    l: &Limits,
+    now_s: i64,
+) -> Vec<Check<'a>> {
     let mut out = Vec::new();
     if l.rated() {
         let start = now_s - now_s.rem_euclid(60);
@@ -664,14 +678,15 @@ impl Keys {
     pub(crate) fn start(
         pool: ReadPool,
         writer: LogWriter,
+        redis: Option<Arc<RedisRates>>,
     ) -> Result<(Keys, std::thread::JoinHandle<()>)> {
         let (settle, rx) = std::sync::mpsc::channel();
         let settled = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (pool, settled) = (pool.clone(), Arc::clone(&settled));
+            let (pool, settled, redis) = (pool.clone(), Arc::clone(&settled), redis.clone());
             std::thread::Builder::new()
                 .name("memory-settle".into())
-                .spawn(move || settle_loop(rx, pool, writer, settled))
+                .spawn(move || settle_loop(rx, pool, writer, settled, redis))
                 .map_err(|e| Error::Storage(format!("cannot start the usage settler: {e}")))?
         };
         Ok((
@@ -679,9 +694,19 @@ impl Keys {
                 pool,
                 settle,
                 settled,
+                redis,
             },
             thread,
         ))
+    }
+
+    /// Where the per-minute counters are kept: `store` or `redis`.
+    pub fn rates_in(&self) -> &'static str {
+        if self.redis.is_some() {
+            "redis"
+        } else {
+            "store"
+        }
     }
 
     /// Settles what is queued and ends the settling thread (tickets dropped
@@ -881,6 +906,7 @@ impl Keys {
     ) -> Result<std::result::Result<Ticket, Refusal>> {
         let key = key.clone();
         let now_s = now_ms() / 1000;
+        let redis = self.redis.clone();
         let held = self
             .on_pool(move |tx| {
                 let team = match &key.team {
@@ -893,12 +919,30 @@ impl Keys {
                         .first()
                         .map(|r| limits_of(&r[0])),
                 };
-                let mut all = checks("key", &key.name, &key.limits, now_s);
+                let mut all = checks(
+                    "key",
+                    &key.name,
+                    format!("key:{}", key.id),
+                    &key.limits,
+                    now_s,
+                );
                 if let (Some(t), Some(name)) = (&team, &key.team) {
-                    all.extend(checks("team", name, t, now_s));
+                    all.extend(checks("team", name, format!("team:{name}"), t, now_s));
+                }
+                // With Redis, the minute's rows are there, checked first.
+                let (rated, all): (Vec<Check<'_>>, Vec<Check<'_>>) = match &redis {
+                    Some(_) => all.into_iter().partition(|c| c.span == "minute"),
+                    None => (Vec::new(), all),
+                };
+                let mut redis_keys = Vec::new();
+                if let (Some(r), false) = (&redis, rated.is_empty()) {
+                    match r.reserve(&rated, tokens)? {
+                        Ok(keys) => redis_keys = keys,
+                        Err(refusal) => return Ok(Err(refusal)),
+                    }
                 }
                 if all.is_empty() {
-                    return Ok(Ok((key, Vec::new())));
+                    return Ok(Ok((key, Vec::new(), redis_keys)));
                 }
                 let mut refused = None;
                 let outcome = sql::in_transaction(tx, |tx| {
@@ -911,20 +955,31 @@ impl Keys {
                     }
                     Ok(())
                 });
+                let release = |keys: &[String]| {
+                    if let Some(r) = &redis {
+                        r.settle(keys, 0, tokens, true);
+                    }
+                };
                 match (outcome, refused) {
-                    (_, Some(r)) => Ok(Err(r)),
-                    (Err(e), None) => Err(e),
+                    (_, Some(r)) => {
+                        release(&redis_keys);
+                        Ok(Err(r))
+                    }
+                    (Err(e), None) => {
+                        release(&redis_keys);
+                        Err(e)
+                    }
                     (Ok(()), None) => {
                         let rows = all
                             .iter()
                             .map(|c| (c.subject.clone(), c.span, c.start))
                             .collect();
-                        Ok(Ok((key, rows)))
+                        Ok(Ok((key, rows, redis_keys)))
                     }
                 }
             })
             .await?;
-        Ok(held.map(|(key, rows)| {
+        Ok(held.map(|(key, rows, redis_keys)| {
             let mut id = [0u8; 12];
             rand::rngs::OsRng.fill_bytes(&mut id);
             Ticket {
@@ -933,6 +988,7 @@ impl Keys {
                     key_name: key.name,
                     team: key.team,
                     rows,
+                    redis_keys,
                     tokens,
                     nanos,
                     model: model.to_owned(),
@@ -1077,7 +1133,13 @@ impl Keys {
 /// How often old per-minute rows are swept (in settled requests).
 const SWEEP_EVERY: u64 = 512;
 
-fn settle_loop(rx: Receiver<Settle>, pool: ReadPool, writer: LogWriter, settled: Arc<AtomicU64>) {
+fn settle_loop(
+    rx: Receiver<Settle>,
+    pool: ReadPool,
+    writer: LogWriter,
+    settled: Arc<AtomicU64>,
+    redis: Option<Arc<RedisRates>>,
+) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -1139,6 +1201,9 @@ fn settle_loop(rx: Receiver<Settle>, pool: ReadPool, writer: LogWriter, settled:
                 }
             }
         }
+        if let Some(r) = &redis {
+            r.settle(&hold.redis_keys, used, hold.tokens, false);
+        }
         let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(SWEEP_EVERY) {
             if let Some(mut c) = pool.get() {
@@ -1198,6 +1263,148 @@ fn append_usage(
         }
     }
     tracing::error!(key = %hold.key_name, "a request's usage could not be appended to the ledger");
+}
+
+/// Checks and reserves on every minute row at once, or refuses.
+const REDIS_RESERVE: &str = r"
+local reserve = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local rpm, tpm = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local v = redis.call('HMGET', KEYS[i], 'requests', 'tokens', 'reserved')
+  local req, tok, res = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0')
+  if rpm >= 0 and req >= rpm then return {i, 1, req, 0} end
+  if tpm >= 0 and tok + res >= tpm then return {i, 2, tok, res} end
+end
+for i = 1, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'requests', 1)
+  redis.call('HINCRBY', KEYS[i], 'reserved', reserve)
+  redis.call('EXPIRE', KEYS[i], 180)
+end
+return {0, 0, 0, 0}
+";
+
+/// The per-minute counters in Redis (`--limits redis://…`), for replicas
+/// that share rates without a round trip to the state store: one hash per
+/// subject and minute, checked and reserved by one script (Redis runs a
+/// script alone, so the check and the reservation are atomic), expiring after
+/// three minutes.
+pub struct RedisRates {
+    pool: r2d2::Pool<redis::Client>,
+    /// `inferd:<the store's id>:`, so stores sharing one Redis stay apart and
+    /// replicas of one store meet.
+    prefix: String,
+    script: redis::Script,
+}
+
+impl RedisRates {
+    /// Connects to `url`, keys prefixed by the store's id.
+    pub fn connect(url: &str, store_id: &str) -> Result<RedisRates> {
+        let client = redis::Client::open(url).map_err(|e| {
+            Error::invalid("limits", format!("`limits` is not a valid Redis URL: {e}"))
+        })?;
+        let pool = r2d2::Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(3))
+            .build(client)
+            .map_err(|e| Error::Storage(format!("cannot reach Redis at {url}: {e}")))?;
+        Ok(RedisRates {
+            pool,
+            prefix: format!("inferd:{store_id}:"),
+            script: redis::Script::new(REDIS_RESERVE),
+        })
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<redis::Client>> {
+        self.pool.get().map_err(|e| {
+            Error::Unavailable(format!(
+                "the rate-limit counters (Redis) are unreachable: {e}"
+            ))
+        })
+    }
+
+    /// Reserves on every row, or names the limit that refused (nothing
+    /// reserved then): the hashes it reserved on.
+    fn reserve(
+        &self,
+        rows: &[Check<'_>],
+        tokens: i64,
+    ) -> Result<std::result::Result<Vec<String>, Refusal>> {
+        let keys: Vec<String> = rows
+            .iter()
+            .map(|c| format!("{}{}:{}", self.prefix, c.subject, c.start))
+            .collect();
+        let mut inv = self.script.prepare_invoke();
+        inv.arg(tokens);
+        for (k, c) in keys.iter().zip(rows) {
+            let limit = |name: &str| c.limits.iter().find(|l| l.0 == name).map_or(-1, |l| l.2);
+            inv.key(k).arg(limit("rpm")).arg(limit("tpm"));
+        }
+        let mut conn = self.conn()?;
+        let out: Vec<i64> = inv.invoke(&mut *conn).map_err(|e| {
+            Error::Unavailable(format!("the rate-limit counters (Redis) failed: {e}"))
+        })?;
+        let [i, which, settled, reserved] = out[..] else {
+            return Err(Error::Storage(format!(
+                "Redis answered {out:?} to the limits script"
+            )));
+        };
+        if i == 0 {
+            return Ok(Ok(keys));
+        }
+        let c = &rows[(i - 1) as usize];
+        let limit = if which == 1 { "rpm" } else { "tpm" };
+        let value = c.limits.iter().find(|l| l.0 == limit).map_or(0, |l| l.2);
+        Ok(Err(Refusal {
+            scope: c.scope,
+            name: c.name.to_owned(),
+            limit,
+            value: value as f64,
+            used: settled as f64,
+            reserved: reserved as f64,
+            span: c.span,
+            resets_at: c.resets_at,
+        }))
+    }
+
+    /// Replaces a reservation of `reserved` tokens by `used`; `release`: the
+    /// request was refused after all, so it does not count either.
+    fn settle(&self, keys: &[String], used: i64, reserved: i64, release: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for k in keys {
+            pipe.hincr(k, "tokens", used).ignore();
+            pipe.hincr(k, "reserved", -reserved).ignore();
+            if release {
+                pipe.hincr(k, "requests", -1).ignore();
+            }
+        }
+        let done = self.conn().and_then(|mut c| {
+            pipe.exec(&mut *c)
+                .map_err(|e| Error::Unavailable(e.to_string()))
+        });
+        if let Err(e) = done {
+            // The hash expires with its minute: the reservation goes then.
+            tracing::warn!(error = %e, "settling rate-limit counters in Redis failed");
+        }
+    }
+}
+
+/// The store's id, made once: what replicas sharing the store agree on.
+pub fn store_id(tx: &mut dyn Tx) -> Result<String> {
+    let mut b = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    tx.exec(
+        "INSERT INTO memory_meta (name, value) VALUES ('store_id', $1) ON CONFLICT (name) DO NOTHING",
+        &[hex(&b).into()],
+    )?;
+    tx.rows("SELECT value FROM memory_meta WHERE name = 'store_id'", &[])?
+        .first()
+        .and_then(|r| r[0].text().map(str::to_owned))
+        .ok_or_else(|| Error::Storage("the store has no id".into()))
 }
 
 /// `usage`: the ledger — one row per finished request of a key, from the log's

@@ -210,6 +210,9 @@ pub struct MemoryConfig {
     pub read_connections: u32,
     /// Longest wait for a read connection, in ms (default 5000).
     pub read_timeout_ms: u64,
+    /// A `redis://` URL: keys' per-minute counters are kept there, shared by
+    /// every replica, instead of in the store.
+    pub limits: Option<String>,
 }
 
 impl MemoryConfig {
@@ -226,6 +229,7 @@ impl MemoryConfig {
             write_queue: 8192,
             read_connections: 4,
             read_timeout_ms: 5000,
+            limits: None,
         }
     }
 
@@ -366,11 +370,18 @@ impl Memory {
             config.read_connections,
             Duration::from_millis(config.read_timeout_ms),
         )?;
-        keys_pool
+        let store_id = keys_pool
             .get()
             .ok_or(Error::PoolTimeout(config.read_timeout_ms))?
-            .run(|tx| with_schema_lock(tx, keys::create))?;
-        let (keys, settler) = Keys::start(keys_pool, writer.clone())?;
+            .run(|tx| {
+                with_schema_lock(tx, keys::create)?;
+                keys::store_id(tx)
+            })?;
+        let redis = match &config.limits {
+            None => None,
+            Some(url) => Some(Arc::new(keys::RedisRates::connect(url, &store_id)?)),
+        };
+        let (keys, settler) = Keys::start(keys_pool, writer.clone(), redis)?;
         Ok(Memory {
             writer: Some(writer),
             writer_thread: Some(writer_thread),

@@ -1101,7 +1101,11 @@ async fn two_stores_admitting_against_one_budget_pass_it_by_at_most_one_request(
         total,
         "{rows:?}"
     );
-    let counters = a.keys().counters("key:shared".into()).await.unwrap();
+    let counters = a
+        .keys()
+        .counters(format!("key:{}", key.record.id))
+        .await
+        .unwrap();
     assert_eq!(counters[0]["tokens"], json!(total), "{counters:?}");
     assert_eq!(counters[0]["reserved_tokens"], json!(0));
     drop((a, b));
@@ -1152,4 +1156,58 @@ async fn keys_are_stored_hashed_and_a_revoked_key_is_refused(fresh: Fresh) {
         .await
         .unwrap();
     drop(m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_in_redis_are_given_back_when_a_budget_refuses() {
+    const TEST: &str = "rates_in_redis_are_given_back_when_a_budget_refuses";
+    let url =
+        std::env::var("INFERD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().unwrap(),
+        Duration::from_secs(3),
+    )
+    .is_err()
+        && std::env::var("INFERD_TEST_REDIS").is_err()
+    {
+        inferd_testutil::report(&format!("skipped: {TEST}: no Redis reachable at {url}"));
+        return;
+    }
+    let d = MemoryConfig {
+        limits: Some(url),
+        ..sqlite_store(TEST)("rates")
+    };
+    let m = Memory::open(&d, None).unwrap();
+    let k = m.keys();
+    assert_eq!(k.rates_in(), "redis");
+    let key = k
+        .create_key(
+            "capped".into(),
+            None,
+            Limits {
+                rpm: Some(5),
+                budget_tokens: Some(10),
+                ..Limits::default()
+            },
+        )
+        .await
+        .unwrap()
+        .record;
+    let mut t = k.admit(&key, "m", 5, 0).await.unwrap().unwrap();
+    t.record(used(6, 4, 0));
+    drop(t);
+    settled(k, 1).await;
+    // The minute's count in Redis passes, the budget refuses, and the count
+    // is given back: six refusals later it is still the budget that refuses.
+    for i in 0..6 {
+        let r = k
+            .admit(&key, "m", 1, 0)
+            .await
+            .unwrap()
+            .err()
+            .expect("over budget");
+        assert_eq!(r.limit, "budget_tokens", "attempt {i}: {r}");
+    }
+    drop(m);
+    clean_up(TEST, false);
 }

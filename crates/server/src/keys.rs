@@ -311,7 +311,7 @@ async fn get_key(
             let k = keys.key(&id).await?;
             let mut v = serde_json::to_value(&k).expect("a key serializes");
             v["object"] = json!("key");
-            v["counters"] = json!(keys.counters(format!("key:{}", k.name)).await?);
+            v["counters"] = json!(keys.counters(format!("key:{}", k.id)).await?);
             if let Some(t) = &k.team {
                 v["team_counters"] = json!(keys.counters(format!("team:{t}")).await?);
             }
