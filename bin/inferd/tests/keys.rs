@@ -234,6 +234,14 @@ fn keys_are_refused_at_their_limits_boundary_and_the_ledger_shows_their_spend() 
         "{e}"
     );
 
+    // Every admission is counted by its result.
+    let admissions = |result: &str| {
+        metric(&addr, "inferd_keys_admissions_total", &[&format!("result=\"{result}\"")])
+    };
+    assert_eq!(admissions("admitted"), 8.0);
+    assert_eq!(admissions("rate_limited"), 2.0);
+    assert_eq!(admissions("budget_exceeded"), 2.0);
+    assert!(metric(&addr, "inferd_keys_settled_total", &[]) >= 8.0);
     // Keys are listed without secrets; a revoked key is refused.
     let (_, _, list) = as_key(&addr, ADMIN, "GET", "/v1/keys", "");
     assert!(!list.to_string().contains(&alice), "{list}");

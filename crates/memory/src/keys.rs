@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::log::LogWriter;
+use crate::metrics::MemoryMetrics;
 use crate::projection::Projection;
 use crate::sql::{self, hex, Tx, Val};
 use crate::store::ReadPool;
@@ -420,6 +421,7 @@ pub struct Keys {
     settle: Sender<Settle>,
     settled: Arc<AtomicU64>,
     redis: Option<Arc<RedisRates>>,
+    metrics: Arc<MemoryMetrics>,
 }
 
 /// A fresh secret, `sk-inferd-` and 32 hex digits from the OS's generator.
@@ -679,14 +681,20 @@ impl Keys {
         pool: ReadPool,
         writer: LogWriter,
         redis: Option<Arc<RedisRates>>,
+        metrics: Arc<MemoryMetrics>,
     ) -> Result<(Keys, std::thread::JoinHandle<()>)> {
         let (settle, rx) = std::sync::mpsc::channel();
         let settled = Arc::new(AtomicU64::new(0));
         let thread = {
-            let (pool, settled, redis) = (pool.clone(), Arc::clone(&settled), redis.clone());
+            let (pool, settled, redis, m) = (
+                pool.clone(),
+                Arc::clone(&settled),
+                redis.clone(),
+                Arc::clone(&metrics),
+            );
             std::thread::Builder::new()
                 .name("memory-settle".into())
-                .spawn(move || settle_loop(rx, pool, writer, settled, redis))
+                .spawn(move || settle_loop(rx, pool, writer, settled, redis, m))
                 .map_err(|e| Error::Storage(format!("cannot start the usage settler: {e}")))?
         };
         Ok((
@@ -695,9 +703,25 @@ impl Keys {
                 settle,
                 settled,
                 redis,
+                metrics,
             },
             thread,
         ))
+    }
+
+    /// Refreshes the pools' gauges.
+    pub(crate) fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        let (connections, idle) = self.pool.state();
+        m.keys_pool_idle.set(idle as i64);
+        m.keys_pool_in_use
+            .set(connections.saturating_sub(idle) as i64);
+        if let Some(r) = &self.redis {
+            let s = r.pool.state();
+            m.redis_pool_idle.set(s.idle_connections as i64);
+            m.redis_pool_in_use
+                .set(s.connections.saturating_sub(s.idle_connections) as i64);
+        }
     }
 
     /// Where the per-minute counters are kept: `store` or `redis`.
@@ -725,9 +749,18 @@ impl Keys {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let pool = self.pool.clone();
+        let (pool, m) = (self.pool.clone(), Arc::clone(&self.metrics));
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().ok_or(Error::PoolTimeout(5000))?;
+            let started = std::time::Instant::now();
+            m.keys_pool_pending.inc();
+            let conn = pool.get();
+            m.keys_pool_pending.dec();
+            m.keys_pool_wait_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let mut conn = conn.ok_or_else(|| {
+                m.keys_pool_timeouts.inc();
+                Error::PoolTimeout(5000)
+            })?;
             conn.run(f)
         })
         .await
@@ -898,6 +931,28 @@ impl Keys {
     /// `nanos` against them, in one transaction: a [`Ticket`], or the limit
     /// that refused (nothing reserved then).
     pub async fn admit(
+        &self,
+        key: &KeyRecord,
+        model: &str,
+        tokens: i64,
+        nanos: i64,
+    ) -> Result<std::result::Result<Ticket, Refusal>> {
+        let started = std::time::Instant::now();
+        let out = self.admit_timed(key, model, tokens, nanos).await;
+        let m = &self.metrics;
+        m.admission_seconds.observe(started.elapsed().as_secs_f64());
+        let result = match &out {
+            Ok(Ok(_)) => "admitted",
+            Ok(Err(r)) if r.is_rate() => "rate_limited",
+            Ok(Err(r)) if r.is_held() => "budget_held",
+            Ok(Err(_)) => "budget_exceeded",
+            Err(_) => "error",
+        };
+        m.admissions.with_label_values(&[result]).inc();
+        out
+    }
+
+    async fn admit_timed(
         &self,
         key: &KeyRecord,
         model: &str,
@@ -1133,12 +1188,16 @@ impl Keys {
 /// How often old per-minute rows are swept (in settled requests).
 const SWEEP_EVERY: u64 = 512;
 
+/// Requests settled in one transaction at most.
+const SETTLE_BATCH: usize = 256;
+
 fn settle_loop(
     rx: Receiver<Settle>,
     pool: ReadPool,
     writer: LogWriter,
     settled: Arc<AtomicU64>,
     redis: Option<Arc<RedisRates>>,
+    metrics: Arc<MemoryMetrics>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -1146,66 +1205,34 @@ fn settle_loop(
         .expect("a current-thread runtime builds");
     let mut stopping = false;
     loop {
-        let next = if stopping {
-            rx.try_recv().ok()
-        } else {
-            rx.recv().ok()
-        };
-        let done = match next {
-            None => break,
-            Some(Settle::Stop) => {
-                stopping = true;
-                continue;
-            }
-            Some(Settle::Done(done)) => done,
-        };
-        let (hold, usage, id) = *done;
-        let used = usage.prompt_tokens + usage.completion_tokens;
-        let mut tries = 0;
-        // The reservation must go, or the limit stays held: retry until the
-        // store takes it (a restarting PostgreSQL), with a bound.
-        loop {
-            let result = pool.get().ok_or(Error::PoolTimeout(5000)).and_then(|mut c| {
-                c.run(|tx| {
-                    sql::in_transaction(tx, |tx| {
-                        for (subject, span, start) in &hold.rows {
-                            tx.exec(
-                                "UPDATE memory_spend SET tokens = tokens + $1, cost_nanos = cost_nanos + $2, \
-                                 reserved_tokens = reserved_tokens - $3, reserved_nanos = reserved_nanos - $4 \
-                                 WHERE subject = $5 AND span = $6 AND start_s = $7",
-                                &[
-                                    Val::Int(used),
-                                    Val::Int(usage.cost_nanos),
-                                    Val::Int(hold.tokens),
-                                    Val::Int(hold.nanos),
-                                    subject.as_str().into(),
-                                    (*span).into(),
-                                    Val::Int(*start),
-                                ],
-                            )?;
-                        }
-                        Ok(())
-                    })
-                })
-            });
-            match result {
-                Ok(()) => break,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, "settling a request's usage failed; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, key = %hold.key_name, "a request's reservation could not be settled");
-                    break;
-                }
+        // Whatever is queued settles together: one transaction for the
+        // counters, one group commit for the ledger.
+        let mut batch = Vec::new();
+        while batch.len() < SETTLE_BATCH {
+            let next = if stopping || !batch.is_empty() {
+                rx.try_recv().ok()
+            } else {
+                rx.recv().ok()
+            };
+            match next {
+                None => break,
+                Some(Settle::Stop) => stopping = true,
+                Some(Settle::Done(done)) => batch.push(*done),
             }
         }
+        if batch.is_empty() {
+            break;
+        }
+        settle_counters(&pool, &batch);
         if let Some(r) = &redis {
-            r.settle(&hold.redis_keys, used, hold.tokens, false);
+            for (hold, usage, _) in &batch {
+                let used = usage.prompt_tokens + usage.completion_tokens;
+                r.settle(&hold.redis_keys, used, hold.tokens, false);
+            }
         }
-        let n = settled.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(SWEEP_EVERY) {
+        metrics.settled.inc_by(batch.len() as u64);
+        let before = settled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if before / SWEEP_EVERY != (before + batch.len() as u64) / SWEEP_EVERY {
             if let Some(mut c) = pool.get() {
                 let _ = c.run(|tx| {
                     tx.exec(
@@ -1215,54 +1242,142 @@ fn settle_loop(
                 });
             }
         }
-        append_usage(&rt, &writer, &hold, &usage, id);
+        append_usage(&rt, &writer, batch);
     }
 }
 
-/// The ledger entry of one request, retried (under its idempotency key, so
-/// never twice) while the log is full or unreachable.
-fn append_usage(
-    rt: &tokio::runtime::Runtime,
-    writer: &LogWriter,
-    hold: &Hold,
-    usage: &Usage,
-    id: String,
-) {
-    let content = serde_json::json!({
-        "key_id": hold.key_id,
-        "key": hold.key_name,
-        "team": hold.team,
-        "model": hold.model,
-        "tier": usage.tier,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "cost_nanos": usage.cost_nanos,
-        "status": usage.status,
-    })
-    .to_string();
-    let write = Write {
-        namespace: Namespace::ledger(),
-        op: Op::Put,
-        target: None,
-        kind: "usage".into(),
-        key: None,
-        content,
-        metadata: Some(serde_json::Map::new()),
-        idempotency_key: Some(id),
-    };
-    for attempt in 0..50 {
-        match rt.block_on(writer.append(write.clone())) {
-            Ok(_) => return,
-            Err(Error::Closed) => break,
-            Err(e) => {
-                if attempt == 0 {
-                    tracing::warn!(error = %e, "appending usage to the ledger failed; retrying");
-                }
+/// Replaces the batch's reservations by its usage, summed per counter row and
+/// taken in the order admissions take rows (a key's before its team's, each
+/// subject's minute before its period), so a settlement and an admission
+/// never wait for each other in a cycle. Retried while the store is away (a
+/// restarting PostgreSQL), with a bound: a reservation left would hold its
+/// limit until the period ends.
+fn settle_counters(pool: &ReadPool, batch: &[(Hold, Usage, String)]) {
+    let mut rows: BTreeMap<(String, bool, &'static str, i64), [i64; 4]> = BTreeMap::new();
+    for (hold, usage, _) in batch {
+        for (subject, span, start) in &hold.rows {
+            let r = rows
+                .entry((subject.clone(), *span != "minute", *span, *start))
+                .or_default();
+            r[0] += usage.prompt_tokens + usage.completion_tokens;
+            r[1] += usage.cost_nanos;
+            r[2] += hold.tokens;
+            r[3] += hold.nanos;
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    for tries in 0.. {
+        let result = pool.get().ok_or(Error::PoolTimeout(5000)).and_then(|mut c| {
+            c.run(|tx| {
+                sql::in_transaction(tx, |tx| {
+                    for ((subject, _, span, start), [used, cost, tokens, nanos]) in &rows {
+                        tx.exec(
+                            "UPDATE memory_spend SET tokens = tokens + $1, cost_nanos = cost_nanos + $2, \
+                             reserved_tokens = reserved_tokens - $3, reserved_nanos = reserved_nanos - $4 \
+                             WHERE subject = $5 AND span = $6 AND start_s = $7",
+                            &[
+                                Val::Int(*used),
+                                Val::Int(*cost),
+                                Val::Int(*tokens),
+                                Val::Int(*nanos),
+                                subject.as_str().into(),
+                                (*span).into(),
+                                Val::Int(*start),
+                            ],
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+        });
+        match result {
+            Ok(()) => return,
+            Err(e) if tries < 50 => {
+                tracing::warn!(error = %e, requests = batch.len(), "settling usage failed; retrying");
                 std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = batch.len(), "reservations could not be settled");
+                return;
             }
         }
     }
-    tracing::error!(key = %hold.key_name, "a request's usage could not be appended to the ledger");
+}
+
+/// The batch's ledger entries, appended together (the log commits them as one
+/// group) and retried — under each request's idempotency key, so never twice —
+/// while the log is full or unreachable.
+fn append_usage(
+    rt: &tokio::runtime::Runtime,
+    writer: &LogWriter,
+    batch: Vec<(Hold, Usage, String)>,
+) {
+    let mut pending: Vec<Write> = batch
+        .into_iter()
+        .map(|(hold, usage, id)| Write {
+            namespace: Namespace::ledger(),
+            op: Op::Put,
+            target: None,
+            kind: "usage".into(),
+            key: None,
+            content: serde_json::json!({
+                "key_id": hold.key_id,
+                "key": hold.key_name,
+                "team": hold.team,
+                "model": hold.model,
+                "tier": usage.tier,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cost_nanos": usage.cost_nanos,
+                "status": usage.status,
+            })
+            .to_string(),
+            metadata: Some(serde_json::Map::new()),
+            idempotency_key: Some(id),
+        })
+        .collect();
+    for attempt in 0..50 {
+        let results = rt.block_on(async {
+            let tasks: Vec<_> = pending
+                .iter()
+                .map(|w| {
+                    let (writer, w) = (writer.clone(), w.clone());
+                    tokio::spawn(async move { writer.append(w).await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap_or(Err(Error::Closed)));
+            }
+            out
+        });
+        let mut again = Vec::new();
+        for (w, r) in pending.into_iter().zip(results) {
+            match r {
+                Ok(_) => {}
+                Err(Error::Closed) => {
+                    tracing::error!("the log closed before a request's usage reached the ledger");
+                }
+                Err(e) => {
+                    if attempt == 0 {
+                        tracing::warn!(error = %e, "appending usage to the ledger failed; retrying");
+                    }
+                    again.push(w);
+                }
+            }
+        }
+        if again.is_empty() {
+            return;
+        }
+        pending = again;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::error!(
+        requests = pending.len(),
+        "usage could not be appended to the ledger"
+    );
 }
 
 /// Checks and reserves on every minute row at once, or refuses.

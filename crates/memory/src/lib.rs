@@ -381,7 +381,7 @@ impl Memory {
             None => None,
             Some(url) => Some(Arc::new(keys::RedisRates::connect(url, &store_id)?)),
         };
-        let (keys, settler) = Keys::start(keys_pool, writer.clone(), redis)?;
+        let (keys, settler) = Keys::start(keys_pool, writer.clone(), redis, Arc::clone(&metrics))?;
         Ok(Memory {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
@@ -746,6 +746,9 @@ impl Memory {
         let (connections, idle) = self.pool.as_ref().map_or((0, 0), ReadPool::state);
         m.pool_idle.set(idle as i64);
         m.pool_in_use.set(connections.saturating_sub(idle) as i64);
+        if let Some(k) = &self.keys {
+            k.refresh_metrics();
+        }
         for s in &self.statuses {
             let l = [s.name];
             m.projection_seq.with_label_values(&l).set(s.applied());

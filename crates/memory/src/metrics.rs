@@ -1,6 +1,8 @@
 //! The store's Prometheus metrics (`inferd_memory_*`): writes and their latency
 //! to durability, group-commit sizes, reads, the read pool (wait, in use,
-//! pending, timeouts) and, per projection, its position, lag and failures.
+//! pending, timeouts), per projection its position, lag and failures; and
+//! managed keys (`inferd_keys_*`): admissions by result and their latency,
+//! settlements, the key store's pool and Redis's.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -32,6 +34,18 @@ pub struct MemoryMetrics {
     pub projection_lag_items: IntGaugeVec,
     pub projection_lag_seconds: prometheus::GaugeVec,
     pub projection_failures: IntCounterVec,
+    /// Keyed requests by `result`: admitted, rate_limited, budget_exceeded,
+    /// budget_held, error.
+    pub admissions: IntCounterVec,
+    pub admission_seconds: Histogram,
+    pub settled: IntCounter,
+    pub keys_pool_wait_seconds: Histogram,
+    pub keys_pool_timeouts: IntCounter,
+    pub keys_pool_in_use: IntGauge,
+    pub keys_pool_idle: IntGauge,
+    pub keys_pool_pending: IntGauge,
+    pub redis_pool_in_use: IntGauge,
+    pub redis_pool_idle: IntGauge,
 }
 
 impl Default for MemoryMetrics {
@@ -64,6 +78,16 @@ impl MemoryMetrics {
         let pool_wait_seconds = hist(
             "inferd_memory_pool_wait_seconds",
             "Memory reads: wait for a pooled connection",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let admission_seconds = hist(
+            "inferd_keys_admission_seconds",
+            "Keyed requests: every limit checked and reserved",
+            LATENCY_BUCKETS.to_vec(),
+        );
+        let keys_pool_wait_seconds = hist(
+            "inferd_keys_pool_wait_seconds",
+            "Key lookups, admissions and admin calls: wait for a pooled connection",
             LATENCY_BUCKETS.to_vec(),
         );
         macro_rules! reg {
@@ -145,6 +169,43 @@ impl MemoryMetrics {
                     "Failed (rolled back, retried) projection batches"
                 ),
                 &["projection"]
+            )),
+            admissions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "inferd_keys_admissions_total",
+                    "Keyed requests by admission result"
+                ),
+                &["result"]
+            )),
+            admission_seconds,
+            settled: reg!(IntCounter::new(
+                "inferd_keys_settled_total",
+                "Keyed requests settled: reservation replaced by usage, usage in the ledger"
+            )),
+            keys_pool_wait_seconds,
+            keys_pool_timeouts: reg!(IntCounter::new(
+                "inferd_keys_pool_timeouts_total",
+                "Key operations refused: no pooled connection in time"
+            )),
+            keys_pool_in_use: reg!(IntGauge::new(
+                "inferd_keys_pool_in_use",
+                "Key-store connections in use"
+            )),
+            keys_pool_idle: reg!(IntGauge::new(
+                "inferd_keys_pool_idle",
+                "Key-store connections idle"
+            )),
+            keys_pool_pending: reg!(IntGauge::new(
+                "inferd_keys_pool_pending",
+                "Key operations waiting for a connection"
+            )),
+            redis_pool_in_use: reg!(IntGauge::new(
+                "inferd_keys_redis_pool_in_use",
+                "Redis connections (rate counters) in use"
+            )),
+            redis_pool_idle: reg!(IntGauge::new(
+                "inferd_keys_redis_pool_idle",
+                "Redis connections (rate counters) idle"
             )),
             registry,
         }
