@@ -236,7 +236,11 @@ fn keys_are_refused_at_their_limits_boundary_and_the_ledger_shows_their_spend() 
 
     // Every admission is counted by its result.
     let admissions = |result: &str| {
-        metric(&addr, "inferd_keys_admissions_total", &[&format!("result=\"{result}\"")])
+        metric(
+            &addr,
+            "inferd_keys_admissions_total",
+            &[&format!("result=\"{result}\"")],
+        )
     };
     assert_eq!(admissions("admitted"), 8.0);
     assert_eq!(admissions("rate_limited"), 2.0);
@@ -370,12 +374,9 @@ fn a_cost_budget_is_priced_by_the_tier_that_answered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn two_gateways_sharing_postgres_enforce_one_budget() {
-    let Some(state) = postgres_state("budget") else {
-        return;
-    };
-    let args = [
+/// Two keyed servers of the small model on one `state`, with `extra` flags.
+fn keyed_pair(state: &str, extra: &[&str]) -> ((Killed, String), (Killed, String)) {
+    let mut args = vec![
         "--model",
         "chat=smollm2-135m",
         "--threads",
@@ -383,13 +384,23 @@ fn two_gateways_sharing_postgres_enforce_one_budget() {
         "--port",
         "0",
         "--state",
-        &state,
+        state,
         "--keys",
         "--api-key",
         ADMIN,
     ];
-    let (_a, a, _) = serve(&args, &[]);
-    let (_b, b, _) = serve(&args, &[]);
+    args.extend_from_slice(extra);
+    let (a, a_addr, _) = serve(&args, &[]);
+    let (b, b_addr, _) = serve(&args, &[]);
+    ((a, a_addr), (b, b_addr))
+}
+
+#[test]
+fn two_gateways_sharing_postgres_enforce_one_budget() {
+    let Some(state) = postgres_state("budget") else {
+        return;
+    };
+    let ((_a, a), (_b, b)) = keyed_pair(&state, &[]);
     let (status, _, v) = chat(&a, ADMIN, &ask("chat"));
     assert_eq!(status, 200, "{v}");
     let u = v["usage"]["total_tokens"].as_i64().unwrap();
@@ -467,23 +478,7 @@ fn two_gateways_share_rate_limits_through_redis() {
     let Some(state) = postgres_state("rates") else {
         return;
     };
-    let args = [
-        "--model",
-        "chat=smollm2-135m",
-        "--threads",
-        "1",
-        "--port",
-        "0",
-        "--state",
-        &state,
-        "--keys",
-        "--api-key",
-        ADMIN,
-        "--limits",
-        &redis,
-    ];
-    let (_a, a, _) = serve(&args, &[]);
-    let (_b, b, _) = serve(&args, &[]);
+    let ((_a, a), (_b, b)) = keyed_pair(&state, &["--limits", &redis]);
     let (id, key) = make_key(
         &a,
         json!({"name": "rated", "limits": {"rpm": 3, "budget_tokens": 1_000_000}}),

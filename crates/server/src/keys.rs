@@ -226,16 +226,11 @@ fn reply(r: Result<Response, ApiError>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "request body is not valid JSON: {e}"
-        ))),
-    }
+/// `v` as the API shows it, with its `object` name.
+fn shown(v: &impl serde::Serialize, object: &str) -> Value {
+    let mut v = serde_json::to_value(v).expect("key-store records serialize: this is a bug");
+    v["object"] = json!(object);
+    v
 }
 
 fn string_field(
@@ -268,7 +263,7 @@ async fn create_key(
     reply(
         async {
             let keys = s.admin(&headers).await?;
-            let mut m = object(&body)?;
+            let mut m = crate::memory::body_object(&body)?;
             let limits = limits_field(&mut m)?;
             if let Some(k) = m.keys().find(|k| !["name", "team"].contains(&k.as_str())) {
                 return Err(ApiError::invalid(
@@ -281,8 +276,7 @@ async fn create_key(
             let made = keys
                 .create_key(name, string_field(&m, "team")?, limits)
                 .await?;
-            let mut v = serde_json::to_value(&made).expect("a key serializes");
-            v["object"] = json!("key");
+            let v = shown(&made, "key");
             Ok((StatusCode::CREATED, Json(v)).into_response())
         }
         .await,
@@ -309,8 +303,7 @@ async fn get_key(
         async {
             let keys = s.admin(&headers).await?;
             let k = keys.key(&id).await?;
-            let mut v = serde_json::to_value(&k).expect("a key serializes");
-            v["object"] = json!("key");
+            let mut v = shown(&k, "key");
             v["counters"] = json!(keys.counters(format!("key:{}", k.id)).await?);
             if let Some(t) = &k.team {
                 v["team_counters"] = json!(keys.counters(format!("team:{t}")).await?);
@@ -330,8 +323,7 @@ async fn revoke_key(
         async {
             let keys = s.admin(&headers).await?;
             let k = keys.revoke(&id).await?;
-            let mut v = serde_json::to_value(&k).expect("a key serializes");
-            v["object"] = json!("key");
+            let v = shown(&k, "key");
             Ok(Json(v).into_response())
         }
         .await,
@@ -349,7 +341,7 @@ async fn set_team(
     reply(
         async {
             let keys = s.admin(&headers).await?;
-            let mut m = object(&body)?;
+            let mut m = crate::memory::body_object(&body)?;
             let limits = limits_field(&mut m)?;
             if let Some(k) = m.keys().next() {
                 return Err(ApiError::invalid(
@@ -358,9 +350,7 @@ async fn set_team(
                 ));
             }
             let t = keys.set_team(name, limits).await?;
-            let mut v = serde_json::to_value(&t).expect("a team serializes");
-            v["object"] = json!("team");
-            Ok(Json(v).into_response())
+            Ok(Json(shown(&t, "team")).into_response())
         }
         .await,
     )

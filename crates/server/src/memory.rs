@@ -116,7 +116,7 @@ async fn memory(s: &ServerState, headers: &HeaderMap) -> Result<Arc<Memory>, Api
     })
 }
 
-fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn body_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::bad_request(
