@@ -77,23 +77,7 @@ fn row<'a>(rows: &'a [Value], by: &str, name: &str) -> &'a Value {
 #[test]
 fn keys_are_refused_at_their_limits_boundary_and_the_ledger_shows_their_spend() {
     let dir = state_dir("keys");
-    let dir_s = dir.display().to_string();
-    let (_server, addr, _) = serve(
-        &[
-            "--model",
-            "chat=smollm2-135m",
-            "--threads",
-            "1",
-            "--port",
-            "0",
-            "--state",
-            &dir_s,
-            "--keys",
-            "--api-key",
-            ADMIN,
-        ],
-        &[],
-    );
+    let (_server, addr) = keyed(&dir.display().to_string(), &[]);
     // Who may do what.
     let (status, _, e) = chat(&addr, "sk-inferd-made-up", &ask("chat"));
     assert_eq!(
@@ -374,8 +358,8 @@ fn a_cost_budget_is_priced_by_the_tier_that_answered() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Two keyed servers of the small model on one `state`, with `extra` flags.
-fn keyed_pair(state: &str, extra: &[&str]) -> ((Killed, String), (Killed, String)) {
+/// A keyed server of the small model on `state`, with `extra` flags.
+fn keyed(state: &str, extra: &[&str]) -> (Killed, String) {
     let mut args = vec![
         "--model",
         "chat=smollm2-135m",
@@ -390,9 +374,13 @@ fn keyed_pair(state: &str, extra: &[&str]) -> ((Killed, String), (Killed, String
         ADMIN,
     ];
     args.extend_from_slice(extra);
-    let (a, a_addr, _) = serve(&args, &[]);
-    let (b, b_addr, _) = serve(&args, &[]);
-    ((a, a_addr), (b, b_addr))
+    let (child, addr, _) = serve(&args, &[]);
+    (child, addr)
+}
+
+/// Two of them on one state.
+fn keyed_pair(state: &str, extra: &[&str]) -> ((Killed, String), (Killed, String)) {
+    (keyed(state, extra), keyed(state, extra))
 }
 
 #[test]

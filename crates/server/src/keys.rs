@@ -222,10 +222,6 @@ pub fn routes() -> Router<Arc<ServerState>> {
         .route("/v1/spend/export", get(export))
 }
 
-fn reply(r: Result<Response, ApiError>) -> Response {
-    r.unwrap_or_else(IntoResponse::into_response)
-}
-
 /// `v` as the API shows it, with its `object` name.
 fn shown(v: &impl serde::Serialize, object: &str) -> Value {
     let mut v = serde_json::to_value(v).expect("key-store records serialize: this is a bug");
@@ -259,38 +255,31 @@ async fn create_key(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            let mut m = crate::memory::body_object(&body)?;
-            let limits = limits_field(&mut m)?;
-            if let Some(k) = m.keys().find(|k| !["name", "team"].contains(&k.as_str())) {
-                return Err(ApiError::invalid(
-                    k,
-                    format!("unknown field `{k}`: a key takes name, team and limits"),
-                ));
-            }
-            let name = string_field(&m, "name")?
-                .ok_or_else(|| ApiError::invalid("name", "`name` is required"))?;
-            let made = keys
-                .create_key(name, string_field(&m, "team")?, limits)
-                .await?;
-            let v = shown(&made, "key");
-            Ok((StatusCode::CREATED, Json(v)).into_response())
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let mut m = crate::memory::body_object(&body)?;
+    let limits = limits_field(&mut m)?;
+    if let Some(k) = m.keys().find(|k| !["name", "team"].contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            k,
+            format!("unknown field `{k}`: a key takes name, team and limits"),
+        ));
+    }
+    let name =
+        string_field(&m, "name")?.ok_or_else(|| ApiError::invalid("name", "`name` is required"))?;
+    let made = keys
+        .create_key(name, string_field(&m, "team")?, limits)
+        .await?;
+    let v = shown(&made, "key");
+    Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn list_keys(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            Ok(Json(json!({"object": "list", "data": keys.keys().await?})).into_response())
-        }
-        .await,
-    )
+async fn list_keys(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    Ok(Json(json!({"object": "list", "data": keys.keys().await?})).into_response())
 }
 
 /// A key and the counters its limits (and its team's) are checked against.
@@ -298,36 +287,26 @@ async fn get_key(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            let k = keys.key(&id).await?;
-            let mut v = shown(&k, "key");
-            v["counters"] = json!(keys.counters(format!("key:{}", k.id)).await?);
-            if let Some(t) = &k.team {
-                v["team_counters"] = json!(keys.counters(format!("team:{t}")).await?);
-            }
-            Ok(Json(v).into_response())
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let k = keys.key(&id).await?;
+    let mut v = shown(&k, "key");
+    v["counters"] = json!(keys.counters(format!("key:{}", k.id)).await?);
+    if let Some(t) = &k.team {
+        v["team_counters"] = json!(keys.counters(format!("team:{t}")).await?);
+    }
+    Ok(Json(v).into_response())
 }
 
 async fn revoke_key(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            let k = keys.revoke(&id).await?;
-            let v = shown(&k, "key");
-            Ok(Json(v).into_response())
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let k = keys.revoke(&id).await?;
+    let v = shown(&k, "key");
+    Ok(Json(v).into_response())
 }
 
 /// `PUT /v1/teams/{name}` `{"limits": {...}}`: the team's limits, shared by
@@ -337,33 +316,26 @@ async fn set_team(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            let mut m = crate::memory::body_object(&body)?;
-            let limits = limits_field(&mut m)?;
-            if let Some(k) = m.keys().next() {
-                return Err(ApiError::invalid(
-                    k,
-                    format!("unknown field `{k}`: a team takes limits"),
-                ));
-            }
-            let t = keys.set_team(name, limits).await?;
-            Ok(Json(shown(&t, "team")).into_response())
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let mut m = crate::memory::body_object(&body)?;
+    let limits = limits_field(&mut m)?;
+    if let Some(k) = m.keys().next() {
+        return Err(ApiError::invalid(
+            k,
+            format!("unknown field `{k}`: a team takes limits"),
+        ));
+    }
+    let t = keys.set_team(name, limits).await?;
+    Ok(Json(shown(&t, "team")).into_response())
 }
 
-async fn list_teams(State(s): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            Ok(Json(json!({"object": "list", "data": keys.teams().await?})).into_response())
-        }
-        .await,
-    )
+async fn list_teams(
+    State(s): State<Arc<ServerState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    Ok(Json(json!({"object": "list", "data": keys.teams().await?})).into_response())
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -435,17 +407,12 @@ async fn spend(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
     Query(p): Params,
-) -> Response {
-    reply(
-        async {
-            let keys = s.admin(&headers).await?;
-            let q = spend_query(&p)?;
-            let memory = s.memory.as_ref().expect("keys imply memory");
-            let rows = keys.spend(q, memory.reads()).await?;
-            Ok(Json(json!({"object": "spend", "data": rows})).into_response())
-        }
-        .await,
-    )
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let q = spend_query(&p)?;
+    let memory = s.memory.as_ref().expect("keys imply memory");
+    let rows = keys.spend(q, memory.reads()).await?;
+    Ok(Json(json!({"object": "spend", "data": rows})).into_response())
 }
 
 /// `GET /v1/spend/export?format=csv|jsonl`: the ledger's rows.
@@ -453,46 +420,52 @@ async fn export(
     State(s): State<Arc<ServerState>>,
     headers: HeaderMap,
     Query(p): Params,
-) -> Response {
-    reply(async {
-        let keys = s.admin(&headers).await?;
-        let q = spend_query(&p)?;
-        let format = p.get("format").map_or("csv", String::as_str);
-        if !["csv", "jsonl"].contains(&format) {
-            return Err(ApiError::invalid("format", format!("`format` is csv or jsonl, got {format:?}")));
+) -> Result<Response, ApiError> {
+    let keys = s.admin(&headers).await?;
+    let q = spend_query(&p)?;
+    let format = p.get("format").map_or("csv", String::as_str);
+    if !["csv", "jsonl"].contains(&format) {
+        return Err(ApiError::invalid(
+            "format",
+            format!("`format` is csv or jsonl, got {format:?}"),
+        ));
+    }
+    let memory = s.memory.as_ref().expect("keys imply memory");
+    let rows = keys.ledger(q, memory.reads()).await?;
+    let mut out = String::new();
+    if format == "csv" {
+        out.push_str("position,at_ms,key_id,key,team,model,tier,prompt_tokens,completion_tokens,cost_usd,status\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{:.9},{}\n",
+                r.position,
+                r.at_ms,
+                csv(&r.key_id),
+                csv(&r.key),
+                csv(r.team.as_deref().unwrap_or("")),
+                csv(&r.model),
+                csv(r.tier.as_deref().unwrap_or("")),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cost_usd,
+                r.status
+            ));
         }
-        let memory = s.memory.as_ref().expect("keys imply memory");
-        let rows = keys.ledger(q, memory.reads()).await?;
-        let mut out = String::new();
-        if format == "csv" {
-            out.push_str("position,at_ms,key_id,key,team,model,tier,prompt_tokens,completion_tokens,cost_usd,status\n");
-            for r in &rows {
-                out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{:.9},{}\n",
-                    r.position,
-                    r.at_ms,
-                    csv(&r.key_id),
-                    csv(&r.key),
-                    csv(r.team.as_deref().unwrap_or("")),
-                    csv(&r.model),
-                    csv(r.tier.as_deref().unwrap_or("")),
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.cost_usd,
-                    r.status
-                ));
-            }
-        } else {
-            for r in &rows {
-                out.push_str(&serde_json::to_string(r).expect("a row serializes"));
-                out.push('\n');
-            }
+    } else {
+        for r in &rows {
+            out.push_str(&serde_json::to_string(r).expect("a row serializes"));
+            out.push('\n');
         }
-        let mut resp = out.into_response();
-        let ctype = if format == "csv" { "text/csv; charset=utf-8" } else { "application/x-ndjson" };
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-        Ok(resp)
-    }.await)
+    }
+    let mut resp = out.into_response();
+    let ctype = if format == "csv" {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    Ok(resp)
 }
 
 /// A CSV field, quoted when it must be.
