@@ -313,18 +313,114 @@ fn commit_group(conn: &mut dyn Tx, group: &[Command]) -> Result<Vec<Result<Appen
         // Each namespace's last seq, read once per group: no other appender
         // runs while this transaction holds the log.
         let mut last_seq = HashMap::new();
-        let mut results = Vec::with_capacity(group.len());
-        for cmd in group {
+        let mut results: Vec<Option<Result<Appended>>> = Vec::with_capacity(group.len());
+        // Writes that need no reads (no idempotency key, no target) wait here
+        // and go in together as multi-row inserts; any other write first puts
+        // them in, so every check reads what precedes it.
+        let mut plain: Vec<(usize, Vec<Val>)> = Vec::new();
+        for (i, cmd) in group.iter().enumerate() {
+            let w = &cmd.write;
+            results.push(None);
+            if w.idempotency_key.is_none() && w.target.is_none() {
+                let seq = next_seq(tx, w.namespace.as_str(), &mut last_seq)?;
+                plain.push((i, row_of(w, seq, now)));
+                continue;
+            }
+            insert_plain(tx, &mut plain, &mut results, now)?;
             // A write is checked with reads before its one insert, so a refused
             // write has changed nothing and needs no savepoint; a failed
             // statement fails the group.
-            match append_one(tx, &cmd.write, now, &mut last_seq) {
+            match append_one(tx, w, now, &mut last_seq) {
                 Err(Error::Storage(e)) => return Err(Error::Storage(e)),
-                other => results.push(other),
+                other => results[i] = Some(other),
             }
         }
-        Ok(results)
+        insert_plain(tx, &mut plain, &mut results, now)?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every write of the group answered"))
+            .collect())
     })
+}
+
+const INSERT_HEAD: &str = "INSERT INTO memory_log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms)";
+
+/// The values of a write with neither target nor idempotency key.
+fn row_of(w: &Write, seq: i64, now: i64) -> Vec<Val> {
+    let metadata = w.metadata.as_ref().map_or_else(
+        || "{}".to_owned(),
+        |m| serde_json::Value::Object(m.clone()).to_string(),
+    );
+    vec![
+        w.namespace.as_str().into(),
+        Val::Int(seq),
+        w.op.as_str().into(),
+        Val::Null,
+        w.kind.as_str().into(),
+        w.key.as_deref().into(),
+        w.content.as_str().into(),
+        metadata.into(),
+        Val::Null,
+        Val::Int(now),
+    ]
+}
+
+/// Inserts the waiting plain writes and answers them.
+fn insert_plain(
+    tx: &mut dyn Tx,
+    plain: &mut Vec<(usize, Vec<Val>)>,
+    results: &mut [Option<Result<Appended>>],
+    now: i64,
+) -> Result<()> {
+    if plain.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Vec<Val>> = plain.iter().map(|(_, r)| r.clone()).collect();
+    let returned = sql::insert_rows(tx, INSERT_HEAD, "RETURNING gseq, namespace, seq", &rows)?;
+    let mut gseq_of: HashMap<(String, i64), i64> = HashMap::with_capacity(returned.len());
+    for r in returned {
+        let bad = || Error::Storage("the log gave no position".into());
+        let key = (
+            r[1].text().ok_or_else(bad)?.to_owned(),
+            r[2].int().ok_or_else(bad)?,
+        );
+        gseq_of.insert(key, r[0].int().ok_or_else(bad)?);
+    }
+    for (i, row) in plain.drain(..) {
+        let ns = row[0].text().unwrap_or_default().to_owned();
+        let seq = row[1].int().unwrap_or_default();
+        let gseq = *gseq_of
+            .get(&(ns.clone(), seq))
+            .ok_or_else(|| Error::Storage("the log gave no position".into()))?;
+        results[i] = Some(Ok(Appended {
+            id: gseq,
+            namespace: ns,
+            seq,
+            gseq,
+            duplicate: false,
+            at_ms: now,
+        }));
+    }
+    Ok(())
+}
+
+/// The next seq of `ns`, read from the log the first time in a group.
+fn next_seq(tx: &mut dyn Tx, ns: &str, last_seq: &mut HashMap<String, i64>) -> Result<i64> {
+    let seq = match last_seq.get(ns) {
+        Some(&s) => s + 1,
+        None => {
+            tx.rows(
+                "SELECT COALESCE(MAX(seq), 0) FROM memory_log WHERE namespace = $1",
+                &[ns.into()],
+            )?
+            .first()
+            .and_then(|r| r[0].int())
+            .unwrap_or(0)
+                + 1
+        }
+    };
+    last_seq.insert(ns.to_owned(), seq);
+    Ok(seq)
 }
 
 fn append_one(
@@ -401,19 +497,7 @@ fn append_one(
         }
     }
     let metadata = metadata.unwrap_or_else(|| "{}".to_owned());
-    let seq = match last_seq.get(ns) {
-        Some(&s) => s + 1,
-        None => {
-            tx.rows(
-                "SELECT COALESCE(MAX(seq), 0) FROM memory_log WHERE namespace = $1",
-                &[ns.into()],
-            )?
-            .first()
-            .and_then(|r| r[0].int())
-            .unwrap_or(0)
-                + 1
-        }
-    };
+    let seq = next_seq(tx, ns, last_seq)?;
     let gseq = tx
         .rows(
             "INSERT INTO memory_log (namespace, seq, op, target, kind, key, content, metadata, idempotency_key, at_ms) \
@@ -434,7 +518,6 @@ fn append_one(
         .first()
         .and_then(|r| r[0].int())
         .ok_or_else(|| Error::Storage("the log gave no position".into()))?;
-    last_seq.insert(ns.to_owned(), seq);
     Ok(Appended {
         id: w.target.unwrap_or(gseq),
         namespace: ns.to_owned(),

@@ -345,6 +345,46 @@ impl Tx for PgRef<'_> {
     }
 }
 
+/// Rows one multi-row statement of [`insert_rows`] carries at most.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Inserts `rows` (each of the same width) with multi-row statements — one
+/// round trip per [`ROWS_PER_STATEMENT`] rows rather than one per row: `head`
+/// is `INSERT INTO t (a, b, …)`, `tail` what follows the values (`ON CONFLICT
+/// …`, `RETURNING …`, or empty). Returns the rows `RETURNING` gives, in no
+/// particular order.
+pub fn insert_rows(
+    tx: &mut dyn Tx,
+    head: &str,
+    tail: &str,
+    rows: &[Vec<Val>],
+) -> Result<Vec<Vec<Val>>> {
+    let mut returned = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let width = chunk[0].len();
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        for r in 0..chunk.len() {
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            for c in 0..width {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", r * width + c + 1));
+            }
+            sql.push(')');
+        }
+        if !tail.is_empty() {
+            sql.push(' ');
+            sql.push_str(tail);
+        }
+        let params: Vec<Val> = chunk.iter().flatten().cloned().collect();
+        returned.extend(tx.rows(&sql, &params)?);
+    }
+    Ok(returned)
+}
+
 /// SHA-256 over every row `sql` returns, in its order: two stores hold the same
 /// state exactly when their digests of the same queries agree.
 pub fn digest(tx: &mut dyn Tx, sql: &str) -> Result<String> {
@@ -403,6 +443,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows, vec![vec![Val::from("x"), Val::Int(7)]]);
+        let rows: Vec<Vec<Val>> = (0..150)
+            .map(|i| vec![Val::Int(i), format!("r{i}").into()])
+            .collect();
+        insert_rows(&mut c, "INSERT INTO t (a, b)", "", &rows).unwrap();
+        let n = c
+            .rows("SELECT COUNT(*), SUM(a) FROM t WHERE b LIKE 'r%'", &[])
+            .unwrap();
+        assert_eq!(n, vec![vec![Val::Int(150), Val::Int(149 * 150 / 2)]]);
         let d1 = digest(&mut c, "SELECT * FROM t").unwrap();
         c.exec("UPDATE t SET b = 'y'", &[]).unwrap();
         assert_ne!(d1, digest(&mut c, "SELECT * FROM t").unwrap());
