@@ -167,28 +167,50 @@ pub enum Progress {
     Idle(i64),
 }
 
-/// Whether this connection applies `name` for every process sharing the store.
-/// On PostgreSQL one session at a time holds the projection's advisory lock
-/// and applies it (the others follow, so an embedding is computed once); the
-/// lock goes with its session, so another process takes over when the holder
-/// dies. SQLite's write lock already takes turns, so every runner applies.
-fn leads(tx: &mut dyn Tx, name: &str, leader: &mut bool) -> Result<bool> {
-    if !*leader {
-        *leader = match tx.dialect() {
-            Dialect::Sqlite => true,
-            Dialect::Postgres => {
-                tx.rows(
-                    // Advisory locks span the database: the key names the schema.
-                    "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':inferd_memory:' || $1))::INT4",
-                    &[name.into()],
-                )?
-                .first()
-                .and_then(|r| r[0].int())
-                    == Some(1)
-            }
-        };
+/// This process's lead of one projection, once taken.
+#[derive(Default)]
+pub struct Lead {
+    held: bool,
+    /// SQLite: the locked file that is the lead (released when the process
+    /// ends, however it ends).
+    _file: Option<std::fs::File>,
+}
+
+impl Lead {
+    pub fn held(&self) -> bool {
+        self.held
     }
-    Ok(*leader)
+}
+
+/// Whether this process applies `name` for every process sharing the store
+/// (the others follow, so an embedding is computed once). PostgreSQL: the
+/// session holding the projection's advisory lock; the lock goes with its
+/// session, so another process takes over when the holder dies. SQLite: the
+/// process holding an exclusive lock on the projection's lock file beside
+/// `projections.db` — also released by the OS when the holder dies.
+fn leads(tx: &mut dyn Tx, store: &Store, name: &str, lead: &mut Lead) -> Result<bool> {
+    if !lead.held {
+        match tx.dialect() {
+            Dialect::Sqlite => {
+                if let Some(file) = store.try_lead(name)? {
+                    lead._file = Some(file);
+                    lead.held = true;
+                }
+            }
+            Dialect::Postgres => {
+                lead.held = tx
+                    .rows(
+                        // Advisory locks span the database: the key names the schema.
+                        "SELECT pg_try_advisory_lock(hashtext(current_schema() || ':inferd_memory:' || $1))::INT4",
+                        &[name.into()],
+                    )?
+                    .first()
+                    .and_then(|r| r[0].int())
+                    == Some(1);
+            }
+        }
+    }
+    Ok(lead.held)
 }
 
 /// One pass: follows what others applied past `local` (this process's
@@ -199,7 +221,7 @@ pub fn step(
     store: &Store,
     conn: &mut dyn Tx,
     local: i64,
-    leader: &mut bool,
+    lead: &mut Lead,
 ) -> Result<Progress> {
     let from = checkpoint(conn, p.name())?;
     if from > local {
@@ -209,7 +231,7 @@ pub fn step(
         p.follow(conn, &entries)?;
         return Ok(Progress::Followed(to));
     }
-    if !leads(conn, p.name(), leader)? {
+    if !leads(conn, store, p.name(), lead)? {
         return Ok(Progress::Idle(from));
     }
     let entries = read_source(conn, from, i64::MAX)?;
@@ -313,11 +335,11 @@ pub fn run(
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut conn = None;
-    let mut leader = false;
+    let mut lead = Lead::default();
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
             // A new session holds no lock.
-            leader = false;
+            lead = Lead::default();
             match store.projection_conn() {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
@@ -329,7 +351,7 @@ pub fn run(
         let c = conn.as_mut().expect("connected above");
         let local = status.applied();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            step(&mut *p, &store, &mut **c, local, &mut leader)
+            step(&mut *p, &store, &mut **c, local, &mut lead)
         }));
         match result {
             Ok(Ok(Progress::Applied(gseq) | Progress::Followed(gseq))) => {

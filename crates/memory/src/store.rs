@@ -113,6 +113,35 @@ impl Store {
         })
     }
 
+    /// SQLite: the lock file that makes this process the one applying
+    /// projection `name`, when no other process holds it (`None` then).
+    pub fn try_lead(&self, name: &str) -> Result<Option<std::fs::File>> {
+        let Location::Sqlite { projections, .. } = &self.location else {
+            return Ok(None);
+        };
+        let mut path = projections.clone().into_os_string();
+        path.push(format!(".{name}.lead"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "cannot open {}: {e}",
+                    PathBuf::from(&path).display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
+                "cannot lock {}: {e}",
+                PathBuf::from(&path).display()
+            ))),
+        }
+    }
+
     /// Runs `f` holding this process's turn on the projections (SQLite).
     pub fn in_turn<T>(&self, f: impl FnOnce() -> T) -> T {
         let _turn = self

@@ -180,6 +180,21 @@ fn embedder() -> Arc<dyn TextEmbedder> {
     .clone()
 }
 
+/// The test embedder, counting the texts it embeds.
+fn counting(count: &Arc<AtomicUsize>) -> Arc<dyn TextEmbedder> {
+    struct Counting(Arc<dyn TextEmbedder>, Arc<AtomicUsize>);
+    impl TextEmbedder for Counting {
+        fn dims(&self) -> usize {
+            self.0.dims()
+        }
+        fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
+            self.1.fetch_add(texts.len(), Ordering::SeqCst);
+            self.0.embed(texts)
+        }
+    }
+    Arc::new(Counting(embedder(), Arc::clone(count)))
+}
+
 on_both!(writes_are_numbered_per_namespace_and_every_projection_follows);
 async fn writes_are_numbered_per_namespace_and_every_projection_follows(fresh: Fresh) {
     let d = fresh("follow");
@@ -673,6 +688,119 @@ async fn search_finds_by_meaning_within_one_namespace_and_its_filters(fresh: Fre
     drop(m);
 }
 
+on_both!(a_namespace_past_ann_from_is_searched_through_its_graph);
+async fn a_namespace_past_ann_from_is_searched_through_its_graph(fresh: Fresh) {
+    // A graph from 60 items: 150 notes (MiniLM), then updates and deletes.
+    let config = MemoryConfig {
+        ann: AnnConfig {
+            from: 60,
+            ..AnnConfig::default()
+        },
+        ..fresh("ann")
+    };
+    let m = Memory::open(&config, Some(embedder())).unwrap();
+    let subjects = ["invoice", "flight", "dentist", "laptop", "garden"];
+    let mut last = None;
+    for i in 0..150 {
+        let text = format!(
+            "note {i}: the {} appointment moved to week {}",
+            subjects[i % 5],
+            i / 5
+        );
+        last = Some(m.write(put("t/ann", None, &text, None)).await.unwrap());
+    }
+    let cat = m
+        .write(put("t/ann", None, "the cat sat on the warm laptop", None))
+        .await
+        .unwrap();
+    let wait = Consistency {
+        min_seq: Some(cat.seq),
+        wait_ms: Some(30_000),
+    };
+    let search = |q: &str, k: usize| Search {
+        namespace: ns("t/ann"),
+        query: q.into(),
+        k,
+        kind: None,
+        metadata: Map::new(),
+    };
+    let hits = m
+        .search(search("a cat on a laptop", 1), wait)
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, cat.id, "found at once: scanned until indexed");
+    let started = std::time::Instant::now();
+    while m.vector_counts().1 < 151 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "indexed: {:?}",
+            m.vector_counts()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(m.report().await.unwrap()["vectors_in_graphs"], 151);
+    let q = embedder()
+        .embed(&["a cat on a laptop"])
+        .unwrap()
+        .pop()
+        .unwrap();
+    let through_graph = m.nearest(&q, &search("", 10));
+    let scanned = m.scan(&q, &search("", 10));
+    assert_eq!(through_graph[0].id, cat.id);
+    let same = through_graph
+        .iter()
+        .filter(|h| scanned.iter().any(|s| s.id == h.id))
+        .count();
+    assert!(
+        same >= 9,
+        "recall@10 {same}/10: {through_graph:?} {scanned:?}"
+    );
+    // Updated and deleted items are answered as they are now.
+    let moved = m
+        .write(
+            Write::update(
+                ns("t/ann"),
+                cat.id,
+                "a dog sleeps by the fireplace".into(),
+                None,
+                None,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let wait = Consistency {
+        min_seq: Some(moved.seq),
+        wait_ms: Some(30_000),
+    };
+    let hits = m
+        .search(search("a cat on a laptop", 3), wait)
+        .await
+        .unwrap();
+    assert!(hits.iter().all(|h| h.id != cat.id), "{hits:?}");
+    let hits = m
+        .search(search("a dog by the fire", 1), wait)
+        .await
+        .unwrap();
+    assert_eq!(
+        (hits[0].id, hits[0].content.as_str()),
+        (cat.id, "a dog sleeps by the fireplace")
+    );
+    let last = last.unwrap();
+    let gone = m
+        .write(Write::delete(ns("t/ann"), last.id, None).unwrap())
+        .await
+        .unwrap();
+    let text = "note 149: the garden appointment moved to week 29";
+    let wait = Consistency {
+        min_seq: Some(gone.seq),
+        wait_ms: Some(30_000),
+    };
+    let hits = m.search(search(text, 5), wait).await.unwrap();
+    assert!(hits.iter().all(|h| h.id != last.id), "{hits:?}");
+    drop(m);
+}
+
 on_both!(a_rebuild_from_zero_reaches_the_live_state_of_every_projection);
 async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection(fresh: Fresh) {
     let d = fresh("rebuild");
@@ -727,11 +855,13 @@ async fn a_rebuild_from_zero_reaches_the_live_state_of_every_projection(fresh: F
 
 on_both!(two_stores_on_one_log_number_together_and_read_each_others_writes);
 async fn two_stores_on_one_log_number_together_and_read_each_others_writes(fresh: Fresh) {
-    // Two gateway processes sharing one state: each runs every projection; an
-    // entry is applied once, and the other follows it (its vector index too).
+    // Two gateway processes sharing one state: one leads each projection and
+    // applies it, the other follows (its vector index too), so an entry is
+    // applied once and embedded once.
     let d = fresh("shared");
-    let a = Arc::new(Memory::open(&d, Some(embedder())).unwrap());
-    let b = Arc::new(Memory::open(&d, Some(embedder())).unwrap());
+    let (count_a, count_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a = Arc::new(Memory::open(&d, Some(counting(&count_a))).unwrap());
+    let b = Arc::new(Memory::open(&d, Some(counting(&count_b))).unwrap());
     let mut tasks = Vec::new();
     for i in 0..40 {
         let m = Arc::clone(if i % 2 == 0 { &a } else { &b });
@@ -807,6 +937,20 @@ async fn two_stores_on_one_log_number_together_and_read_each_others_writes(fresh
             .unwrap();
         assert_eq!(item.content, "the cat sat on the warm laptop");
     }
+    // 41 entries and the one query b embedded for its search.
+    let (by_a, by_b) = (
+        count_a.load(Ordering::SeqCst),
+        count_b.load(Ordering::SeqCst),
+    );
+    assert_eq!(
+        by_a + by_b,
+        42,
+        "each entry embedded once between the two (a {by_a}, b {by_b})"
+    );
+    assert!(
+        by_a == 41 || by_b == 42,
+        "one store embeds: a {by_a}, b {by_b}"
+    );
     drop((a, b));
     let audit = query(
         &d,
