@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use inferd_memory::{Durability, MemoryConfig, StateStore, TextEmbedder};
+use inferd_memory::{AnnConfig, Durability, MemoryConfig, StateStore, TextEmbedder};
 use serde::{Deserialize, Serialize};
 
 /// `[memory]`: agent memory behind `/v1/memory`, kept under `state`.
@@ -35,10 +35,25 @@ pub struct MemorySettings {
     /// replica (without it they are kept in the store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<String>,
+    /// Items a namespace holds before its search goes through an HNSW graph
+    /// (approximate) instead of scoring every item; 0 never does.
+    #[serde(default = "default_ann_from")]
+    pub ann_from: usize,
+    /// Candidates the graph's search keeps (higher: better recall, slower).
+    #[serde(default = "default_ann_ef")]
+    pub ann_ef: usize,
 }
 
 fn default_recent() -> usize {
     32
+}
+
+fn default_ann_from() -> usize {
+    inferd_memory::AnnConfig::default().from
+}
+
+fn default_ann_ef() -> usize {
+    inferd_memory::AnnConfig::default().ef_search
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -58,6 +73,15 @@ impl MemorySettings {
             },
             recent_per_namespace: self.recent_per_namespace,
             limits: self.limits.clone(),
+            ann: AnnConfig {
+                from: if self.ann_from == 0 {
+                    usize::MAX
+                } else {
+                    self.ann_from
+                },
+                ef_search: self.ann_ef,
+                ..AnnConfig::default()
+            },
             ..MemoryConfig::at(StateStore::parse(&self.state)?)
         })
     }
@@ -76,6 +100,12 @@ impl MemorySettings {
             if !l.starts_with("redis://") {
                 return Some(format!("`memory.limits` must be a redis:// URL, got {l:?}"));
             }
+        }
+        if !(1..=4096).contains(&self.ann_ef) {
+            return Some(format!(
+                "`memory.ann_ef` must be 1 to 4096, got {}",
+                self.ann_ef
+            ));
         }
         (self.recent_per_namespace == 0)
             .then(|| "`memory.recent_per_namespace` must be at least 1, got 0".to_owned())

@@ -1,13 +1,12 @@
 //! The memory store's benchmark: write latency and throughput at 1/16/64
 //! concurrent writers, projection lag and read-your-writes latency under a paced
-//! 500 writes/s, and search latency over 10k and 100k items.
+//! 500 writes/s, and search latency over 10k and 100k items, by the exact scan
+//! and through the HNSW graph, with the graph's recall.
 //!
-//! `cargo run --release -p inferd-memory --example bench -- MINILM_DIR [SCRATCH_DIR [POSTGRES_URL]]`
-//! prints a Markdown report. The 10k search runs on MiniLM's vectors of real
-//! sentences; the 100k one fills the index through the same projection with a
-//! hashing embedder (384 dimensions, unit length), since the exact scan costs
-//! the same whatever the vectors hold, and times the query's MiniLM embedding
-//! apart.
+//! `cargo run --release -p inferd-memory --example bench -- MINILM_DIR [SCRATCH_DIR [POSTGRES_URL [SECTIONS]]]`
+//! prints a Markdown report; SECTIONS is a comma-separated subset of
+//! `writes,paced,vectors,search` (default: all). Search runs over MiniLM's
+//! vectors of 10k and 100k sentences (embedding the 100k takes minutes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,36 +54,6 @@ fn sentence(i: usize) -> String {
         + &format!(" #{i}")
 }
 
-/// Unit vectors from a hash of the text: the scan's cost without MiniLM's.
-struct Hashing;
-
-impl TextEmbedder for Hashing {
-    fn dims(&self) -> usize {
-        384
-    }
-    fn embed(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, String> {
-        Ok(texts
-            .iter()
-            .map(|t| {
-                let mut x = t.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-                    (h ^ b as u64).wrapping_mul(0x100000001b3)
-                });
-                let mut v: Vec<f32> = (0..384)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                    })
-                    .collect();
-                let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-                v.iter_mut().for_each(|a| *a /= n);
-                v
-            })
-            .collect())
-    }
-}
-
 /// Where a benchmark's stores go: SQLite directories under one folder, or
 /// schemas of one PostgreSQL database.
 #[derive(Clone)]
@@ -107,6 +76,16 @@ fn store(
     name: &str,
     durability: Durability,
     embedder: Option<Arc<dyn TextEmbedder>>,
+) -> Memory {
+    store_with(target, name, durability, embedder, AnnConfig::default())
+}
+
+fn store_with(
+    target: &Target,
+    name: &str,
+    durability: Durability,
+    embedder: Option<Arc<dyn TextEmbedder>>,
+    ann: AnnConfig,
 ) -> Memory {
     let state = match target {
         Target::Sqlite(scratch) => {
@@ -135,6 +114,7 @@ fn store(
     };
     let config = MemoryConfig {
         durability,
+        ann,
         ..MemoryConfig::at(state)
     };
     Memory::open(&config, embedder).unwrap()
@@ -307,12 +287,43 @@ async fn main() {
     let minilm: Arc<dyn TextEmbedder> = Arc::new(inferd_embed::Embedder::load(minilm).unwrap());
     let sqlite = Target::Sqlite(scratch.clone());
     let mut targets = vec![sqlite.clone()];
-    targets.extend(args.get(3).map(|url| Target::Postgres(url.clone())));
+    targets.extend(
+        args.get(3)
+            .filter(|u| !u.is_empty())
+            .map(|url| Target::Postgres(url.clone())),
+    );
+    let sections = args
+        .get(4)
+        .cloned()
+        .unwrap_or_else(|| "writes,paced,vectors,search".into());
+    let runs = |s: &str| sections.split(',').any(|x| x == s);
+    if runs("writes") {
+        write_section(&targets).await;
+    }
+    if runs("paced") {
+        for target in &targets {
+            paced(target, "items, facts, recent, audit (no embedder)", None).await;
+        }
+    }
+    if runs("vectors") {
+        paced(
+            &sqlite,
+            "the same and vectors (MiniLM)",
+            Some(Arc::clone(&minilm)),
+        )
+        .await;
+    }
+    if runs("search") {
+        search_section(&sqlite, &minilm).await;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
 
+async fn write_section(targets: &[Target]) {
     println!("## Writes (no embedder)\n");
     println!("| store | durability | writers | writes | p50 ms | p99 ms | writes/s |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    for target in &targets {
+    for target in targets {
         for durability in [Durability::Fsync, Durability::Os] {
             for writers in [1, 16, 64] {
                 let name = format!("writes_{durability:?}_{writers}").to_lowercase();
@@ -327,33 +338,34 @@ async fn main() {
             }
         }
     }
+}
 
-    for target in &targets {
-        paced(target, "items, facts, recent, audit (no embedder)", None).await;
-    }
-    paced(
-        &sqlite,
-        "the same and vectors (MiniLM)",
-        Some(Arc::clone(&minilm)),
-    )
-    .await;
-
-    println!("\n## Search (exact scan, one namespace, k = 5)\n");
-    println!("| items | stored vectors | search p50 ms | search p99 ms | scan p50 ms | MiniLM query embedding p50 ms |");
-    println!("|---:|---|---:|---:|---:|---:|");
+/// Search over 10k MiniLM-embedded sentences and 100k hashed vectors: the
+/// exact scan and the graph (every item indexed first), the graph's recall@5
+/// against the scan, and what indexing took.
+async fn search_section(sqlite: &Target, minilm: &Arc<dyn TextEmbedder>) {
+    println!("\n## Search (one namespace, k = 5)\n");
+    println!(
+        "Graph: HNSW (hnsw_rs), {} neighbours per point, ef_construction {}, ef_search {}.\n",
+        AnnConfig::default().connections,
+        AnnConfig::default().ef_construction,
+        AnnConfig::default().ef_search
+    );
+    println!("| items | stored vectors | indexing s | scan p50 ms | scan p99 ms | graph p50 ms | graph p99 ms | recall@5 | MiniLM query embedding p50 ms | search (embedding + graph) p50 ms |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (items, embedder, label) in [
-        (10_000usize, Arc::clone(&minilm), "MiniLM"),
-        (
-            100_000,
-            Arc::new(Hashing) as Arc<dyn TextEmbedder>,
-            "hashed",
-        ),
+        (10_000usize, Arc::clone(minilm), "MiniLM"),
+        (100_000, Arc::clone(minilm), "MiniLM"),
     ] {
-        let m = Arc::new(store(
-            &sqlite,
+        let m = Arc::new(store_with(
+            sqlite,
             &format!("search_{items}"),
             Durability::Os,
-            Some(embedder),
+            Some(Arc::clone(&embedder)),
+            AnnConfig {
+                from: 5_000,
+                ..AnnConfig::default()
+            },
         ));
         let mut pending = Vec::new();
         for i in 0..items {
@@ -371,14 +383,16 @@ async fn main() {
             p.await.unwrap();
         }
         wait_all(&m).await;
+        let applied = Instant::now();
+        while m.vector_counts().1 < items {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let indexing = applied.elapsed().as_secs_f64();
         let mut total = Vec::new();
         let mut scan = Vec::new();
+        let mut graph = Vec::new();
         let mut embed = Vec::new();
-        let q = minilm
-            .embed(&["who prefers email for billing?"])
-            .unwrap()
-            .pop()
-            .unwrap();
+        let (mut found, mut wanted) = (0usize, 0usize);
         let index_only = Search {
             namespace: Namespace::parse("t/search").unwrap(),
             query: String::new(),
@@ -386,32 +400,42 @@ async fn main() {
             kind: None,
             metadata: Map::new(),
         };
-        for i in 0..100 {
+        for i in 0..200 {
+            let text = format!("who prefers email for billing {i}?");
+            let q = embedder.embed(&[&text]).unwrap().pop().unwrap();
             let s = Search {
-                query: format!("who prefers email for billing {i}?"),
+                query: text.clone(),
                 ..index_only.clone()
             };
-            let t = Instant::now();
+            let t0 = Instant::now();
             let hits = m.search(s, Consistency::default()).await.unwrap();
-            total.push(t.elapsed().as_secs_f64() * 1e3);
+            total.push(t0.elapsed().as_secs_f64() * 1e3);
             assert_eq!(hits.len(), 5);
             let t = Instant::now();
-            let _ = m.nearest(&q, &index_only);
+            let exact = m.scan(&q, &index_only);
             scan.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            let _ = minilm
-                .embed(&[&format!("who prefers email for billing {i}?")])
-                .unwrap();
+            let approx = m.nearest(&q, &index_only);
+            graph.push(t.elapsed().as_secs_f64() * 1e3);
+            found += approx
+                .iter()
+                .filter(|h| exact.iter().any(|e| e.id == h.id))
+                .count();
+            wanted += exact.len();
+            let t = Instant::now();
+            let _ = minilm.embed(&[&text]).unwrap();
             embed.push(t.elapsed().as_secs_f64() * 1e3);
         }
         println!(
-            "| {items} | {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            pct(&mut total, 0.5),
-            pct(&mut total, 0.99),
+            "| {items} | {label} | {indexing:.1} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} |",
             pct(&mut scan, 0.5),
-            pct(&mut embed, 0.5)
+            pct(&mut scan, 0.99),
+            pct(&mut graph, 0.5),
+            pct(&mut graph, 0.99),
+            found as f64 / wanted as f64,
+            pct(&mut embed, 0.5),
+            pct(&mut total, 0.5),
         );
         drop(m);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
 }

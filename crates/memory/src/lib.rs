@@ -14,6 +14,7 @@
 //! fail alone). Reads may ask for read-your-writes (`min_seq`): they wait,
 //! bounded, for the projection to reach that write, or fail naming the lag.
 
+mod ann;
 pub mod keys;
 mod log;
 mod metrics;
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use ann::AnnConfig;
 pub use keys::{KeyRecord, Keys, Limits, NewKey, Period, Refusal, SpendQuery, Team, Ticket};
 pub use metrics::MemoryMetrics;
 pub use projection::{Projection, Status};
@@ -213,6 +215,8 @@ pub struct MemoryConfig {
     /// A `redis://` URL: keys' per-minute counters are kept there, shared by
     /// every replica, instead of in the store.
     pub limits: Option<String>,
+    /// When a namespace's search goes through an HNSW graph, and its settings.
+    pub ann: AnnConfig,
 }
 
 impl MemoryConfig {
@@ -230,6 +234,7 @@ impl MemoryConfig {
             read_connections: 4,
             read_timeout_ms: 5000,
             limits: None,
+            ann: AnnConfig::default(),
         }
     }
 
@@ -320,7 +325,7 @@ impl Memory {
         let store = config.store()?;
         let mut log_conn = store.log_conn()?;
         let mut conn = store.projection_conn()?;
-        let index = Arc::new(VectorIndex::default());
+        let index = Arc::new(VectorIndex::new(config.ann));
         let mut all = builtin(config, embedder.clone(), Arc::clone(&index));
         all.extend(extra);
         let positions = with_schema_lock(&mut *log_conn, |log_conn| {
@@ -337,6 +342,8 @@ impl Memory {
         // it is followed again from the log, so nothing is missed.
         if embedder.is_some() {
             index.reload(&mut *conn)?;
+            ann::start_indexer(&index)
+                .map_err(|e| Error::Storage(format!("cannot start the vector indexer: {e}")))?;
         }
         drop(conn);
         let signal = Arc::new(Signal::default());
@@ -636,6 +643,17 @@ impl Memory {
         self.index.nearest(query, search)
     }
 
+    /// [`Memory::nearest`] scanning every item, never a graph: the exact
+    /// answer.
+    pub fn scan(&self, query: &[f32], search: &Search) -> Vec<Hit> {
+        self.index.scan(query, search)
+    }
+
+    /// Vectors held, and how many of them are in graphs.
+    pub fn vector_counts(&self) -> (usize, usize) {
+        self.index.counts()
+    }
+
     /// The newest live items of `namespace`, newest first (at most the
     /// projection's per-namespace bound).
     pub async fn recent(
@@ -734,6 +752,7 @@ impl Memory {
             "log_position": head,
             "write_queue": self.writer.as_ref().map_or(0, LogWriter::queued),
             "vectors": self.index.len(),
+            "vectors_in_graphs": self.index.counts().1,
             "projections": projections,
         }))
     }
@@ -749,6 +768,13 @@ impl Memory {
         if let Some(k) = &self.keys {
             k.refresh_metrics();
         }
+        let (vectors, in_graphs) = self.index.counts();
+        m.vectors
+            .with_label_values(&["graph"])
+            .set(in_graphs as i64);
+        m.vectors
+            .with_label_values(&["scan"])
+            .set((vectors - in_graphs) as i64);
         for s in &self.statuses {
             let l = [s.name];
             m.projection_seq.with_label_values(&l).set(s.applied());
@@ -845,11 +871,17 @@ fn run_to_head(
         p.create(&mut *conn)?;
         projection::create_checkpoint(&mut *conn, p.name())?;
         let mut local = projection::checkpoint(&mut *conn, p.name())?;
-        let mut leader = false;
+        let mut lead = projection::Lead::default();
         while let projection::Progress::Applied(g) | projection::Progress::Followed(g) =
-            projection::step(&mut *p, store, &mut *conn, local, &mut leader)?
+            projection::step(&mut *p, store, &mut *conn, local, &mut lead)?
         {
             local = g;
+        }
+        if !lead.held() {
+            return Err(Error::Storage(format!(
+                "another process is applying the `{}` projection: stop the servers on this store first",
+                p.name()
+            )));
         }
         let mut parts = String::new();
         for q in p.state_queries() {

@@ -34,6 +34,10 @@ pub struct MemoryMetrics {
     pub projection_lag_items: IntGaugeVec,
     pub projection_lag_seconds: prometheus::GaugeVec,
     pub projection_failures: IntCounterVec,
+    /// Items of the vector index by `search`: graph (an HNSW graph holds
+    /// them) or scan (scored one by one: small namespaces, and what the
+    /// indexer has not reached yet).
+    pub vectors: IntGaugeVec,
     /// Keyed requests by `result`: admitted, rate_limited, budget_exceeded,
     /// budget_held, error.
     pub admissions: IntCounterVec,
@@ -141,6 +145,13 @@ impl MemoryMetrics {
             pool_pending: reg!(IntGauge::new(
                 "inferd_memory_pool_pending",
                 "Memory reads waiting for a connection"
+            )),
+            vectors: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "inferd_memory_vectors",
+                    "Items of the memory vector index, by how a search reaches them: graph (HNSW) or scan",
+                ),
+                &["search"]
             )),
             projection_seq: reg!(IntGaugeVec::new(
                 Opts::new(
