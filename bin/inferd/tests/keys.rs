@@ -497,6 +497,15 @@ fn two_gateways_share_rate_limits_through_redis() {
         .query(&mut c)
         .unwrap();
     assert_eq!(requests, 3);
+    // The key's record shows the minute as Redis holds it, on either gateway.
+    let (status, _, k) = as_key(&b, ADMIN, "GET", &format!("/v1/keys/{id}"), "");
+    assert_eq!(status, 200, "{k}");
+    let minute = &k["counters"][0];
+    assert_eq!(minute["in"], "redis", "{k}");
+    let this_minute = found[0].ends_with(&format!(":{}", unix_s() / 60 * 60));
+    if this_minute {
+        assert_eq!(minute["requests"], 3, "{k}");
+    }
     // Settled: nothing stays reserved once the requests are done.
     let t0 = Instant::now();
     loop {
@@ -517,4 +526,11 @@ fn two_gateways_share_rate_limits_through_redis() {
     let _: () = redis::cmd("DEL").arg(&found[0]).query(&mut c).unwrap();
     drop((_a, _b));
     drop_schema(&state);
+}
+
+fn unix_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

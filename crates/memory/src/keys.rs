@@ -1055,10 +1055,27 @@ impl Keys {
         }))
     }
 
-    /// What each counter row of `subject` (`key:NAME`, `team:NAME`) holds now.
+    /// What each counter row of `subject` (`key:NAME`, `team:NAME`) holds now;
+    /// with Redis rates, the current minute's counters there too (`"in":
+    /// "redis"`).
     pub async fn counters(&self, subject: String) -> Result<Vec<serde_json::Value>> {
+        let redis = self.redis.clone();
         self.on_pool(move |tx| {
-            Ok(tx
+            let mut out = Vec::new();
+            if let Some(r) = redis {
+                let now_s = now_ms() / 1000;
+                let start = now_s - now_s.rem_euclid(60);
+                let (requests, tokens, reserved) = r.minute(&subject, start)?;
+                out.push(serde_json::json!({
+                    "span": "minute",
+                    "in": "redis",
+                    "start": utc(start),
+                    "requests": requests,
+                    "tokens": tokens,
+                    "reserved_tokens": reserved,
+                }));
+            }
+            out.extend(tx
                 .rows(
                     "SELECT span, start_s, requests, tokens, cost_nanos, reserved_tokens, reserved_nanos \
                      FROM memory_spend WHERE subject = $1 ORDER BY span, start_s DESC",
@@ -1076,8 +1093,8 @@ impl Keys {
                         "reserved_tokens": int(5),
                         "reserved_usd": int(6) as f64 / NANOS_PER_USD,
                     })
-                })
-                .collect())
+                }));
+            Ok(out)
         })
         .await
     }
@@ -1436,6 +1453,23 @@ impl RedisRates {
                 "the rate-limit counters (Redis) are unreachable: {e}"
             ))
         })
+    }
+
+    /// The requests, tokens and reserved tokens of `subject`'s minute
+    /// starting at `start` (zeros before the first request).
+    fn minute(&self, subject: &str, start: i64) -> Result<(i64, i64, i64)> {
+        let key = format!("{}{subject}:{start}", self.prefix);
+        let v: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("requests")
+            .arg("tokens")
+            .arg("reserved")
+            .query(&mut *self.conn()?)
+            .map_err(|e| {
+                Error::Unavailable(format!("the rate-limit counters (Redis) failed: {e}"))
+            })?;
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok((at(0), at(1), at(2)))
     }
 
     /// Reserves on every row, or names the limit that refused (nothing
