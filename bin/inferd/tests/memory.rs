@@ -555,20 +555,34 @@ fn kill_9_during_10000_concurrent_writes_on_postgres_loses_no_acknowledged_write
 
 #[test]
 fn two_servers_sharing_postgres_keep_one_memory() {
-    let Some(state) = postgres_state("replicas") else {
-        return;
-    };
+    if let Some(state) = postgres_state("replicas") {
+        two_servers_keep_one_memory(&state);
+        drop_schema(&state);
+    }
+}
+
+#[test]
+fn two_servers_sharing_one_sqlite_directory_keep_one_memory() {
+    let dir = state_dir("replicas");
+    two_servers_keep_one_memory(&dir.display().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two `inferd serve` on one state: one numbering, one idempotency, each
+/// reading the other's writes; each projection led by exactly one of them, and
+/// taken over by the other when the leader is killed.
+fn two_servers_keep_one_memory(state: &str) {
     let args = [
         "--model",
         &minilm(),
         "--port",
         "0",
         "--state",
-        &state,
+        state,
         "--memory-model",
         "minilm",
     ];
-    let (_a, a, _) = serve(&args, &[]);
+    let (a_server, a, _) = serve(&args, &[]);
     let (_b, b, _) = serve(&args, &[]);
     // Writes through both, at once: one numbering.
     let threads: Vec<_> = (0..40)
@@ -624,18 +638,53 @@ fn two_servers_sharing_postgres_keep_one_memory() {
     );
     assert_eq!(status, 200, "{hits}");
     assert_eq!(json_of(&hits)["data"][0]["id"].as_i64(), Some(id), "{hits}");
-    let (_, status) = http(&b, "GET", "/v1/memory/status", "");
-    let status = json_of(&status);
-    assert!(
-        status["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["failures"] == 0),
-        "{status}"
+    let projections = |addr: &str| {
+        let (_, status) = http(addr, "GET", "/v1/memory/status", "");
+        let status = json_of(&status);
+        assert!(
+            status["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["failures"] == 0),
+            "{status}"
+        );
+        status["projections"].as_array().unwrap().clone()
+    };
+    let (on_a, on_b) = (projections(&a), projections(&b));
+    for (pa, pb) in on_a.iter().zip(&on_b) {
+        assert_eq!(pa["name"], pb["name"]);
+        assert_ne!(pa["leading"], pb["leading"], "one leader each: {pa} {pb}");
+    }
+    // A killed, B leads everything and answers its own writes.
+    drop(a_server);
+    let (_, w) = http(
+        &b,
+        "POST",
+        "/v1/memory",
+        &json!({"namespace": "acme/team", "key": "oncall", "content": "Eli is on call now"}).to_string(),
     );
-    drop((_a, _b));
-    drop_schema(&state);
+    let seq = json_of(&w)["seq"].as_i64().unwrap();
+    let (status, fact) = http(
+        &b,
+        "GET",
+        &format!("/v1/memory/facts/oncall?namespace=acme/team&min_seq={seq}&wait_ms=30000"),
+        "",
+    );
+    assert_eq!(status, 200, "{fact}");
+    assert_eq!(json_of(&fact)["value"], "Eli is on call now");
+    let (status, hits) = http(
+        &b,
+        "GET",
+        &format!("/v1/memory/search?namespace=acme/team&q=who+is+on+call&k=1&min_seq={seq}&wait_ms=30000"),
+        "",
+    );
+    assert_eq!(status, 200, "{hits}");
+    assert!(
+        projections(&b).iter().all(|p| p["leading"] == true),
+        "B took over every projection"
+    );
+    drop(_b);
 }
 
 fn report(line: &str) {

@@ -744,6 +744,7 @@ impl Memory {
                     "lag_ms": s.lag_ms.load(Ordering::Relaxed),
                     "failures": s.failures.load(Ordering::Relaxed),
                     "last_error": s.last_error(),
+                    "leading": s.leading.load(Ordering::Relaxed),
                 })
             })
             .collect();
@@ -784,6 +785,9 @@ impl Memory {
             m.projection_lag_seconds
                 .with_label_values(&l)
                 .set(s.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+            m.projection_leading
+                .with_label_values(&l)
+                .set(s.leading.load(Ordering::Relaxed).into());
             let c = m.projection_failures.with_label_values(&l);
             let now = s.failures.load(Ordering::Relaxed);
             c.inc_by(now.saturating_sub(c.get()));

@@ -34,6 +34,8 @@ pub struct MemoryMetrics {
     pub projection_lag_items: IntGaugeVec,
     pub projection_lag_seconds: prometheus::GaugeVec,
     pub projection_failures: IntCounterVec,
+    /// 1 where this process applies the projection, 0 where it follows.
+    pub projection_leading: IntGaugeVec,
     /// Items of the vector index by `search`: graph (an HNSW graph holds
     /// them) or scan (scored one by one: small namespaces, and what the
     /// indexer has not reached yet).
@@ -145,6 +147,13 @@ impl MemoryMetrics {
             pool_pending: reg!(IntGauge::new(
                 "inferd_memory_pool_pending",
                 "Memory reads waiting for a connection"
+            )),
+            projection_leading: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "inferd_memory_projection_leading",
+                    "1 where this process applies the projection, 0 where it follows the one that does",
+                ),
+                &["projection"]
             )),
             vectors: reg!(IntGaugeVec::new(
                 Opts::new(

@@ -117,6 +117,8 @@ pub struct Status {
     pub lag_items: AtomicI64,
     pub lag_ms: AtomicI64,
     pub last_error: Mutex<Option<String>>,
+    /// Whether this process applies the projection (else it follows another).
+    pub leading: AtomicBool,
 }
 
 impl Status {
@@ -128,6 +130,7 @@ impl Status {
             lag_items: AtomicI64::new(0),
             lag_ms: AtomicI64::new(0),
             last_error: Mutex::new(None),
+            leading: AtomicBool::new(false),
         }
     }
 
@@ -353,6 +356,7 @@ pub fn run(
         let result = catch_unwind(AssertUnwindSafe(|| {
             step(&mut *p, &store, &mut **c, local, &mut lead)
         }));
+        status.leading.store(lead.held(), Ordering::Relaxed);
         match result {
             Ok(Ok(Progress::Applied(gseq) | Progress::Followed(gseq))) => {
                 status.applied.send_replace(gseq);
