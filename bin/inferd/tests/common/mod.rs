@@ -243,3 +243,150 @@ pub fn drop_schema(state: &str) {
         let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
     }
 }
+
+/// A PostgreSQL server of the test's own (`initdb` in a scratch directory, on
+/// a free loopback port), for what cannot be done to a shared one: restarting
+/// it. Run as the `postgres` user when the tests run as root. Stopped and
+/// removed on drop.
+pub struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    /// `None` (and a `skipped:` line naming `test`) where PostgreSQL's server
+    /// programs are not installed or will not start.
+    pub fn start(test: &str) -> Option<PrivatePostgres> {
+        let skip = |why: String| {
+            inferd_testutil::report(&format!(
+                "skipped: {test}: no private PostgreSQL server: {why}"
+            ));
+            None
+        };
+        let Some(bin) = postgres_bin() else {
+            return skip("initdb and pg_ctl not found (PATH, /usr/lib/postgresql/*/bin)".into());
+        };
+        let dir = std::env::temp_dir().join(format!("inferd-pg-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePostgres { dir, bin, port };
+        if is_root() {
+            let owned = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&pg.dir)
+                .status();
+            if !owned.is_ok_and(|s| s.success()) {
+                return skip("running as root and there is no `postgres` user to run it".into());
+            }
+        }
+        let data = pg.dir.join("data");
+        let init = pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        if let Err(e) = init {
+            return skip(format!("initdb failed: {e}"));
+        }
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            pg.dir.display()
+        );
+        if let Err(e) = pg.pg_ctl(&["-o", &options, "-l", &pg.log(), "start"]) {
+            return skip(format!("pg_ctl start failed: {e}"));
+        }
+        Some(pg)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// `pg_ctl restart -m MODE` (`fast`: sessions ended, a clean shutdown;
+    /// `immediate`: no shutdown, crash recovery from the WAL at start).
+    pub fn restart(&self, mode: &str) {
+        self.pg_ctl(&["-m", mode, "-l", &self.log(), "restart"])
+            .unwrap_or_else(|e| panic!("pg_ctl restart -m {mode}: {e}"));
+    }
+
+    fn log(&self) -> String {
+        self.dir.join("server.log").display().to_string()
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
+        let data = self.dir.join("data").display().to_string();
+        let mut all = vec!["-D", &data, "-w", "-t", "60"];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let path = self.bin.join(program);
+        let out = if is_root() {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&path)
+                .args(args)
+                .output()
+        } else {
+            Command::new(&path).args(args).output()
+        }
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// The directory holding `initdb` and `pg_ctl`.
+fn postgres_bin() -> Option<std::path::PathBuf> {
+    let has = |d: &std::path::Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find(|d| has(d));
+    on_path.or_else(|| {
+        let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|d| has(d))
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
