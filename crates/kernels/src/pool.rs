@@ -12,8 +12,12 @@
 //! it after `for_each` returns. One job runs at a time; a call made while the pool
 //! is busy (another thread, or a task that itself calls `for_each`) runs inline on
 //! its caller, which is correct, only not parallel.
+//!
+//! Background work (a memory store embedding what was written) can run on a
+//! pool of its own, whose workers start however it asks (at a lower priority):
+//! [`with_pool`] makes that pool this thread's [`global`] while it runs.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -63,14 +67,40 @@ pub fn init_global(threads: usize) -> usize {
     GLOBAL.get_or_init(|| Pool::new(threads)).threads()
 }
 
-/// The global pool (all cores unless [`init_global`] ran first).
+thread_local! {
+    static STAND_IN: Cell<Option<&'static Pool>> = const { Cell::new(None) };
+}
+
+/// The global pool (all cores unless [`init_global`] ran first) — or, inside
+/// [`with_pool`] on this thread, the pool given there.
 pub fn global() -> &'static Pool {
+    if let Some(p) = STAND_IN.with(Cell::get) {
+        return p;
+    }
     GLOBAL.get_or_init(|| Pool::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
+/// Runs `f` with `pool` as this thread's [`global`] pool.
+pub fn with_pool<T>(pool: &'static Pool, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<&'static Pool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STAND_IN.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(STAND_IN.with(|c| c.replace(Some(pool))));
+    f()
 }
 
 impl Pool {
     /// A pool of `threads` threads in all: the caller plus `threads - 1` workers.
     pub fn new(threads: usize) -> Pool {
+        Pool::named(threads, "inferd-worker", || {})
+    }
+
+    /// [`Pool::new`] with workers named `name-N` that run `start` first (to
+    /// lower their priority, say).
+    pub fn named(threads: usize, name: &str, start: fn()) -> Pool {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             job: UnsafeCell::new(None),
@@ -86,8 +116,11 @@ impl Pool {
         for i in 0..workers {
             let s = Arc::clone(&shared);
             std::thread::Builder::new()
-                .name(format!("inferd-worker-{i}"))
-                .spawn(move || worker(&s))
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    start();
+                    worker(&s)
+                })
                 .expect("cannot start a kernel worker thread");
         }
         Pool {
@@ -241,6 +274,29 @@ fn worker(s: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_pool_stands_in_for_the_global_pool_on_its_thread_only() {
+        static OWN: OnceLock<Pool> = OnceLock::new();
+        let own: &'static Pool = OWN.get_or_init(|| Pool::named(2, "test-own", || {}));
+        let outer = global() as *const Pool;
+        let inside = with_pool(own, || {
+            let other = std::thread::spawn(|| global() as *const Pool as usize)
+                .join()
+                .unwrap();
+            assert_eq!(other, outer as usize, "other threads keep the global pool");
+            let sum = AtomicUsize::new(0);
+            global().for_each(10, |t| {
+                sum.fetch_add(t, Relaxed);
+            });
+            assert_eq!(sum.load(Relaxed), 45);
+            global() as *const Pool
+        });
+        assert_eq!(inside, own as *const Pool);
+        assert_eq!(global() as *const Pool, outer, "restored after");
+        let _ = catch_unwind(AssertUnwindSafe(|| with_pool(own, || panic!("inside"))));
+        assert_eq!(global() as *const Pool, outer, "restored after a panic");
+    }
 
     #[test]
     fn every_task_runs_exactly_once() {

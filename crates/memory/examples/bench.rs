@@ -316,6 +316,9 @@ async fn main() {
     if runs("search") {
         search_section(&sqlite, &minilm).await;
     }
+    if runs("foreground") {
+        foreground_section(&sqlite, &minilm).await;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
@@ -338,6 +341,68 @@ async fn write_section(targets: &[Target]) {
             }
         }
     }
+}
+
+/// What a backlog of writes to embed costs foreground work: MiniLM query
+/// embeddings (the engine's pool, as a search's or a chat's work would be)
+/// timed on an idle store, then while the vectors projection embeds 4,000
+/// writes behind them.
+async fn foreground_section(sqlite: &Target, minilm: &Arc<dyn TextEmbedder>) {
+    println!("\n## Foreground embeddings while the vectors projection works\n");
+    println!("| while | embeddings | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|");
+    let m = Arc::new(store(
+        sqlite,
+        "foreground",
+        Durability::Os,
+        Some(Arc::clone(minilm)),
+    ));
+    let time = |n: usize| {
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let t = Instant::now();
+            let _ = minilm
+                .embed(&[&format!("who asked about the invoice deadline {i}?")])
+                .unwrap();
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        lat
+    };
+    let mut idle = time(200);
+    println!(
+        "| idle | {} | {:.2} | {:.2} |",
+        idle.len(),
+        pct(&mut idle, 0.5),
+        pct(&mut idle, 0.99)
+    );
+    let mut pending = Vec::new();
+    for i in 0..4000 {
+        let m = Arc::clone(&m);
+        pending.push(tokio::spawn(async move {
+            m.write(put("t/fg", sentence(i))).await.unwrap()
+        }));
+    }
+    for p in pending {
+        p.await.unwrap();
+    }
+    let mut busy = Vec::new();
+    let vectors = m
+        .statuses()
+        .iter()
+        .find(|s| s.name == "vectors")
+        .unwrap()
+        .clone();
+    let head = m.report().await.unwrap()["log_position"].as_i64().unwrap();
+    while vectors.applied() < head * 3 / 4 && busy.len() < 2000 {
+        busy.extend(time(10));
+    }
+    println!(
+        "| 4,000 writes being embedded | {} | {:.2} | {:.2} |",
+        busy.len(),
+        pct(&mut busy, 0.5),
+        pct(&mut busy, 0.99)
+    );
+    wait_all(&m).await;
 }
 
 /// Search over 10k MiniLM-embedded sentences and 100k hashed vectors: the

@@ -157,7 +157,7 @@ pub fn start_indexer<I: Indexed + 'static>(index: &Arc<I>) -> std::io::Result<()
     std::thread::Builder::new()
         .name("memory-indexer".into())
         .spawn(move || {
-            lower_priority();
+            lower_priority(INDEXER_NICE);
             loop {
                 let more = match weak.upgrade() {
                     Some(index) => index.index_pass(),
@@ -172,13 +172,17 @@ pub fn start_indexer<I: Indexed + 'static>(index: &Arc<I>) -> std::io::Result<()
         .map(|_| ())
 }
 
-/// The indexer yields the CPU to requests and the projections (Linux: nice 10
-/// for this thread).
-fn lower_priority() {
+/// The indexer's niceness: it yields the CPU to requests and projections.
+const INDEXER_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to `nice` (Linux; elsewhere nothing).
+pub fn lower_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority with this thread's id only changes its scheduling.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }

@@ -519,12 +519,59 @@ pub fn create_table(tx: &mut dyn Tx) -> Result<()> {
     Ok(())
 }
 
+/// The niceness writes are embedded at: behind requests (a chat's decode, a
+/// search's query embedding) and the relational projections, which then keep
+/// their latency while the vectors projection takes what CPU is left.
+const EMBED_NICE: i32 = 5;
+
+/// The pool the projection embeds on: a thread per core, each at
+/// [`EMBED_NICE`], apart from the engine's pool.
+fn embedding_pool() -> &'static inferd_kernels::pool::Pool {
+    static POOL: std::sync::OnceLock<inferd_kernels::pool::Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        inferd_kernels::pool::Pool::named(threads, "memory-embed", || {
+            crate::ann::lower_priority(EMBED_NICE)
+        })
+    })
+}
+
+type EmbedJob = (
+    Vec<String>,
+    std::sync::mpsc::Sender<std::result::Result<Vec<Vec<f32>>, String>>,
+);
+
+/// A thread at [`EMBED_NICE`] that embeds on [`embedding_pool`] for the
+/// projection's runner, which waits for it: the runner itself keeps its
+/// priority, so it never holds the projections' turn (SQLite) or a transaction
+/// at a low one.
+fn start_embedding(embedder: Arc<dyn TextEmbedder>) -> Option<std::sync::mpsc::Sender<EmbedJob>> {
+    let (tx, rx) = std::sync::mpsc::channel::<EmbedJob>();
+    std::thread::Builder::new()
+        .name("memory-embed".into())
+        .spawn(move || {
+            crate::ann::lower_priority(EMBED_NICE);
+            for (texts, reply) in rx {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    inferd_kernels::pool::with_pool(embedding_pool(), || embedder.embed(&refs))
+                }))
+                .unwrap_or_else(|_| Err("the embedder panicked".into()));
+                let _ = reply.send(out);
+            }
+        })
+        .ok()
+        .map(|_| tx)
+}
+
 /// The projection; it shares its index with the searches.
 pub struct Vectors {
     pub embedder: Arc<dyn TextEmbedder>,
     pub index: Arc<VectorIndex>,
     prepared: HashMap<i64, Vec<f32>>,
     pending: Vec<Change>,
+    /// The embedding thread, started on the first batch.
+    embedding: Option<std::sync::mpsc::Sender<EmbedJob>>,
 }
 
 impl Vectors {
@@ -534,6 +581,7 @@ impl Vectors {
             index,
             prepared: HashMap::new(),
             pending: Vec::new(),
+            embedding: None,
         }
     }
 }
@@ -570,11 +618,23 @@ impl Projection for Vectors {
         if todo.is_empty() {
             return Ok(());
         }
-        let texts: Vec<&str> = todo.iter().map(|e| e.content.as_str()).collect();
-        let vectors = self
-            .embedder
-            .embed(&texts)
-            .map_err(|e| Error::Embedding(e.to_string()))?;
+        let texts: Vec<String> = todo.iter().map(|e| e.content.clone()).collect();
+        if self.embedding.is_none() {
+            self.embedding = start_embedding(Arc::clone(&self.embedder));
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        let sent = self
+            .embedding
+            .as_ref()
+            .is_some_and(|t| t.send((texts, reply)).is_ok());
+        if !sent {
+            self.embedding = None;
+            return Err(Error::Embedding("the embedding thread is gone".into()));
+        }
+        let vectors = answer
+            .recv()
+            .map_err(|_| Error::Embedding("the embedding thread is gone".into()))?
+            .map_err(Error::Embedding)?;
         for (e, v) in todo.iter().zip(vectors) {
             self.prepared.insert(e.gseq, v);
         }
