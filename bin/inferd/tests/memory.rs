@@ -612,32 +612,37 @@ fn two_servers_keep_one_memory(state: &str) {
         (200, Some(true)),
         "{dup}"
     );
+    // The on-call fact written through one, read (fact and search, with
+    // `min_seq`) through the other: the written id and the first hit's.
+    let on_call = |write_to: &str, read_from: &str, who: &str| {
+        let (_, w) = http(
+            write_to,
+            "POST",
+            "/v1/memory",
+            &json!({"namespace": "acme/team", "key": "oncall", "content": who}).to_string(),
+        );
+        let w = json_of(&w);
+        let (id, seq) = (w["id"].as_i64().unwrap(), w["seq"].as_i64().unwrap());
+        let (status, fact) = http(
+            read_from,
+            "GET",
+            &format!("/v1/memory/facts/oncall?namespace=acme/team&min_seq={seq}&wait_ms=30000"),
+            "",
+        );
+        assert_eq!(status, 200, "{fact}");
+        assert_eq!(json_of(&fact)["value"], who);
+        let (status, hits) = http(
+            read_from,
+            "GET",
+            &format!("/v1/memory/search?namespace=acme/team&q=who+is+on+call&k=1&min_seq={seq}&wait_ms=30000"),
+            "",
+        );
+        assert_eq!(status, 200, "{hits}");
+        (id, json_of(&hits)["data"][0]["id"].as_i64())
+    };
     // Written through A, read (its own projections' view) through B.
-    let (_, w) = http(
-        &a,
-        "POST",
-        "/v1/memory",
-        &json!({"namespace": "acme/team", "key": "oncall", "content": "Dana is on call this week"})
-            .to_string(),
-    );
-    let w = json_of(&w);
-    let (id, seq) = (w["id"].as_i64().unwrap(), w["seq"].as_i64().unwrap());
-    let (status, fact) = http(
-        &b,
-        "GET",
-        &format!("/v1/memory/facts/oncall?namespace=acme/team&min_seq={seq}&wait_ms=30000"),
-        "",
-    );
-    assert_eq!(status, 200, "{fact}");
-    assert_eq!(json_of(&fact)["value"], "Dana is on call this week");
-    let (status, hits) = http(
-        &b,
-        "GET",
-        &format!("/v1/memory/search?namespace=acme/team&q=who+is+on+call&k=1&min_seq={seq}&wait_ms=30000"),
-        "",
-    );
-    assert_eq!(status, 200, "{hits}");
-    assert_eq!(json_of(&hits)["data"][0]["id"].as_i64(), Some(id), "{hits}");
+    let (id, hit) = on_call(&a, &b, "Dana is on call this week");
+    assert_eq!(hit, Some(id));
     let projections = |addr: &str| {
         let (_, status) = http(addr, "GET", "/v1/memory/status", "");
         let status = json_of(&status);
@@ -658,29 +663,7 @@ fn two_servers_keep_one_memory(state: &str) {
     }
     // A killed, B leads everything and answers its own writes.
     drop(a_server);
-    let (_, w) = http(
-        &b,
-        "POST",
-        "/v1/memory",
-        &json!({"namespace": "acme/team", "key": "oncall", "content": "Eli is on call now"})
-            .to_string(),
-    );
-    let seq = json_of(&w)["seq"].as_i64().unwrap();
-    let (status, fact) = http(
-        &b,
-        "GET",
-        &format!("/v1/memory/facts/oncall?namespace=acme/team&min_seq={seq}&wait_ms=30000"),
-        "",
-    );
-    assert_eq!(status, 200, "{fact}");
-    assert_eq!(json_of(&fact)["value"], "Eli is on call now");
-    let (status, hits) = http(
-        &b,
-        "GET",
-        &format!("/v1/memory/search?namespace=acme/team&q=who+is+on+call&k=1&min_seq={seq}&wait_ms=30000"),
-        "",
-    );
-    assert_eq!(status, 200, "{hits}");
+    on_call(&b, &b, "Eli is on call now");
     assert!(
         projections(&b).iter().all(|p| p["leading"] == true),
         "B took over every projection"
