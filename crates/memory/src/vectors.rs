@@ -373,6 +373,10 @@ impl VectorIndex {
                 continue;
             }
             let fresh = space.graph.is_none() || space.stale > space.points.len() / 4;
+            if !fresh && space.indexed == n {
+                // Nothing new: no walk over the rows.
+                continue;
+            }
             let todo: Vec<(i64, i64, Vec<f32>)> = space
                 .rows
                 .iter()
