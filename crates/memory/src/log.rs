@@ -63,10 +63,32 @@ pub fn open_sqlite(path: &Path, durability: Durability) -> Result<Connection> {
         Durability::Fsync => "FULL",
         Durability::Os => "NORMAL",
     };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"
-    ))?;
+    wal_pragmas(
+        &conn,
+        &format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"
+        ),
+    )?;
     Ok(conn)
+}
+
+/// Runs `pragmas` (a switch to WAL among them), retrying while SQLite answers
+/// busy: switching a fresh file's journal needs it alone, and that refusal
+/// comes at once, not after the busy timeout — several processes opening one
+/// new state together meet it.
+pub fn wal_pragmas(conn: &Connection, pragmas: &str) -> rusqlite::Result<()> {
+    let started = Instant::now();
+    loop {
+        match conn.execute_batch(pragmas) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && started.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Creates the log's table if it is not there.

@@ -204,9 +204,10 @@ impl Store {
         let manager =
             SqliteConnectionManager::file(log.with_file_name("keys.db")).with_init(move |c| {
                 c.busy_timeout(Duration::from_secs(10))?;
-                c.execute_batch(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"
-                ))
+                log::wal_pragmas(
+                    c,
+                    &format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync};"),
+                )
             });
         Ok(ReadPool::Sqlite(
             r2d2::Pool::builder()
